@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs the Debian packages the
+# tests use (the reference agent, QEMU, busybox, e2fsprogs), then runs every test.
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests need. Each one is checked first, so a machine that has them
+# all does not touch the network.
+packages=(
+    qemu-guest-agent   # /usr/sbin/qemu-ga: the reference agent for differential tests
+    qemu-system-x86    # boots the end-to-end guest
+    busybox-static     # the guest's userland
+    e2fsprogs          # mkfs.ext4 for loop-mounted and guest images
+    util-linux         # losetup, mount
+    cpio               # packs the guest's initramfs
+    kmod               # modprobe/depmod data for the guest kernel
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "test.sh: installing Debian packages: ${missing[*]}"
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Make the tests that depend on these components fail loudly instead of skipping.
+export QGA_REQUIRE_REFERENCE=1
+
+cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc
