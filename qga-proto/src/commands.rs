@@ -48,7 +48,7 @@ fn members(args: Option<&RawValue>) -> Result<Members<'_>, ArgumentError> {
 
 fn reject_unexpected(members: &Members<'_>, declared: &[&str]) -> Result<(), ArgumentError> {
     match members
-        .names_in_qdict_order()
+        .names_in_visitor_order()
         .into_iter()
         .find(|n| !declared.contains(n))
     {

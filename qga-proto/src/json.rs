@@ -66,6 +66,13 @@ impl<'a> Members<'a> {
         qdict_order(&mut names);
         names
     }
+
+    /// Member names in the order qemu-ga's argument visitor reports leftovers in.
+    pub(crate) fn names_in_visitor_order(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.0.iter().map(|(k, _)| k.as_ref()).collect();
+        ghash_order(&mut names);
+        names
+    }
 }
 
 struct MembersVisitor;
@@ -172,6 +179,46 @@ pub fn qdict_order(names: &mut [&str]) {
     names.sort_by_key(|k| qdict_bucket(k));
 }
 
+/// Sorts an argument object's member names into the order qemu-ga's QAPI input
+/// visitor reports leftovers in: a GLib hash table (`g_str_hash`, open addressing)
+/// filled in [`qdict_order`]. `names` must be in input order. Only the first
+/// unexpected member is reported, so this decides which one.
+pub(crate) fn ghash_order(names: &mut Vec<&str>) {
+    qdict_order(names);
+    const PRIMES: [u32; 12] = [1, 2, 3, 7, 13, 31, 61, 127, 251, 509, 1021, 2039];
+    let mut shift = 3u32;
+    // GLib grows the table when it is almost full; size it the way it would end up.
+    while (1usize << shift) <= names.len() + names.len() / 16 {
+        shift += 1;
+    }
+    let shift = shift as usize;
+    if shift >= PRIMES.len() {
+        // Thousands of members: keep the dictionary order rather than model GLib's
+        // larger tables. Only which leftover is named first could differ.
+        return;
+    }
+    let (size, modulus) = (1usize << shift, PRIMES[shift]);
+    // Triangular probing over a power-of-two table visits every slot, and the table
+    // always has a free one, so each insertion ends.
+    let mut slots: Vec<Option<&str>> = vec![None; size];
+    for name in names.iter() {
+        let mut h: u32 = 5381;
+        for &b in name.as_bytes() {
+            // g_str_hash works on (signed) chars.
+            h = (h << 5).wrapping_add(h).wrapping_add(b as i8 as i32 as u32);
+        }
+        let h = h.max(2);
+        let mut index = (h % modulus) as usize;
+        let mut step = 0;
+        while slots[index].is_some() {
+            step += 1;
+            index = (index + step) & (size - 1);
+        }
+        slots[index] = Some(name);
+    }
+    *names = slots.into_iter().flatten().collect();
+}
+
 /// The bucket (0..512) QEMU's QDict puts `key` in.
 pub fn qdict_bucket(key: &str) -> u32 {
     let bytes = key.as_bytes();
@@ -211,6 +258,21 @@ mod tests {
             order(&["supported_commands", "version"]),
             ["version", "supported_commands"]
         );
+    }
+
+    #[test]
+    fn visitor_order_terminates_for_any_member_count() {
+        for n in [0usize, 1, 7, 8, 15, 16, 100, 2047, 2048, 5000] {
+            let owned: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+            let mut names: Vec<&str> = owned.iter().map(String::as_str).collect();
+            ghash_order(&mut names);
+            assert_eq!(names.len(), n);
+        }
+        // Observed on qemu-ga 7.2: {"id":1,"zzz":2,"aaa":3} reports 'zzz'.
+        let mut names = vec!["id", "zzz", "aaa"];
+        ghash_order(&mut names);
+        names.retain(|n| *n != "id");
+        assert_eq!(names, ["zzz", "aaa"]);
     }
 
     #[test]
