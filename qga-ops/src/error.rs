@@ -17,10 +17,13 @@ pub enum OpsError {
         #[source]
         source: io::Error,
     },
-    /// A failure with no OS error behind it (invalid mode, hook exit status,
-    /// unsupported operation).
+    /// A failure with no OS error behind it (invalid mode, unsupported operation).
     #[error("{0}")]
     Failed(String),
+    /// The fsfreeze hook could not run or failed. After a thaw this means the
+    /// filesystems *are* thawed; only the hook failed.
+    #[error("{0}")]
+    Hook(String),
 }
 
 impl OpsError {
@@ -41,8 +44,13 @@ impl OpsError {
     pub fn os_error(&self) -> Option<i32> {
         match self {
             OpsError::Os { source, .. } => source.raw_os_error(),
-            OpsError::Failed(_) => None,
+            OpsError::Failed(_) | OpsError::Hook(_) => None,
         }
+    }
+
+    /// True when the fsfreeze hook (not the freeze or thaw itself) failed.
+    pub fn is_hook_failure(&self) -> bool {
+        matches!(self, OpsError::Hook(_))
     }
 }
 
@@ -57,6 +65,7 @@ impl Clone for OpsError {
                 },
             },
             OpsError::Failed(m) => OpsError::Failed(m.clone()),
+            OpsError::Hook(m) => OpsError::Hook(m.clone()),
         }
     }
 }

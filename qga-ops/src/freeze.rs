@@ -63,10 +63,11 @@ impl Default for LinuxFsFreeze {
 /// first, stdio to /dev/null, in its own session, waited for.
 pub fn run_hook(hook: &Path, arg: &str) -> Result<(), OpsError> {
     nix::unistd::access(hook, nix::unistd::AccessFlags::X_OK).map_err(|e| {
-        OpsError::os(
-            format!("can't access fsfreeze hook '{}'", hook.display()),
-            io::Error::from_raw_os_error(e as i32),
-        )
+        OpsError::Hook(format!(
+            "can't access fsfreeze hook '{}': {}",
+            hook.display(),
+            crate::error::strerror(&io::Error::from_raw_os_error(e as i32))
+        ))
     })?;
     let status = Command::new(hook)
         .arg(arg)
@@ -75,13 +76,20 @@ pub fn run_hook(hook: &Path, arg: &str) -> Result<(), OpsError> {
         .stderr(Stdio::null())
         .process_group(0)
         .status()
-        .map_err(|e| OpsError::os("failed to create child process", e))?;
+        .map_err(|e| {
+            OpsError::Hook(format!(
+                "failed to create child process: {}",
+                crate::error::strerror(&e)
+            ))
+        })?;
     match status.code() {
         Some(0) => Ok(()),
-        Some(n) => Err(OpsError::failed(format!(
+        Some(n) => Err(OpsError::Hook(format!(
             "fsfreeze hook has failed with status {n}"
         ))),
-        None => Err(OpsError::failed("fsfreeze hook has terminated abnormally")),
+        None => Err(OpsError::Hook(
+            "fsfreeze hook has terminated abnormally".to_owned(),
+        )),
     }
 }
 
