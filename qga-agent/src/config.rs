@@ -28,7 +28,7 @@ pub struct Cli {
     #[arg(short = 'm', long = "method", value_name = "METHOD")]
     pub method: Option<String>,
     /// Device/socket path (virtio-serial default /dev/virtio-ports/org.qemu.guest_agent.0,
-    /// isa-serial default /dev/ttyS0); vsock-listen takes <cid>:<port>.
+    /// isa-serial default /dev/ttyS0); vsock-listen takes CID:PORT.
     #[arg(short = 'p', long = "path", value_name = "PATH")]
     pub path: Option<String>,
     /// Log file (default stderr).
