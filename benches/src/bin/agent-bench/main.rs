@@ -333,6 +333,14 @@ fn bench(o: &Options) -> Result<(), String> {
         o.runs,
         if o.quick { "quick" } else { "full" }
     );
+    if needs_data {
+        println!(
+            "- file read source: {} MiB; a run reads all of it or its first {} chunks; writes: {} MiB",
+            sizes.read_file >> 20,
+            scenarios::MAX_READ_REQUESTS,
+            sizes.write_total >> 20
+        );
+    }
     println!("- load average at start: {}", loadavg());
     let started = Instant::now();
 
@@ -415,6 +423,7 @@ fn bench(o: &Options) -> Result<(), String> {
     );
     println!();
     print_tables(&results, &scenarios, ours.is_some(), o.reference.is_some());
+    print_samples(&results);
     if !errors.is_empty() {
         println!();
         println!("## Errors");
@@ -716,6 +725,35 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
             fmt(ratio, 2)
         );
     }
+}
+
+/// Every sample, so the spread (noise) can be judged next to the medians.
+fn print_samples(results: &Results) {
+    println!();
+    println!("<details><summary>All samples (one per run; pipelined: one per batch; start-up: one per start)</summary>");
+    println!();
+    println!("| metric | ours | qemu-ga |");
+    println!("|---|---|---|");
+    for (key, sides) in results {
+        if key.starts_with("floor.") {
+            continue;
+        }
+        let list = |side| {
+            sides.get(&side).map_or(String::new(), |v: &Vec<f64>| {
+                v.iter()
+                    .map(|x| format!("{x:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+        };
+        println!(
+            "| {key} | {} | {} |",
+            list(Side::Ours),
+            list(Side::Reference)
+        );
+    }
+    println!();
+    println!("</details>");
 }
 
 fn yes(b: bool) -> String {
