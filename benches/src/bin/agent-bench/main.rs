@@ -16,7 +16,9 @@ use scenarios::{Inputs, Scenario, Sizes};
 const USAGE: &str = "\
 usage: agent-bench [options]
   --quick              small sizes and 2 runs (under ~30 s)
-  --runs N             runs per scenario and agent (default 3; alternated ours/qemu-ga)
+  --runs N             runs per scenario and agent, alternated ours/qemu-ga (default:
+                       5 for round-trip and start-up scenarios, 3 for file scenarios;
+                       --quick: 3 and 2)
   --ours PATH          our agent binary (default: build it with `cargo build --release
                        -p qga-agent` and use target/release/qga-agent)
   --no-build           do not build; use the default path as it is
@@ -31,7 +33,10 @@ usage: agent-bench [options]
 
 struct Options {
     quick: bool,
+    /// Runs of the file scenarios; 0 = default.
     runs: usize,
+    /// Runs of the cheap (round-trip, start-up) scenarios.
+    cheap_runs: usize,
     ours: Option<PathBuf>,
     build: bool,
     no_ours: bool,
@@ -45,6 +50,7 @@ fn parse_args() -> Result<Options, String> {
     let mut o = Options {
         quick: false,
         runs: 0,
+        cheap_runs: 0,
         ours: None,
         build: true,
         no_ours: false,
@@ -91,6 +97,7 @@ fn parse_args() -> Result<Options, String> {
     }
     if o.runs == 0 {
         o.runs = if o.quick { 2 } else { 3 };
+        o.cheap_runs = if o.quick { 3 } else { 5 };
     }
     Ok(o)
 }
@@ -363,7 +370,7 @@ fn bench(o: &Options) -> Result<(), String> {
     // The socket floor: the same round trip against an echo server.
     if wants("floor") {
         for pin in [Pin::Same, Pin::Split] {
-            for run in 0..o.runs {
+            for run in 0..o.cheap_runs {
                 match floor_run(&echo, work.path(), o.cpus, pin, sizes.round_trips) {
                     Ok((rate, p50, p99)) => {
                         let k = format!("floor.{}", scenarios::pin_key(pin));
@@ -389,7 +396,11 @@ fn bench(o: &Options) -> Result<(), String> {
             started.elapsed().as_secs_f64(),
             scenario.describe()
         );
-        for run in 0..o.runs {
+        let runs = match scenario {
+            Scenario::Read(_) | Scenario::Write(_) => o.runs,
+            _ => o.cheap_runs,
+        };
+        for run in 0..runs {
             for (side, program) in &sides {
                 let out = run_one(scenario, program, work.path(), o.cpus, &inputs);
                 agent::unpin_current_thread();
