@@ -70,7 +70,8 @@ fn parse_args() -> Result<Options, String> {
             "--runs" => {
                 o.runs = value("--runs")?
                     .parse()
-                    .map_err(|e| format!("--runs: {e}"))?
+                    .map_err(|e| format!("--runs: {e}"))?;
+                o.cheap_runs = o.runs;
             }
             "--ours" => o.ours = Some(value("--ours")?.into()),
             "--no-build" => o.build = false,
@@ -251,16 +252,16 @@ fn bench(o: &Options) -> Result<(), String> {
     }
     let sizes = if o.quick {
         Sizes {
-            round_trips: 3_000,
-            netif_calls: 300,
+            round_trips: 2_000,
+            netif_calls: 200,
             read_file: 32 << 20,
             write_total: 16 << 20,
             startups: 5,
         }
     } else {
         Sizes {
-            round_trips: 20_000,
-            netif_calls: 2_000,
+            round_trips: 10_000,
+            netif_calls: 1_000,
             read_file: 256 << 20,
             write_total: 64 << 20,
             startups: 10,
@@ -321,11 +322,12 @@ fn bench(o: &Options) -> Result<(), String> {
     println!("- machine: {}", machine());
     println!(
         "- ours: {}",
-        ours.as_ref().map_or("not measured".into(), |p| format!(
-            "{} {}",
-            p.display(),
-            version(p)
-        ))
+        ours.as_ref()
+            .map_or("not measured (no binary; see stderr)".into(), |p| format!(
+                "{} {}",
+                p.display(),
+                version(p)
+            ))
     );
     if let Some(r) = &o.reference {
         println!("- reference: {} ({})", r.display(), version(r));
@@ -336,8 +338,10 @@ fn bench(o: &Options) -> Result<(), String> {
         o.cpus.agent, o.cpus.client, o.cpus.agent
     );
     println!(
-        "- runs per scenario and agent: {} (alternating ours/qemu-ga), mode: {}",
+        "- runs per scenario and agent (alternating ours/qemu-ga, a fresh agent each): {} (file scenarios), {} (others); {} round trips per run; mode: {}",
         o.runs,
+        o.cheap_runs,
+        sizes.round_trips,
         if o.quick { "quick" } else { "full" }
     );
     if needs_data {

@@ -371,11 +371,8 @@ fn file_read(conn: &mut Conn, inputs: &Inputs, chunk: usize) -> io::Result<f64> 
         }
     }
     let dt = t.elapsed();
-    if offset != inputs.data.len() {
-        return Err(io::Error::other(format!(
-            "read {offset} bytes of {}",
-            inputs.data.len()
-        )));
+    if offset != limit {
+        return Err(io::Error::other(format!("read {offset} bytes of {limit}")));
     }
     close(conn, handle)?;
     Ok(offset as f64 / dt.as_secs_f64() / 1e6)
