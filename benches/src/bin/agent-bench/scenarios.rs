@@ -143,6 +143,58 @@ pub fn expected_chunks(data: &[u8], chunk: usize) -> Vec<u8> {
 /// One metric sample from one run.
 pub type Samples = Vec<(String, f64)>;
 
+/// CPU time of the agent (all its threads) and of the calling client thread, from the
+/// scheduler's per-thread run time (`/proc/.../schedstat`, nanoseconds).
+pub struct CpuMeter {
+    pid: u32,
+    agent0: u64,
+    client0: u64,
+    t0: Instant,
+}
+
+fn schedstat_ns(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Run time of every live thread of `pid`, in ns.
+pub fn agent_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .map(|t| schedstat_ns(&t.path().join("schedstat")))
+        .sum()
+}
+
+impl CpuMeter {
+    /// Starts measuring (call right before the timed part).
+    pub fn start(pid: u32) -> Self {
+        CpuMeter {
+            pid,
+            agent0: agent_cpu_ns(pid),
+            client0: schedstat_ns(Path::new("/proc/thread-self/schedstat")),
+            t0: Instant::now(),
+        }
+    }
+
+    /// Samples `{key}.agent_cpu` (agent CPU ns per `per` units, scaled by `scale`) and
+    /// `{key}.client_cpu` (the client thread's share of the wall time, percent).
+    pub fn finish(&self, key: &str, per: f64, scale: f64) -> Samples {
+        let wall = self.t0.elapsed().as_nanos() as f64;
+        let agent = agent_cpu_ns(self.pid).saturating_sub(self.agent0) as f64;
+        let client = schedstat_ns(Path::new("/proc/thread-self/schedstat"))
+            .saturating_sub(self.client0) as f64;
+        vec![
+            (format!("{key}.agent_cpu"), agent / per * scale),
+            (format!("{key}.client_cpu"), 100.0 * client / wall),
+        ]
+    }
+}
+
 fn bad(e: BadReply) -> io::Error {
     io::Error::other(e)
 }
@@ -152,18 +204,23 @@ fn micros(ns: u64) -> f64 {
 }
 
 /// Runs the body of `scenario` on a connected, warmed agent; returns metrics.
-pub fn run(scenario: Scenario, conn: &mut Conn, inputs: &Inputs) -> io::Result<Samples> {
+pub fn run(scenario: Scenario, conn: &mut Conn, inputs: &Inputs, pid: u32) -> io::Result<Samples> {
     let key = scenario.key();
     let n = inputs.sizes.round_trips;
+    // Round trips: agent CPU in us per request, warm-up included.
+    let meter = CpuMeter::start(pid);
+    let per_request = |calls: usize| meter.finish(&key, (calls + warmup(calls)) as f64, 1e-3);
     match scenario {
         Scenario::Ping(_) => {
             let (rate, p50, p99) =
                 round_trips(conn, n, |_, buf| buf.extend_from_slice(PING), check_return)?;
-            Ok(vec![
+            let mut out = per_request(n);
+            out.extend([
                 (format!("{key}.rate"), rate),
                 (format!("{key}.p50"), p50),
                 (format!("{key}.p99"), p99),
-            ])
+            ]);
+            Ok(out)
         }
         Scenario::Sync(_) => {
             let (rate, p50, p99) = round_trips(
@@ -187,18 +244,23 @@ pub fn run(scenario: Scenario, conn: &mut Conn, inputs: &Inputs) -> io::Result<S
                     Ok(())
                 },
             )?;
-            Ok(vec![
+            let mut out = per_request(n);
+            out.extend([
                 (format!("{key}.rate"), rate),
                 (format!("{key}.p50"), p50),
                 (format!("{key}.p99"), p99),
-            ])
+            ]);
+            Ok(out)
         }
         Scenario::Pipelined => {
             pipelined(conn, 1_000)?;
-            let mut out = Vec::new();
+            let meter = CpuMeter::start(pid);
+            let mut rates = Vec::new();
             for _ in 0..PIPELINED_BATCHES {
-                out.push((format!("{key}.rate"), pipelined(conn, PIPELINED)?));
+                rates.push((format!("{key}.rate"), pipelined(conn, PIPELINED)?));
             }
+            let mut out = meter.finish(&key, (PIPELINED * PIPELINED_BATCHES) as f64, 1e-3);
+            out.extend(rates);
             Ok(out)
         }
         Scenario::NetIf => {
@@ -215,18 +277,19 @@ pub fn run(scenario: Scenario, conn: &mut Conn, inputs: &Inputs) -> io::Result<S
                     ))),
                 },
             )?;
-            Ok(vec![
-                (format!("{key}.rate"), rate),
-                (format!("{key}.p50"), p50),
-            ])
+            let mut out = per_request(calls);
+            out.extend([(format!("{key}.rate"), rate), (format!("{key}.p50"), p50)]);
+            Ok(out)
         }
         Scenario::Read(chunk) => {
-            let mbs = file_read(conn, inputs, chunk)?;
-            Ok(vec![(format!("{key}.mbs"), mbs)])
+            let (mbs, mut out) = file_read(conn, inputs, chunk, &key, pid)?;
+            out.push((format!("{key}.mbs"), mbs));
+            Ok(out)
         }
         Scenario::Write(chunk) => {
-            let mbs = file_write(conn, inputs, chunk)?;
-            Ok(vec![(format!("{key}.mbs"), mbs)])
+            let (mbs, mut out) = file_write(conn, inputs, chunk, &key, pid)?;
+            out.push((format!("{key}.mbs"), mbs));
+            Ok(out)
         }
         Scenario::Startup => Ok(Vec::new()),
     }
@@ -234,6 +297,11 @@ pub fn run(scenario: Scenario, conn: &mut Conn, inputs: &Inputs) -> io::Result<S
 
 fn check_return(_: usize, reply: &[u8]) -> Result<(), BadReply> {
     return_value(reply).map(|_| ())
+}
+
+/// Warm-up round trips before `n` measured ones.
+fn warmup(n: usize) -> usize {
+    (n / 10).min(200)
 }
 
 /// `n` sequential round trips after a short warm-up; returns (per second, p50 us, p99 us).
@@ -244,7 +312,7 @@ fn round_trips(
     mut check: impl FnMut(usize, &[u8]) -> Result<(), BadReply>,
 ) -> io::Result<(f64, f64, f64)> {
     let mut buf = Vec::with_capacity(256);
-    let warmup = (n / 10).min(200);
+    let warmup = warmup(n);
     let mut lat = Vec::with_capacity(n);
     let mut total = Duration::ZERO;
     for i in 0..warmup + n {
@@ -321,7 +389,13 @@ fn close(conn: &mut Conn, handle: u64) -> io::Result<()> {
 /// Reads the source file with `count = chunk` (all of it, or the first
 /// [`MAX_READ_REQUESTS`] chunks), verifying every byte; returns MB/s of payload (10^6
 /// bytes per second), from the first request to the last reply.
-fn file_read(conn: &mut Conn, inputs: &Inputs, chunk: usize) -> io::Result<f64> {
+fn file_read(
+    conn: &mut Conn,
+    inputs: &Inputs,
+    chunk: usize,
+    key: &str,
+    pid: u32,
+) -> io::Result<(f64, Samples)> {
     let expected = match &inputs.expected {
         Some((c, e)) if *c == chunk => e,
         _ => return Err(io::Error::other("expected base64 not prepared")),
@@ -334,6 +408,7 @@ fn file_read(conn: &mut Conn, inputs: &Inputs, chunk: usize) -> io::Result<f64> 
         .len()
         .min(chunk.saturating_mul(MAX_READ_REQUESTS));
     let mut offset = 0usize;
+    let meter = CpuMeter::start(pid);
     let t = Instant::now();
     while offset < limit || limit == inputs.data.len() {
         conn.get_mut().write_all(req.as_bytes())?;
@@ -371,16 +446,24 @@ fn file_read(conn: &mut Conn, inputs: &Inputs, chunk: usize) -> io::Result<f64> 
         }
     }
     let dt = t.elapsed();
+    // Agent CPU in ns per payload byte (= ms per MB).
+    let cpu = meter.finish(key, offset as f64, 1.0);
     if offset != limit {
         return Err(io::Error::other(format!("read {offset} bytes of {limit}")));
     }
     close(conn, handle)?;
-    Ok(offset as f64 / dt.as_secs_f64() / 1e6)
+    Ok((offset as f64 / dt.as_secs_f64() / 1e6, cpu))
 }
 
 /// Writes the first `write_total` bytes of the data in `chunk`-byte requests, then
 /// closes (which flushes); verifies the file; returns MB/s from first write to close.
-fn file_write(conn: &mut Conn, inputs: &Inputs, chunk: usize) -> io::Result<f64> {
+fn file_write(
+    conn: &mut Conn,
+    inputs: &Inputs,
+    chunk: usize,
+    key: &str,
+    pid: u32,
+) -> io::Result<(f64, Samples)> {
     let total = inputs.sizes.write_total.min(inputs.data.len());
     let target = tempfile::Builder::new()
         .prefix("write-target-")
@@ -405,6 +488,7 @@ fn file_write(conn: &mut Conn, inputs: &Inputs, chunk: usize) -> io::Result<f64>
         requests.extend_from_slice(b"\"}}\n");
         bounds.push((start, requests.len(), piece.len()));
     }
+    let meter = CpuMeter::start(pid);
     let t = Instant::now();
     for &(start, end, len) in &bounds {
         conn.get_mut().write_all(&requests[start..end])?;
@@ -419,6 +503,7 @@ fn file_write(conn: &mut Conn, inputs: &Inputs, chunk: usize) -> io::Result<f64>
     }
     close(conn, handle)?;
     let dt = t.elapsed();
+    let cpu = meter.finish(key, total as f64, 1.0);
     let written = std::fs::read(&target)?;
     if written != inputs.data[..total] {
         return Err(io::Error::other(format!(
@@ -426,7 +511,7 @@ fn file_write(conn: &mut Conn, inputs: &Inputs, chunk: usize) -> io::Result<f64>
             written.len()
         )));
     }
-    Ok(total as f64 / dt.as_secs_f64() / 1e6)
+    Ok((total as f64 / dt.as_secs_f64() / 1e6, cpu))
 }
 
 #[cfg(test)]
