@@ -1,1 +1,123 @@
-//! Placeholder: filled in by its issue.
+//! The side effects of a QEMU Guest Agent, behind narrow traits.
+//!
+//! Everything a guest agent does to the machine lives here: [`Files`] /
+//! [`GuestFile`] (guest-file-*), [`FsFreeze`] (guest-fsfreeze-*), [`Trim`]
+//! (guest-fstrim), [`Power`] (guest-shutdown, guest-suspend-*) and [`Network`]
+//! (guest-network-get-interfaces). Each has a Linux implementation following
+//! qemu-ga 7.2's semantics, and (feature `fake`) an in-memory one that records
+//! calls and takes injected errors. [`Ops`] bundles one of each as trait objects.
+//!
+//! Errors are [`OpsError`], whose `Display` is the reference agent's text
+//! (`failed to open file '/x' (mode: 'r'): No such file or directory`), so an agent
+//! can reply with it as is. The crate knows nothing of the wire protocol (no
+//! `qga-proto`): the agent maps its domain types to wire types. It keeps no
+//! process-wide state; every implementation is `Send + Sync`. All `unsafe` code
+//! (the FIFREEZE/FITHAW/FITRIM ioctls) is in one private module.
+//!
+//! # Embedding in a custom agent
+//!
+//! Take an [`Ops`] (real: [`Ops::linux`]; fakes: `FakeOps::new().ops()`), call the
+//! trait methods from your command handlers, and map results to your replies. Keep
+//! the frozen flag ([`FreezeState`]) in your agent: qemu-ga persists it in its state
+//! directory so a restarted agent knows filesystems are still frozen.
+//!
+//! ```
+//! # #[cfg(feature = "fake")] {
+//! use qga_ops::fake::FakeOps;
+//! use qga_ops::{FreezeState, Whence};
+//! use std::path::Path;
+//!
+//! let fakes = FakeOps::new();
+//! let ops = fakes.ops();
+//!
+//! // guest-file-open / write / seek / read, as an agent's handlers would do them.
+//! let mut f = ops.files.open(Path::new("/tmp/x"), "w+").unwrap();
+//! assert_eq!(f.write(b"hello").unwrap().count, 5);
+//! f.seek(0, Whence::Set).unwrap();
+//! let mut buf = Vec::new();
+//! let eof = f.read(4096, &mut buf).unwrap();
+//! assert_eq!((buf.as_slice(), eof), (&b"hello"[..], true));
+//!
+//! // Errors carry the reference agent's texts.
+//! let err = ops.files.open(Path::new("/nope"), "r").err().unwrap();
+//! assert_eq!(err.to_string(), "failed to open file '/nope' (mode: 'r'): No such file or directory");
+//! assert_eq!(ops.files.open(Path::new("/x"), "rw").err().unwrap().to_string(),
+//!            "invalid file open mode 'rw'");
+//!
+//! // Freeze only what is listed; the agent keeps the frozen flag.
+//! let n = ops.freeze.freeze(Some(&["/data".to_string()])).unwrap();
+//! assert_eq!(FreezeState::after_freeze(n), FreezeState::Frozen);
+//! assert_eq!(fakes.freeze.frozen(), ["/data"]);
+//! assert_eq!(ops.freeze.thaw().unwrap(), 1);
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+#[cfg(feature = "fake")]
+pub mod fake;
+mod files;
+mod freeze;
+pub mod mounts;
+mod network;
+mod power;
+mod sys;
+mod trim;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use error::OpsError;
+pub use files::{Files, GuestFile, LinuxFiles, OpenMode, SeekOutcome, Whence, WriteOutcome};
+pub use freeze::{run_hook, FreezeState, FsFreeze, LinuxFsFreeze};
+pub use network::{parse_proc_net_dev, Interface, InterfaceStats, LinuxNetwork, Network};
+pub use power::{LinuxPower, Power, PowerConfig, ShutdownMode, SuspendMode};
+pub use trim::{LinuxTrim, Trim, TrimResult};
+
+/// One implementation of each trait, as shared trait objects.
+#[derive(Clone)]
+pub struct Ops {
+    /// guest-file-*.
+    pub files: Arc<dyn Files>,
+    /// guest-fsfreeze-*.
+    pub freeze: Arc<dyn FsFreeze>,
+    /// guest-fstrim.
+    pub trim: Arc<dyn Trim>,
+    /// guest-shutdown, guest-suspend-*.
+    pub power: Arc<dyn Power>,
+    /// guest-network-get-interfaces.
+    pub network: Arc<dyn Network>,
+}
+
+impl std::fmt::Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ops { .. }")
+    }
+}
+
+/// Settings of the Linux implementations.
+#[derive(Debug, Clone, Default)]
+pub struct LinuxConfig {
+    /// The fsfreeze hook script (qemu-ga's `-F`), if any.
+    pub fsfreeze_hook: Option<PathBuf>,
+    /// Program and sysfs paths for shutdown and suspend.
+    pub power: PowerConfig,
+}
+
+impl Ops {
+    /// The Linux implementations.
+    pub fn linux(config: LinuxConfig) -> Self {
+        Ops {
+            files: Arc::new(LinuxFiles),
+            freeze: Arc::new(LinuxFsFreeze {
+                hook: config.fsfreeze_hook,
+                ..Default::default()
+            }),
+            trim: Arc::new(LinuxTrim::default()),
+            power: Arc::new(LinuxPower {
+                config: config.power,
+            }),
+            network: Arc::new(LinuxNetwork::default()),
+        }
+    }
+}

@@ -1,1 +1,84 @@
-//! Placeholder: filled in by its issue.
+//! Wire types for the QEMU Guest Agent (QGA) protocol.
+//!
+//! A host and the agent inside a VM exchange JSON over a byte stream:
+//! `{"execute": "guest-file-read", "arguments": {...}, "id": ...}` in,
+//! `{"return": ...}` or `{"error": {"class": ..., "desc": ...}}` out. This crate
+//! holds those messages as Rust types and validates them the way qemu-ga 7.2 does,
+//! with its error texts:
+//!
+//! * [`Request`]: parses a request envelope, keeping `arguments` raw (borrowed) until
+//!   the command is known; [`EnvelopeError`] carries the reference's text and the `id`
+//!   to echo.
+//! * [`Command`]: one type per command ([`GuestPing`], [`GuestFileRead`], ...) tying
+//!   its wire name, its arguments, its return type and whether it replies on success.
+//!   [`Command::from_arguments`] validates with the reference's texts
+//!   (`Parameter 'x' is missing`, `Invalid parameter type for 'x', expected: integer`, ...).
+//! * [`Response`] / [`RawResponse`]: replies, for agents to build and clients to parse;
+//!   [`QgaError`] and [`ErrorClass`] (unknown classes parse as [`ErrorClass::Other`]).
+//! * [`Execute`]: a request to send, for clients.
+//! * [`Base64`]: `buf-b64` payloads, strict about the alphabet like the reference,
+//!   encoded without a full-size intermediate string.
+//! * [`COMMANDS`]: the typed commands in qemu-ga's registration order.
+//!
+//! It never does I/O, framing (finding message boundaries in the stream and the 0xFF
+//! sentinel are `qga-framing`'s job) or anything to the guest.
+//!
+//! # Where this differs from qemu-ga 7.2 on the wire
+//!
+//! * Replies are compact JSON (`{"return":{},"id":1}`) with `return`/`error` first and
+//!   `id` last; 7.2 writes `", "`/`": "` separators and orders members by its hash
+//!   table. Both are the same JSON; clients must not depend on either.
+//! * Non-ASCII text is sent as UTF-8; 7.2 escapes it as `\uXXXX`.
+//! * Only standard JSON (RFC 8259) is accepted: 7.2 also takes single-quoted strings.
+//! * Numbers too large for a double (`1.5e400`) are a parse error; 7.2 echoes them as
+//!   the invalid token `inf`.
+//! * Malformed `arguments` (e.g. a repeated member) are reported as
+//!   `JSON parse error, ...` with the request's `id`; 7.2 reports them without it.
+//!
+//! # Example
+//!
+//! ```
+//! use qga_proto::{Command, Execute, GuestFileRead, Request, Response, RawResponse};
+//!
+//! // A client builds a request...
+//! let id = serde_json::json!("r1");
+//! let cmd = GuestFileRead { handle: 1000, count: Some(5) };
+//! let bytes = serde_json::to_vec(&Execute::command(&cmd, Some(&id))).unwrap();
+//!
+//! // ...an agent parses it, late: the command's arguments once it knows the name.
+//! let req = Request::parse(&bytes).unwrap();
+//! assert_eq!(req.execute, GuestFileRead::NAME);
+//! let parsed = GuestFileRead::from_arguments(req.arguments).unwrap();
+//! assert_eq!(parsed, cmd);
+//!
+//! // ...and the client parses the reply, checking the id before typing the result.
+//! let reply = br#"{"return":{"count":5,"buf-b64":"aGVsbG8=","eof":false},"id":"r1"}"#;
+//! let raw = RawResponse::parse(reply).unwrap();
+//! assert_eq!(raw.id, Some(id));
+//! let typed: Response<<GuestFileRead as Command>::Returns> = raw.typed().unwrap();
+//! assert_eq!(typed.result.unwrap().buf_b64.0, b"hello");
+//!
+//! // Argument errors carry the reference agent's words.
+//! let bad = serde_json::value::RawValue::from_string(r#"{"handle":"x"}"#.into()).unwrap();
+//! let err = GuestFileRead::from_arguments(Some(&bad)).unwrap_err();
+//! assert_eq!(err.to_string(), "Invalid parameter type for 'handle', expected: integer");
+//! ```
+#![warn(missing_docs)]
+
+mod args;
+mod b64;
+mod commands;
+mod envelope;
+mod error;
+mod json;
+
+pub use args::ArgType;
+pub use b64::Base64;
+pub use commands::*;
+pub use envelope::{EnvelopeError, Execute, RawResponse, Request, Response};
+pub use error::{ArgumentError, ErrorClass, QgaError};
+pub use json::{qdict_bucket, qdict_order};
+
+/// Re-exported so callers can name raw argument values without depending on
+/// serde_json's feature set themselves.
+pub use serde_json::value::RawValue;

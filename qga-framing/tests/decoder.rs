@@ -1,0 +1,331 @@
+//! Framing cases, each fed whole, byte by byte and split at every index: the frames
+//! must not depend on how the stream was chunked. Plus a property test against
+//! serde_json's StreamDeserializer, and the limits.
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use qga_framing::{Decoder, Frame, FrameError, Limits};
+
+/// Feeds `chunks` in order and collects every frame.
+fn run_chunks(decoder: &mut Decoder, chunks: &[&[u8]]) -> (Vec<Frame>, usize) {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut max_buffered = 0;
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        max_buffered = max_buffered.max(buf.len());
+        while let Some(f) = decoder.decode(&mut buf) {
+            frames.push(f);
+        }
+    }
+    (frames, max_buffered)
+}
+
+fn frames_whole(input: &[u8]) -> Vec<Frame> {
+    run_chunks(&mut Decoder::new(), &[input]).0
+}
+
+/// Asserts that every way of chunking `input` gives the same frames, and returns them.
+fn frames_any_chunking(input: &[u8]) -> Vec<Frame> {
+    let whole = frames_whole(input);
+    let bytes: Vec<&[u8]> = input.chunks(1).collect();
+    assert_eq!(
+        run_chunks(&mut Decoder::new(), &bytes).0,
+        whole,
+        "byte by byte: {:?}",
+        String::from_utf8_lossy(input)
+    );
+    for split in 0..=input.len() {
+        let (a, b) = input.split_at(split);
+        assert_eq!(
+            run_chunks(&mut Decoder::new(), &[a, b]).0,
+            whole,
+            "split at {split}: {:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    whole
+}
+
+fn msg(s: &str) -> Frame {
+    Frame::Message(s.as_bytes().to_vec().into())
+}
+
+#[test]
+fn table() {
+    let cases: Vec<(&[u8], Vec<Frame>)> = vec![
+        (
+            b"{\"execute\":\"guest-ping\"}",
+            vec![msg("{\"execute\":\"guest-ping\"}")],
+        ),
+        (
+            b" \r\n\t{\"a\":1}\n{\"b\":2}\n",
+            vec![msg("{\"a\":1}"), msg("{\"b\":2}")],
+        ),
+        (
+            b"{\"a\":\"}{[]\\\"\\\\\"}",
+            vec![msg("{\"a\":\"}{[]\\\"\\\\\"}")],
+        ),
+        (
+            b"{\"a\":[1,{\"b\":[]}],\"c\":{}}",
+            vec![msg("{\"a\":[1,{\"b\":[]}],\"c\":{}}")],
+        ),
+        (b"[1,2]", vec![msg("[1,2]")]),
+        // Top-level scalars are messages; a bare token needs a delimiter after it.
+        (b"42 ", vec![msg("42")]),
+        (b"42", vec![]),
+        (b"\"str\"", vec![msg("\"str\"")]),
+        (b"true{}", vec![msg("true"), msg("{}")]),
+        (b"junk {\"x\":1}", vec![msg("junk"), msg("{\"x\":1}")]),
+        (b"\x01\x02 {}", vec![msg("\x01\x02"), msg("{}")]),
+        // Stray closers and separators are one-byte messages: the stream never wedges.
+        (b"}", vec![msg("}")]),
+        (b"]]{}", vec![msg("]"), msg("]"), msg("{}")]),
+        (b",:", vec![msg(","), msg(":")]),
+        // Sentinels discard the partial message, inside or outside strings.
+        (
+            b"{\"a\":\xff{\"b\":1}",
+            vec![Frame::Resync, msg("{\"b\":1}")],
+        ),
+        (b"{\"a\":\"x\xfe{}", vec![Frame::Resync, msg("{}")]),
+        (b"{\"a\":\"\\\xff{}", vec![Frame::Resync, msg("{}")]),
+        (b"\xff\xff\xff{}", vec![Frame::Resync, msg("{}")]),
+        (b"\xff \xff", vec![Frame::Resync, Frame::Resync]),
+        (b"12\xff{}", vec![Frame::Resync, msg("{}")]),
+        (b"\"abc\xff\"x\" ", vec![Frame::Resync, msg("\"x\"")]),
+        // Incomplete messages wait.
+        (b"{\"a\":[1,", vec![]),
+        (b"{\"a\":\"}", vec![]),
+    ];
+    for (input, want) in cases {
+        assert_eq!(
+            frames_any_chunking(input),
+            want,
+            "input {:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+}
+
+#[test]
+fn depth_limit_reports_once_and_skips_the_rest() {
+    let limits = Limits {
+        max_message: 1 << 20,
+        max_depth: 4,
+    };
+    let ok = b"[[[[]]]]";
+    let deep = b"[[[[[1]]]]]";
+    let mut input = Vec::new();
+    input.extend_from_slice(ok);
+    input.extend_from_slice(deep);
+    input.extend_from_slice(b"{\"after\":1}");
+    let (frames, _) = run_chunks(&mut Decoder::with_limits(limits), &[&input]);
+    assert_eq!(
+        frames,
+        vec![
+            msg("[[[[]]]]"),
+            Frame::Oversized(FrameError::TooDeep { limit: 4 }),
+            msg("{\"after\":1}"),
+        ]
+    );
+    let bytes: Vec<&[u8]> = input.chunks(1).collect();
+    assert_eq!(
+        run_chunks(&mut Decoder::with_limits(limits), &bytes).0,
+        frames
+    );
+}
+
+#[test]
+fn the_reference_depth_limit_is_1024_levels() {
+    let ok = format!("{}{}", "[".repeat(1024), "]".repeat(1024));
+    let deep = format!("{}{}", "[".repeat(1025), "]".repeat(1025));
+    let frames = frames_whole(format!("{ok}{deep}{{}}").as_bytes());
+    assert_eq!(frames.len(), 3);
+    assert_eq!(frames[0], msg(&ok));
+    assert_eq!(
+        frames[1],
+        Frame::Oversized(FrameError::TooDeep { limit: 1024 })
+    );
+    assert_eq!(frames[2], msg("{}"));
+}
+
+#[test]
+fn size_limit_bounds_memory_for_an_endless_string() {
+    let limits = Limits {
+        max_message: 4096,
+        max_depth: 1024,
+    };
+    let mut decoder = Decoder::with_limits(limits);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    buf.extend_from_slice(b"{\"execute\":\"guest-file-write\",\"arguments\":{\"buf-b64\":\"");
+    let chunk = [b'A'; 1000];
+    let mut peak = 0;
+    for _ in 0..10_000 {
+        buf.extend_from_slice(&chunk);
+        peak = peak.max(buf.len());
+        while let Some(f) = decoder.decode(&mut buf) {
+            frames.push(f);
+        }
+    }
+    // 10 MB sent, never more than the limit plus one read buffered.
+    assert!(peak <= 4096 + 1000 + 64, "peak {peak}");
+    assert_eq!(
+        frames,
+        vec![Frame::Oversized(FrameError::TooLarge { limit: 4096 })]
+    );
+    // The message ends; the stream carries on.
+    buf.extend_from_slice(b"\"}}{\"execute\":\"guest-ping\"}");
+    while let Some(f) = decoder.decode(&mut buf) {
+        frames.push(f);
+    }
+    assert_eq!(frames[1..], [msg("{\"execute\":\"guest-ping\"}")]);
+}
+
+#[test]
+fn size_limit_applies_to_a_complete_message_in_one_read() {
+    let limits = Limits {
+        max_message: 10,
+        max_depth: 8,
+    };
+    let input = b"{\"a\":\"0123456789\"}{}";
+    let (frames, _) = run_chunks(&mut Decoder::with_limits(limits), &[input]);
+    assert_eq!(
+        frames,
+        vec![
+            Frame::Oversized(FrameError::TooLarge { limit: 10 }),
+            msg("{}")
+        ]
+    );
+}
+
+#[test]
+fn a_sentinel_ends_skipping() {
+    let limits = Limits {
+        max_message: 8,
+        max_depth: 8,
+    };
+    let input = b"{\"a\":\"0123456789\xff{}";
+    let frames = run_chunks(&mut Decoder::with_limits(limits), &[input]).0;
+    assert_eq!(
+        frames,
+        vec![
+            Frame::Oversized(FrameError::TooLarge { limit: 8 }),
+            Frame::Resync,
+            msg("{}")
+        ]
+    );
+}
+
+#[test]
+fn garbage_gets_few_frames_not_one_per_byte() {
+    // Deterministic pseudo-random bytes (xorshift), 1 MiB.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let garbage: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut decoder = Decoder::new();
+    let mut chunks: Vec<&[u8]> = garbage.chunks(4096).collect();
+    // The stream recovers: a sentinel then a request come through.
+    chunks.push(b"\xff{\"execute\":\"guest-ping\"}");
+    let (frames, peak) = run_chunks(&mut decoder, &chunks);
+    // qemu-ga 7.2 answered 1 MiB of random bytes with ~173k errors.
+    assert!(frames.len() < 40_000, "{} frames", frames.len());
+    assert!(peak <= (1 << 20) + 64, "peak {peak}");
+    assert_eq!(
+        frames[frames.len() - 1..],
+        [msg("{\"execute\":\"guest-ping\"}")]
+    );
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        "[ -~]{0,12}".prop_map(Value::String),
+        "\\PC{0,6}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map("[a-z{}\\[\\]\"\\\\]{0,5}", inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Random messages (objects and arrays, compact or pretty), some preceded by a
+    /// truncated message and a 0xFF, fed in random chunks: the decoder yields exactly
+    /// the original messages, each once, with a Resync where a sentinel was, and the
+    /// messages agree with serde_json's StreamDeserializer over the clean stream.
+    #[test]
+    fn matches_serde_json_stream_oracle(
+        messages in proptest::collection::vec(
+            (json_value(), any::<bool>(), any::<bool>(), any::<bool>(), 0.0f64..1.0), 1..8),
+        cuts in proptest::collection::vec(1usize..64, 1..64),
+    ) {
+        let mut stream = Vec::new();
+        let mut clean = Vec::new();
+        let mut expected = Vec::new();
+        for (value, as_array, pretty, dirty, cut) in &messages {
+            let value = if *as_array {
+                serde_json::Value::Array(vec![value.clone()])
+            } else {
+                serde_json::json!({ "v": value })
+            };
+            let text = if *pretty {
+                serde_json::to_vec_pretty(&value).unwrap()
+            } else {
+                serde_json::to_vec(&value).unwrap()
+            };
+            if *dirty {
+                // A strict prefix of a container is always incomplete.
+                let n = ((text.len() - 1) as f64 * cut) as usize;
+                stream.extend_from_slice(&text[..n.max(1)]);
+                stream.push(0xFF);
+                expected.push(None);
+            }
+            stream.extend_from_slice(&text);
+            stream.extend_from_slice(b"\n");
+            clean.extend_from_slice(&text);
+            clean.push(b' ');
+            expected.push(Some(value));
+        }
+        let oracle: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&clean)
+            .into_iter::<serde_json::Value>()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<serde_json::Value> = expected.iter().flatten().cloned().collect();
+        prop_assert_eq!(&oracle, &want);
+
+        let mut chunks = Vec::new();
+        let mut rest: &[u8] = &stream;
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = cuts[i % cuts.len()].min(rest.len());
+            chunks.push(&rest[..n]);
+            rest = &rest[n..];
+            i += 1;
+        }
+        let (frames, _) = run_chunks(&mut Decoder::new(), &chunks);
+        let got: Vec<Option<serde_json::Value>> = frames
+            .iter()
+            .map(|f| match f {
+                Frame::Message(m) => Some(serde_json::from_slice(m).unwrap()),
+                Frame::Resync => None,
+                other => panic!("unexpected frame {other:?}"),
+            })
+            .collect();
+        prop_assert_eq!(got, expected);
+    }
+}

@@ -1,0 +1,393 @@
+//! In-memory implementations of every trait (feature `fake`), for tests of code
+//! built on the ops and for embedding without touching a machine. Each records what
+//! it was asked and can be told to fail its next call.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::{
+    FsFreeze, GuestFile, Interface, Network, OpenMode, OpsError, Power, SeekOutcome, ShutdownMode,
+    SuspendMode, Trim, TrimResult, Whence, WriteOutcome,
+};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An injectable failure: the next call that checks it returns this error.
+#[derive(Debug, Default)]
+pub struct FailNext(Mutex<Option<OpsError>>);
+
+impl FailNext {
+    /// Makes the next call fail with `e`.
+    pub fn set(&self, e: OpsError) {
+        *lock(&self.0) = Some(e);
+    }
+
+    fn take(&self) -> Result<(), OpsError> {
+        match lock(&self.0).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+type Contents = Arc<Mutex<Vec<u8>>>;
+
+/// Files in memory, with the same mode, end-of-file and seek rules as [`crate::LinuxFiles`].
+#[derive(Debug, Default)]
+pub struct FakeFiles {
+    files: Mutex<HashMap<PathBuf, Contents>>,
+    /// Fails the next `open`.
+    pub fail_open: FailNext,
+    /// Fails the next read, write, seek, flush or close of any file.
+    pub fail_io: Arc<FailNext>,
+}
+
+impl FakeFiles {
+    /// Empty file system.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Creates or replaces a file.
+    pub fn insert(&self, path: impl Into<PathBuf>, data: impl Into<Vec<u8>>) {
+        lock(&self.files).insert(path.into(), Arc::new(Mutex::new(data.into())));
+    }
+
+    /// A file's current contents.
+    pub fn contents(&self, path: impl AsRef<Path>) -> Option<Vec<u8>> {
+        lock(&self.files)
+            .get(path.as_ref())
+            .map(|c| lock(c).clone())
+    }
+}
+
+fn enoent(path: &Path, mode: &str) -> OpsError {
+    OpsError::os(
+        format!("failed to open file '{}' (mode: '{mode}')", path.display()),
+        io::Error::from_raw_os_error(libc::ENOENT),
+    )
+}
+
+impl crate::Files for FakeFiles {
+    fn open(&self, path: &Path, mode_text: &str) -> Result<Box<dyn GuestFile>, OpsError> {
+        let mode = OpenMode::parse(mode_text)?;
+        self.fail_open.take()?;
+        let mut files = lock(&self.files);
+        let data = match files.get(path) {
+            Some(d) => d.clone(),
+            None if mode.creates() => {
+                let d: Contents = Arc::default();
+                files.insert(path.to_owned(), d.clone());
+                d
+            }
+            None => return Err(enoent(path, mode_text)),
+        };
+        if mode.base == 'w' {
+            lock(&data).clear();
+        }
+        Ok(Box::new(FakeFile {
+            data,
+            pos: 0,
+            eof: false,
+            mode,
+            fail: self.fail_io.clone(),
+        }))
+    }
+}
+
+struct FakeFile {
+    data: Contents,
+    pos: usize,
+    eof: bool,
+    mode: OpenMode,
+    fail: Arc<FailNext>,
+}
+
+fn ebadf(context: &str) -> OpsError {
+    OpsError::os(context, io::Error::from_raw_os_error(libc::EBADF))
+}
+
+impl GuestFile for FakeFile {
+    fn read(&mut self, count: usize, buf: &mut Vec<u8>) -> Result<bool, OpsError> {
+        self.fail.take()?;
+        if !self.mode.readable() {
+            return Err(ebadf("failed to read file"));
+        }
+        let data = lock(&self.data);
+        let start = self.pos.min(data.len());
+        let end = start.saturating_add(count).min(data.len());
+        buf.extend_from_slice(&data[start..end]);
+        self.pos = end;
+        if end - start < count {
+            self.eof = true;
+        }
+        Ok(self.eof)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<WriteOutcome, OpsError> {
+        self.fail.take()?;
+        if !self.mode.writable() {
+            return Err(ebadf("failed to write to file"));
+        }
+        let mut data = lock(&self.data);
+        if self.mode.base == 'a' {
+            self.pos = data.len();
+        }
+        let end = self.pos + bytes.len();
+        if data.len() < end {
+            data.resize(end, 0);
+        }
+        data[self.pos..end].copy_from_slice(bytes);
+        self.pos = end;
+        Ok(WriteOutcome {
+            count: bytes.len(),
+            eof: self.eof,
+        })
+    }
+
+    fn seek(&mut self, offset: i64, whence: Whence) -> Result<SeekOutcome, OpsError> {
+        self.fail.take()?;
+        let len = lock(&self.data).len() as i64;
+        let base = match whence {
+            Whence::Set => 0,
+            Whence::Cur => self.pos as i64,
+            Whence::End => len,
+        };
+        let Some(target) = base.checked_add(offset).filter(|t| *t >= 0) else {
+            return Err(OpsError::os(
+                "failed to seek file",
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        };
+        self.pos = target as usize;
+        self.eof = false;
+        Ok(SeekOutcome {
+            position: target as u64,
+            eof: false,
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), OpsError> {
+        self.fail.take()
+    }
+
+    fn close(self: Box<Self>) -> Result<(), OpsError> {
+        self.fail.take()
+    }
+}
+
+/// A freeze state machine over scripted mountpoints (in mount order).
+#[derive(Debug, Default)]
+pub struct FakeFsFreeze {
+    mountpoints: Vec<String>,
+    frozen: Mutex<Vec<String>>,
+    /// Fails the next freeze or thaw (a failed freeze thaws everything first, as the
+    /// real one does).
+    pub fail_next: FailNext,
+}
+
+impl FakeFsFreeze {
+    /// Freezable filesystems at these mountpoints, in mount order.
+    pub fn new(mountpoints: &[&str]) -> Self {
+        FakeFsFreeze {
+            mountpoints: mountpoints.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Mountpoints currently frozen.
+    pub fn frozen(&self) -> Vec<String> {
+        lock(&self.frozen).clone()
+    }
+}
+
+impl FsFreeze for FakeFsFreeze {
+    fn freeze(&self, mountpoints: Option<&[String]>) -> Result<usize, OpsError> {
+        let mut frozen = lock(&self.frozen);
+        if let Err(e) = self.fail_next.take() {
+            frozen.clear();
+            return Err(e);
+        }
+        let mut count = 0;
+        for m in self.mountpoints.iter().rev() {
+            if mountpoints.is_some_and(|l| !l.contains(m)) {
+                continue;
+            }
+            // Already frozen: the kernel says EBUSY, which is skipped.
+            if !frozen.contains(m) {
+                frozen.push(m.clone());
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    fn thaw(&self) -> Result<usize, OpsError> {
+        let mut frozen = lock(&self.frozen);
+        let count = frozen.len();
+        frozen.clear();
+        self.fail_next.take()?;
+        Ok(count)
+    }
+}
+
+/// Trim over scripted mountpoints: each reports `trimmed` bytes, or a scripted error.
+#[derive(Debug, Default)]
+pub struct FakeTrim {
+    /// (mountpoint, Ok(trimmed bytes) or Err(error text)), in mount order.
+    pub mounts: Vec<(String, Result<u64, String>)>,
+    /// Minimums asked for, one per call.
+    pub calls: Mutex<Vec<Option<u64>>>,
+    /// Fails the next call as a whole.
+    pub fail_next: FailNext,
+}
+
+impl Trim for FakeTrim {
+    fn trim(
+        &self,
+        minimum: Option<u64>,
+        mountpoints: Option<&[String]>,
+    ) -> Result<Vec<TrimResult>, OpsError> {
+        self.fail_next.take()?;
+        lock(&self.calls).push(minimum);
+        Ok(self
+            .mounts
+            .iter()
+            .rev()
+            .filter(|(m, _)| mountpoints.is_none_or(|l| l.contains(m)))
+            .map(|(m, r)| match r {
+                Ok(n) => TrimResult {
+                    path: m.clone(),
+                    trimmed: Some(*n),
+                    minimum: Some(minimum.unwrap_or(0)),
+                    error: None,
+                },
+                Err(e) => TrimResult {
+                    path: m.clone(),
+                    trimmed: None,
+                    minimum: None,
+                    error: Some(e.clone()),
+                },
+            })
+            .collect())
+    }
+}
+
+/// A power call the fake received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerCall {
+    /// `shutdown(mode)`.
+    Shutdown(ShutdownMode),
+    /// `suspend(mode)`.
+    Suspend(SuspendMode),
+}
+
+/// Records power calls instead of making them.
+#[derive(Debug, Default)]
+pub struct FakePower {
+    calls: Mutex<Vec<PowerCall>>,
+    /// Fails the next call.
+    pub fail_next: FailNext,
+}
+
+impl FakePower {
+    /// Calls received so far.
+    pub fn calls(&self) -> Vec<PowerCall> {
+        lock(&self.calls).clone()
+    }
+}
+
+impl Power for FakePower {
+    fn shutdown(&self, mode: ShutdownMode) -> Result<(), OpsError> {
+        self.fail_next.take()?;
+        lock(&self.calls).push(PowerCall::Shutdown(mode));
+        Ok(())
+    }
+
+    fn suspend(&self, mode: SuspendMode) -> Result<(), OpsError> {
+        self.fail_next.take()?;
+        lock(&self.calls).push(PowerCall::Suspend(mode));
+        Ok(())
+    }
+}
+
+/// Scripted interfaces.
+#[derive(Debug, Default)]
+pub struct FakeNetwork {
+    /// What `interfaces` returns.
+    pub interfaces: Mutex<Vec<Interface>>,
+    /// Fails the next call.
+    pub fail_next: FailNext,
+}
+
+impl Network for FakeNetwork {
+    fn interfaces(&self) -> Result<Vec<Interface>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.interfaces).clone())
+    }
+}
+
+/// One of each fake, kept as concrete types so tests can script and inspect them;
+/// [`FakeOps::ops`] hands the same objects out as an [`crate::Ops`].
+#[derive(Debug, Clone)]
+pub struct FakeOps {
+    /// Files.
+    pub files: Arc<FakeFiles>,
+    /// Freeze (mountpoints `/` and `/data`).
+    pub freeze: Arc<FakeFsFreeze>,
+    /// Trim (same mountpoints, 1 MiB and 2 MiB trimmed).
+    pub trim: Arc<FakeTrim>,
+    /// Power.
+    pub power: Arc<FakePower>,
+    /// Network (`lo` with 127.0.0.1/8 and ::1/128).
+    pub network: Arc<FakeNetwork>,
+}
+
+impl Default for FakeOps {
+    fn default() -> Self {
+        let lo = Interface {
+            name: "lo".into(),
+            hardware_address: Some("00:00:00:00:00:00".into()),
+            addresses: vec![
+                (std::net::Ipv4Addr::LOCALHOST.into(), 8),
+                (std::net::Ipv6Addr::LOCALHOST.into(), 128),
+            ],
+            statistics: Some(Default::default()),
+        };
+        FakeOps {
+            files: Arc::default(),
+            freeze: Arc::new(FakeFsFreeze::new(&["/", "/data"])),
+            trim: Arc::new(FakeTrim {
+                mounts: vec![("/".into(), Ok(1 << 20)), ("/data".into(), Ok(2 << 20))],
+                ..Default::default()
+            }),
+            power: Arc::default(),
+            network: Arc::new(FakeNetwork {
+                interfaces: Mutex::new(vec![lo]),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+impl FakeOps {
+    /// Fresh fakes with the defaults above.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The fakes as trait objects.
+    pub fn ops(&self) -> crate::Ops {
+        crate::Ops {
+            files: self.files.clone(),
+            freeze: self.freeze.clone(),
+            trim: self.trim.clone(),
+            power: self.power.clone(),
+            network: self.network.clone(),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The mount table, as qemu-ga reads it from `/proc/self/mountinfo`.
+
+use std::path::Path;
+
+use crate::OpsError;
+
+/// A mounted filesystem that freeze and trim consider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Mount point, octal escapes (`\040`) decoded.
+    pub dir: String,
+    /// Filesystem type (`ext4`, `xfs`, ...).
+    pub fstype: String,
+    /// Device major number.
+    pub major: u32,
+    /// Device minor number.
+    pub minor: u32,
+}
+
+/// Decodes the `\NNN` octal escapes the kernel uses for space, tab, newline and `\`.
+pub fn decode_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            if let Ok(byte) = u8::try_from(v) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses mountinfo text into the mounts freeze and trim act on, in mount order.
+/// Like qemu-ga, filesystems without a backing device (major 0: proc, tmpfs,
+/// overlay, NFS, ...) are left out, except btrfs, whose subvolumes report major 0.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    let mut mounts = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if sep < 6 || fields.len() < sep + 2 {
+            continue;
+        }
+        let Some((major, minor)) = fields[2].split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
+            continue;
+        };
+        let fstype = decode_octal(fields[sep + 1]);
+        if major == 0 && fstype != "btrfs" {
+            continue;
+        }
+        mounts.push(Mount {
+            dir: decode_octal(fields[4]),
+            fstype,
+            major,
+            minor,
+        });
+    }
+    mounts
+}
+
+/// Reads and parses a mountinfo file.
+pub fn read_mountinfo(path: &Path) -> Result<Vec<Mount>, OpsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| OpsError::os(format!("failed to open mtab file: '{}'", path.display()), e))?;
+    Ok(parse_mountinfo(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_filters_like_the_reference() {
+        let text = "\
+22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+23 22 0:21 / /proc rw,nosuid shared:12 - proc proc rw
+24 22 0:5 / /dev rw shared:2 - devtmpfs udev rw,size=10k
+40 22 7:0 / /mnt/with\\040space rw,relatime shared:30 - ext4 /dev/loop0 rw
+41 22 0:45 / /srv rw - btrfs /dev/vdb rw
+42 22 0:46 / /net rw - nfs4 server:/x rw
+43 22 8:1 / /tab\\011dir rw master:1 shared:9 - xfs /dev/sda1 rw
+garbage line
+";
+        let mounts = parse_mountinfo(text);
+        let dirs: Vec<&str> = mounts.iter().map(|m| m.dir.as_str()).collect();
+        assert_eq!(dirs, ["/", "/mnt/with space", "/srv", "/tab\tdir"]);
+        assert_eq!(mounts[1].fstype, "ext4");
+        assert_eq!((mounts[1].major, mounts[1].minor), (7, 0));
+    }
+
+    #[test]
+    fn octal_decoding_leaves_other_backslashes_alone() {
+        assert_eq!(decode_octal("a\\134b"), "a\\b");
+        assert_eq!(decode_octal("a\\9b\\"), "a\\9b\\");
+        assert_eq!(decode_octal("\\012"), "\n");
+    }
+
+    #[test]
+    fn this_machine_has_a_root_mount() {
+        let mounts = read_mountinfo(Path::new("/proc/self/mountinfo")).unwrap();
+        assert!(mounts.iter().any(|m| m.dir == "/"), "{mounts:?}");
+    }
+}

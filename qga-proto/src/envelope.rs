@@ -1,0 +1,273 @@
+//! Requests (`{"execute", "arguments", "id"}`) and replies (`{"return"|"error", "id"}`).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::json::{parse_error_text, parse_top_level, BorrowedStr, TopLevel};
+use crate::{Command, QgaError};
+
+/// A parsed request whose `arguments` are still raw JSON, borrowed from the message.
+///
+/// Parse late: the arguments are only typed once the command is known (see
+/// [`Command::from_arguments`]), so a 48 MiB `buf-b64` is never copied here.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// The command name.
+    pub execute: Cow<'a, str>,
+    /// The `arguments` object, raw; `None` when absent (= `{}`).
+    pub arguments: Option<&'a RawValue>,
+    /// The `id`, any JSON value; echoed in the reply.
+    pub id: Option<Value>,
+}
+
+/// Why a message is not a valid request, and the `id` to echo in the error reply
+/// (present whenever the message was an object with an `id`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{error}")]
+pub struct EnvelopeError {
+    /// The request's `id`, if one could be read.
+    pub id: Option<Value>,
+    /// The error to reply with (class GenericError, the reference's text).
+    pub error: QgaError,
+}
+
+impl EnvelopeError {
+    fn new(id: Option<Value>, desc: impl Into<String>) -> Self {
+        EnvelopeError {
+            id,
+            error: QgaError::generic(desc),
+        }
+    }
+
+    fn parse(what: impl fmt::Display) -> Self {
+        Self::new(None, format!("JSON parse error, {what}"))
+    }
+}
+
+impl<'a> Request<'a> {
+    /// Parses one message (a complete JSON value) into a request, with qemu-ga's
+    /// checks and texts:
+    ///
+    /// * not JSON: `JSON parse error, <what>` (the reference's words where serde_json
+    ///   lets us tell which case it is; `duplicate key` for a repeated member);
+    /// * not an object: `QMP input must be a JSON object`;
+    /// * `execute` not a string / `arguments` not an object / another member:
+    ///   `QMP input member 'execute' must be a string`,
+    ///   `QMP input member 'arguments' must be an object`,
+    ///   `QMP input member 'x' is unexpected` (members are checked in qemu-ga's hash
+    ///   order, so the same member is reported first);
+    /// * no `execute`: `QMP input lacks member 'execute'`.
+    ///
+    /// ```
+    /// let req = qga_proto::Request::parse(br#"{"execute":"guest-ping","id":7}"#).unwrap();
+    /// assert_eq!(req.execute, "guest-ping");
+    /// assert_eq!(req.id, Some(serde_json::json!(7)));
+    ///
+    /// let err = qga_proto::Request::parse(br#"{"id":5}"#).unwrap_err();
+    /// assert_eq!(err.error.desc, "QMP input lacks member 'execute'");
+    /// assert_eq!(err.id, Some(serde_json::json!(5)));
+    /// ```
+    pub fn parse(msg: &'a [u8]) -> Result<Self, EnvelopeError> {
+        let text = std::str::from_utf8(msg)
+            .map_err(|_| EnvelopeError::parse("invalid UTF-8 sequence in string"))?;
+        let members = match parse_top_level(text).map_err(EnvelopeError::parse)? {
+            TopLevel::Object(m) => m,
+            TopLevel::NotObject => {
+                return Err(EnvelopeError::new(None, "QMP input must be a JSON object"))
+            }
+        };
+        let id = match members.get("id") {
+            Some(raw) => Some(
+                serde_json::from_str::<Value>(raw.get())
+                    .map_err(|e| EnvelopeError::parse(parse_error_text(&e)))?,
+            ),
+            None => None,
+        };
+        let mut execute = None;
+        let mut arguments = None;
+        for name in members.names_in_qdict_order() {
+            let Some(raw) = members.get(name) else {
+                continue;
+            };
+            match name {
+                "execute" => {
+                    if !raw.get().starts_with('"') {
+                        return Err(EnvelopeError::new(
+                            id,
+                            "QMP input member 'execute' must be a string",
+                        ));
+                    }
+                    let s: BorrowedStr<'a> = serde_json::from_str(raw.get())
+                        .map_err(|e| EnvelopeError::parse(parse_error_text(&e)))?;
+                    execute = Some(s.0);
+                }
+                "arguments" => {
+                    if !raw.get().starts_with('{') {
+                        return Err(EnvelopeError::new(
+                            id,
+                            "QMP input member 'arguments' must be an object",
+                        ));
+                    }
+                    arguments = Some(raw);
+                }
+                "id" => {}
+                other => {
+                    let desc = format!("QMP input member '{other}' is unexpected");
+                    return Err(EnvelopeError::new(id, desc));
+                }
+            }
+        }
+        match execute {
+            Some(execute) => Ok(Request {
+                execute,
+                arguments,
+                id,
+            }),
+            None => Err(EnvelopeError::new(id, "QMP input lacks member 'execute'")),
+        }
+    }
+}
+
+/// A request to send: `{"execute": .., "arguments": .., "id": ..}`, serialisable.
+///
+/// ```
+/// use qga_proto::{Execute, GuestPing, GuestSync};
+/// let ping = serde_json::to_string(&Execute::command(&GuestPing {}, None)).unwrap();
+/// assert_eq!(ping, r#"{"execute":"guest-ping"}"#);
+/// let id = serde_json::json!(1);
+/// let sync = serde_json::to_string(&Execute::command(&GuestSync { id: 42 }, Some(&id))).unwrap();
+/// assert_eq!(sync, r#"{"execute":"guest-sync","arguments":{"id":42},"id":1}"#);
+/// ```
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Execute<'a, A: Serialize> {
+    /// Command name.
+    pub execute: &'a str,
+    /// Arguments, omitted when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<&'a A>,
+    /// Request id, omitted when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a Value>,
+}
+
+impl<'a, C: Command> Execute<'a, C> {
+    /// The request for a typed command; `arguments` is left out for commands that
+    /// declare no members.
+    pub fn command(cmd: &'a C, id: Option<&'a Value>) -> Self {
+        Execute {
+            execute: C::NAME,
+            arguments: if C::HAS_ARGUMENTS { Some(cmd) } else { None },
+            id,
+        }
+    }
+}
+
+/// A reply: `{"return": T}` or `{"error": {"class", "desc"}}`, plus `id` when the
+/// request had one. Serialises compactly with `return`/`error` first and `id` last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response<T> {
+    /// The command's result or the error.
+    pub result: Result<T, QgaError>,
+    /// The request's id, echoed.
+    pub id: Option<Value>,
+}
+
+impl<T> Response<T> {
+    /// A successful reply.
+    pub fn ok(value: T, id: Option<Value>) -> Self {
+        Response {
+            result: Ok(value),
+            id,
+        }
+    }
+
+    /// An error reply.
+    pub fn err(error: QgaError, id: Option<Value>) -> Self {
+        Response {
+            result: Err(error),
+            id,
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Response<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1 + usize::from(self.id.is_some())))?;
+        match &self.result {
+            Ok(v) => map.serialize_entry("return", v)?,
+            Err(e) => map.serialize_entry("error", e)?,
+        }
+        if let Some(id) = &self.id {
+            map.serialize_entry("id", id)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Response<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Response<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a QGA reply object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut result: Option<Result<T, QgaError>> = None;
+                let mut id = None;
+                while let Some(key) = map.next_key::<BorrowedStr<'de>>()? {
+                    match &*key.0 {
+                        "return" | "error" if result.is_some() => {
+                            return Err(de::Error::custom("reply has both return and error"))
+                        }
+                        "return" => result = Some(Ok(map.next_value()?)),
+                        "error" => result = Some(Err(map.next_value()?)),
+                        "id" => id = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                let result = result
+                    .ok_or_else(|| de::Error::custom("reply has neither return nor error"))?;
+                Ok(Response { result, id })
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A reply whose `return` value is kept as raw JSON, borrowed from the message: for
+/// clients that match the `id` before deciding how to type the result.
+pub type RawResponse<'a> = Response<&'a RawValue>;
+
+impl<'a> Response<&'a RawValue> {
+    /// Parses a reply message without typing its `return` value.
+    ///
+    /// ```
+    /// let reply = qga_proto::RawResponse::parse(br#"{"return": {"count": 3}, "id": 9}"#).unwrap();
+    /// assert_eq!(reply.result.unwrap().get(), r#"{"count": 3}"#);
+    /// assert_eq!(reply.id, Some(serde_json::json!(9)));
+    /// ```
+    pub fn parse(msg: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(msg)
+    }
+
+    /// Types the `return` value as `T`.
+    pub fn typed<T: Deserialize<'a>>(self) -> Result<Response<T>, serde_json::Error> {
+        let result = match self.result {
+            Ok(raw) => Ok(serde_json::from_str(raw.get())?),
+            Err(e) => Err(e),
+        };
+        Ok(Response {
+            result,
+            id: self.id,
+        })
+    }
+}
