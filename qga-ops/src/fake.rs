@@ -117,6 +117,9 @@ impl GuestFile for FakeFile {
         if !self.mode.readable() {
             return Err(ebadf("failed to read file"));
         }
+        if count == 0 {
+            return Ok(false);
+        }
         let data = lock(&self.data);
         let start = self.pos.min(data.len());
         let end = start.saturating_add(count).min(data.len());

@@ -18,7 +18,8 @@ pub trait Files: Send + Sync {
 /// a read after a write sees the written data, and the end-of-file flag is set by a
 /// read that hits the end and cleared by a seek.
 pub trait GuestFile: Send {
-    /// Appends up to `count` bytes to `buf`; returns the end-of-file flag.
+    /// Appends up to `count` bytes to `buf`; returns the end-of-file flag (always
+    /// false for `count == 0`, as qemu-ga reports it).
     fn read(&mut self, count: usize, buf: &mut Vec<u8>) -> Result<bool, OpsError>;
     /// Writes `data`.
     fn write(&mut self, data: &[u8]) -> Result<WriteOutcome, OpsError>;
@@ -181,6 +182,10 @@ fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 
 impl GuestFile for LinuxFile {
     fn read(&mut self, count: usize, buf: &mut Vec<u8>) -> Result<bool, OpsError> {
+        if count == 0 {
+            // qemu-ga reports eof false for an empty read, whatever came before.
+            return Ok(false);
+        }
         let start = buf.len();
         buf.reserve(count);
         let mut got = 0;

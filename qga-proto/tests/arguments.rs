@@ -184,3 +184,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn bare_words_are_invalid_keywords_as_in_the_reference() {
+    let err = Request::parse(b"junk").unwrap_err();
+    assert_eq!(err.error.desc, "JSON parse error, invalid keyword 'junk'");
+    assert_eq!(err.id, None);
+    let err = Request::parse(b"true").unwrap_err();
+    assert_eq!(err.error.desc, "QMP input must be a JSON object");
+}

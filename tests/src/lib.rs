@@ -1,1 +1,120 @@
-//! Cross-crate end-to-end tests live here.
+//! Cross-crate end-to-end test support: agents to talk to.
+//!
+//! [`OurAgent`] runs `qga-agent`'s library in this process on a unix socket in a
+//! temp dir; [`ReferenceAgent`] runs `/usr/sbin/qemu-ga` (Debian's
+//! `qemu-guest-agent`) the same way and kills it by pid when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+/// Path of the reference agent.
+pub const REFERENCE: &str = "/usr/sbin/qemu-ga";
+
+/// Whether the reference agent can be used; panics when it is missing and
+/// `QGA_REQUIRE_REFERENCE=1`, otherwise says why the caller will skip.
+pub fn reference_available() -> bool {
+    if Path::new(REFERENCE).exists() {
+        return true;
+    }
+    if std::env::var_os("QGA_REQUIRE_REFERENCE").is_some_and(|v| v == "1") {
+        panic!("{REFERENCE} is missing and QGA_REQUIRE_REFERENCE=1");
+    }
+    eprintln!("SKIPPED: {REFERENCE} not installed (Debian package qemu-guest-agent)");
+    false
+}
+
+fn wait_for_socket(sock: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "agent did not create {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Our agent, served by a thread of this process (the thread lives until the test
+/// process exits; its socket and state are in a temp dir).
+pub struct OurAgent {
+    /// The agent's socket.
+    pub sock: PathBuf,
+    /// Its temp dir (state and files).
+    pub dir: tempfile::TempDir,
+}
+
+impl OurAgent {
+    /// Starts the agent with extra command-line arguments.
+    pub fn start(extra: &[&str]) -> OurAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("sock");
+        let mut args = vec![
+            "qga-agent".to_owned(),
+            "-m".into(),
+            "unix-listen".into(),
+            "-p".into(),
+            sock.to_str().unwrap().into(),
+            "-t".into(),
+            dir.path().to_str().unwrap().into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let cli = qga_agent::Cli::try_parse_from(args).unwrap();
+        let config = qga_agent::Config::from_cli(&cli, Some("/nonexistent".into())).unwrap();
+        let state = qga_agent::StateDir::new(dir.path()).unwrap();
+        std::thread::spawn(move || {
+            let mut d = qga_agent::Dispatcher::new(
+                qga_ops::Ops::linux(Default::default()),
+                state,
+                qga_agent::DispatcherConfig {
+                    blocked: config.blocked(),
+                    allowed: config.allowed(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let log = qga_agent::Log::new(None, false);
+            qga_agent::channel::run(&config, &mut d, &log).unwrap();
+        });
+        wait_for_socket(&sock);
+        OurAgent { sock, dir }
+    }
+}
+
+/// The reference agent on a unix socket in a temp dir (also its cwd).
+pub struct ReferenceAgent {
+    child: Child,
+    /// The agent's socket.
+    pub sock: PathBuf,
+    /// Its temp dir.
+    pub dir: tempfile::TempDir,
+}
+
+impl ReferenceAgent {
+    /// Starts `/usr/sbin/qemu-ga -m unix-listen -p SOCK -t DIR`.
+    pub fn start() -> ReferenceAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("sock");
+        let child = Command::new(REFERENCE)
+            .args(["-m", "unix-listen", "-p"])
+            .arg(&sock)
+            .arg("-t")
+            .arg(dir.path())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start qemu-ga");
+        wait_for_socket(&sock);
+        ReferenceAgent { child, sock, dir }
+    }
+}
+
+impl Drop for ReferenceAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

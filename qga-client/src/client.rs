@@ -1,0 +1,570 @@
+//! The client: requests out, replies matched by id, resynchronisation on any doubt.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use qga_framing::{encode_json, Decoder, Frame, SENTINEL};
+use qga_proto::*;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::ClientError;
+
+/// Largest request qemu-ga accepts (its 64 MiB token limit); larger ones are refused
+/// locally instead of being sent to fail without an id.
+const MAX_REQUEST: usize = 64 * 1024 * 1024 - 64;
+/// Largest `count` for guest-file-read / a write chunk (48 MiB, the reference's cap).
+pub const MAX_CHUNK: usize = 48 * 1024 * 1024;
+
+/// Per-call timeouts by command class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Quick queries (ping, info, sync, file handles, network): default 10 s.
+    pub quick: Duration,
+    /// File transfers (read, write): default 60 s.
+    pub file: Duration,
+    /// fsfreeze and fstrim, which can take minutes on busy guests: default 10 min.
+    pub slow: Duration,
+    /// How long a command without a success response (shutdown, suspend) waits for
+    /// an immediate error reply before it counts as sent: default 1 s.
+    pub no_reply_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            quick: Duration::from_secs(10),
+            file: Duration::from_secs(60),
+            slow: Duration::from_secs(600),
+            no_reply_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The timeout for a command, by its class.
+    pub fn for_command(&self, name: &str) -> Duration {
+        if name.starts_with("guest-fsfreeze-") && name != "guest-fsfreeze-status"
+            || name == "guest-fstrim"
+        {
+            self.slow
+        } else if name == "guest-file-read" || name == "guest-file-write" {
+            self.file
+        } else {
+            self.quick
+        }
+    }
+}
+
+/// Progress of a file transfer: bytes done, and the total when known.
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, Option<u64>) + Send);
+
+/// A QGA client over any byte stream.
+///
+/// Every request carries a fresh `id` and only the reply with that id is accepted.
+/// The stream is resynchronised (0xFF, then guest-sync-delimited with a fresh random
+/// id, discarding everything up to the agent's 0xFF and any reply with another id)
+/// on the first call, and again after any timeout, protocol error, or a call whose
+/// future was dropped: a stale reply is never handed to a caller. Agents without
+/// guest-sync-delimited are synchronised with guest-sync instead.
+#[derive(Debug)]
+pub struct Client<S> {
+    stream: S,
+    decoder: Decoder,
+    buf: BytesMut,
+    out: BytesMut,
+    /// Set while a call is in flight and after anything that leaves the stream in
+    /// doubt; the next call resyncs first.
+    dirty: bool,
+    next_id: u64,
+    timeouts: Timeouts,
+    delimited_sync: bool,
+}
+
+fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
+    /// A client over `stream`. Nothing is sent until the first call, which
+    /// synchronises first.
+    pub fn new(stream: S) -> Self {
+        Client {
+            stream,
+            decoder: Decoder::new(),
+            buf: BytesMut::new(),
+            out: BytesMut::new(),
+            dirty: true,
+            next_id: random_u64() >> 12,
+            timeouts: Timeouts::default(),
+            delimited_sync: true,
+        }
+    }
+
+    /// Replaces the default timeouts.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// The timeouts in force.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id = self.next_id.wrapping_add(1) & (i64::MAX as u64);
+        self.next_id
+    }
+
+    async fn send(&mut self) -> Result<(), ClientError> {
+        self.stream
+            .write_all(&self.out)
+            .await
+            .map_err(ClientError::io)?;
+        self.stream.flush().await.map_err(ClientError::io)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// The next frame from the agent.
+    async fn frame(&mut self) -> Result<Frame, ClientError> {
+        loop {
+            if let Some(f) = self.decoder.decode(&mut self.buf) {
+                return Ok(f);
+            }
+            self.buf.reserve(64 * 1024);
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(ClientError::io)?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+
+    /// Synchronises the stream now (also done automatically when needed).
+    pub async fn sync(&mut self) -> Result<(), ClientError> {
+        let timeout = self.timeouts.quick;
+        self.dirty = true;
+        match tokio::time::timeout(timeout, self.sync_inner()).await {
+            Ok(Ok(())) => {
+                self.dirty = false;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    async fn sync_inner(&mut self) -> Result<(), ClientError> {
+        // Drop whatever we had buffered: it predates this sync.
+        self.buf.clear();
+        self.decoder.reset();
+        if self.delimited_sync {
+            let id = self.fresh_id() as i64;
+            self.out.extend_from_slice(&[SENTINEL]);
+            encode_json(
+                &Execute::command(&GuestSyncDelimited { id }, None),
+                false,
+                &mut self.out,
+            )
+            .map_err(ClientError::protocol)?;
+            self.send().await?;
+            let mut after_sentinel = false;
+            loop {
+                match self.frame().await? {
+                    Frame::Resync => after_sentinel = true,
+                    Frame::Message(m) => {
+                        let Ok(reply) = RawResponse::parse(&m) else {
+                            continue;
+                        };
+                        match reply.result {
+                            Ok(v) if after_sentinel && v.get() == id.to_string() => return Ok(()),
+                            Err(e)
+                                if e.class == ErrorClass::CommandNotFound
+                                    && e.desc.contains(GuestSyncDelimited::NAME) =>
+                            {
+                                self.delimited_sync = false;
+                                break;
+                            }
+                            _ => {}
+                        }
+                        after_sentinel = false;
+                    }
+                    _ => after_sentinel = false,
+                }
+            }
+        }
+        // Agents without guest-sync-delimited: guest-sync, skipping every reply
+        // until the one that echoes our id.
+        let id = self.fresh_id() as i64;
+        self.out.extend_from_slice(&[SENTINEL]);
+        encode_json(
+            &Execute::command(&GuestSync { id }, None),
+            false,
+            &mut self.out,
+        )
+        .map_err(ClientError::protocol)?;
+        self.send().await?;
+        loop {
+            if let Frame::Message(m) = self.frame().await? {
+                if let Ok(reply) = RawResponse::parse(&m) {
+                    if matches!(&reply.result, Ok(v) if v.get() == id.to_string()) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one request and waits for the reply with its id. Returns `None` for
+    /// commands without a success response once the grace period passed quietly.
+    async fn round_trip<A: Serialize>(
+        &mut self,
+        name: &str,
+        args: Option<&A>,
+        expects_reply: bool,
+        timeout: Duration,
+    ) -> Result<Option<Value>, ClientError> {
+        if self.dirty {
+            self.sync().await?;
+        }
+        self.dirty = true;
+        let id = Value::from(self.fresh_id());
+        let req = Execute {
+            execute: name,
+            arguments: args,
+            id: Some(&id),
+        };
+        encode_json(&req, false, &mut self.out).map_err(ClientError::protocol)?;
+        if self.out.len() > MAX_REQUEST {
+            let len = self.out.len();
+            self.out.clear();
+            self.dirty = false;
+            return Err(ClientError::Protocol(format!(
+                "request of {len} bytes exceeds the agent's 64 MiB limit"
+            )));
+        }
+        let wait = if expects_reply {
+            timeout
+        } else {
+            self.timeouts.no_reply_grace
+        };
+        let result = tokio::time::timeout(timeout, self.send()).await;
+        match result {
+            Ok(r) => r?,
+            Err(_) => return Err(ClientError::Timeout),
+        }
+        match tokio::time::timeout(wait, self.reply_for(&id)).await {
+            Ok(Ok(v)) => {
+                self.dirty = false;
+                Ok(Some(v?))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) if !expects_reply => Ok(None),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Reads replies until the one carrying `id`.
+    async fn reply_for(&mut self, id: &Value) -> Result<Result<Value, ClientError>, ClientError> {
+        loop {
+            let Frame::Message(m) = self.frame().await? else {
+                continue;
+            };
+            let reply = match RawResponse::parse(&m) {
+                Ok(r) => r,
+                // Not a reply at all: garbage on the line. Skip it.
+                Err(_) => continue,
+            };
+            if reply.id.as_ref() != Some(id) {
+                // A stale reply to someone else's request, or an id-less error.
+                continue;
+            }
+            return Ok(match reply.result {
+                Ok(raw) => serde_json::from_str(raw.get()).map_err(ClientError::protocol),
+                Err(e) => Err(ClientError::Agent(e)),
+            });
+        }
+    }
+
+    /// Runs a typed command with its class's timeout.
+    pub async fn execute<C: Command>(&mut self, cmd: &C) -> Result<C::Returns, ClientError> {
+        let timeout = self.timeouts.for_command(C::NAME);
+        self.execute_with_timeout(cmd, timeout).await
+    }
+
+    /// Runs a typed command with an explicit timeout. For commands without a
+    /// success response (shutdown, suspend), `Ok` means the request was written
+    /// and no error came back within the grace period.
+    pub async fn execute_with_timeout<C: Command>(
+        &mut self,
+        cmd: &C,
+        timeout: Duration,
+    ) -> Result<C::Returns, ClientError> {
+        let args = C::HAS_ARGUMENTS.then_some(cmd);
+        match self
+            .round_trip(C::NAME, args, C::SUCCESS_RESPONSE, timeout)
+            .await?
+        {
+            Some(v) => serde_json::from_value(v).map_err(ClientError::protocol),
+            None => {
+                // The agent is going away (or suspended): the stream is in doubt.
+                self.dirty = true;
+                serde_json::from_value(Value::Object(Default::default()))
+                    .map_err(ClientError::protocol)
+            }
+        }
+    }
+
+    /// Runs any command by name with raw JSON arguments; returns the raw `return`.
+    /// Commands that answer nothing on success give `Value::Null`.
+    pub async fn execute_raw(
+        &mut self,
+        name: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let expects_reply = command_spec(name).is_none_or(|s| s.success_response);
+        let timeout = self.timeouts.for_command(name);
+        let r = self
+            .round_trip(name, arguments.as_ref(), expects_reply, timeout)
+            .await?;
+        if r.is_none() {
+            self.dirty = true;
+        }
+        Ok(r.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the agent closes the connection or stops answering pings,
+    /// e.g. after guest-shutdown. Returns `Ok` once it is gone.
+    pub async fn wait_gone(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            let quick = self.timeouts.quick.min(Duration::from_secs(2));
+            match self.execute_with_timeout(&GuestPing {}, quick).await {
+                Err(ClientError::Closed) | Err(ClientError::Io(_)) => return Ok(()),
+                Err(ClientError::Timeout) => return Ok(()),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// guest-ping.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.execute(&GuestPing {}).await.map(|_| ())
+    }
+
+    /// guest-info.
+    pub async fn info(&mut self) -> Result<GuestAgentInfo, ClientError> {
+        self.execute(&GuestInfo {}).await
+    }
+
+    /// guest-shutdown (`None` = powerdown).
+    pub async fn shutdown(&mut self, mode: Option<&str>) -> Result<(), ClientError> {
+        self.execute(&GuestShutdown {
+            mode: mode.map(str::to_owned),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// guest-suspend-disk.
+    pub async fn suspend_disk(&mut self) -> Result<(), ClientError> {
+        self.execute(&GuestSuspendDisk {}).await.map(|_| ())
+    }
+
+    /// guest-suspend-ram.
+    pub async fn suspend_ram(&mut self) -> Result<(), ClientError> {
+        self.execute(&GuestSuspendRam {}).await.map(|_| ())
+    }
+
+    /// guest-suspend-hybrid.
+    pub async fn suspend_hybrid(&mut self) -> Result<(), ClientError> {
+        self.execute(&GuestSuspendHybrid {}).await.map(|_| ())
+    }
+
+    /// guest-file-open; returns the handle.
+    pub async fn file_open(&mut self, path: &str, mode: Option<&str>) -> Result<i64, ClientError> {
+        self.execute(&GuestFileOpen {
+            path: path.to_owned(),
+            mode: mode.map(str::to_owned),
+        })
+        .await
+    }
+
+    /// guest-file-close.
+    pub async fn file_close(&mut self, handle: i64) -> Result<(), ClientError> {
+        self.execute(&GuestFileClose { handle }).await.map(|_| ())
+    }
+
+    /// guest-file-read.
+    pub async fn file_read(
+        &mut self,
+        handle: i64,
+        count: Option<i64>,
+    ) -> Result<GuestFileReadResult, ClientError> {
+        self.execute(&GuestFileRead { handle, count }).await
+    }
+
+    /// guest-file-write.
+    pub async fn file_write(
+        &mut self,
+        handle: i64,
+        data: Vec<u8>,
+    ) -> Result<GuestFileWriteResult, ClientError> {
+        self.execute(&GuestFileWrite {
+            handle,
+            buf_b64: Base64(data),
+            count: None,
+        })
+        .await
+    }
+
+    /// guest-file-seek.
+    pub async fn file_seek(
+        &mut self,
+        handle: i64,
+        offset: i64,
+        whence: SeekOrigin,
+    ) -> Result<GuestFileSeekResult, ClientError> {
+        self.execute(&GuestFileSeek {
+            handle,
+            offset,
+            whence: Whence::Name(whence),
+        })
+        .await
+    }
+
+    /// guest-file-flush.
+    pub async fn file_flush(&mut self, handle: i64) -> Result<(), ClientError> {
+        self.execute(&GuestFileFlush { handle }).await.map(|_| ())
+    }
+
+    /// guest-fsfreeze-status.
+    pub async fn fsfreeze_status(&mut self) -> Result<FsfreezeStatus, ClientError> {
+        self.execute(&GuestFsfreezeStatus {}).await
+    }
+
+    /// guest-fsfreeze-freeze, or guest-fsfreeze-freeze-list when `mountpoints` is
+    /// given; returns the number of filesystems frozen.
+    pub async fn fsfreeze_freeze(
+        &mut self,
+        mountpoints: Option<Vec<String>>,
+    ) -> Result<i64, ClientError> {
+        match mountpoints {
+            None => self.execute(&GuestFsfreezeFreeze {}).await,
+            Some(m) => {
+                self.execute(&GuestFsfreezeFreezeList {
+                    mountpoints: Some(m),
+                })
+                .await
+            }
+        }
+    }
+
+    /// guest-fsfreeze-thaw; returns the number of filesystems thawed.
+    pub async fn fsfreeze_thaw(&mut self) -> Result<i64, ClientError> {
+        self.execute(&GuestFsfreezeThaw {}).await
+    }
+
+    /// guest-fstrim.
+    pub async fn fstrim(
+        &mut self,
+        minimum: Option<i64>,
+    ) -> Result<GuestFilesystemTrimResponse, ClientError> {
+        self.execute(&GuestFstrim { minimum }).await
+    }
+
+    /// guest-network-get-interfaces.
+    pub async fn network_interfaces(&mut self) -> Result<Vec<GuestNetworkInterface>, ClientError> {
+        self.execute(&GuestNetworkGetInterfaces {}).await
+    }
+
+    /// Reads a whole guest file in chunks of `chunk` bytes (at most 48 MiB).
+    pub async fn read_file(
+        &mut self,
+        path: &str,
+        chunk: usize,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let chunk = chunk.clamp(1, MAX_CHUNK) as i64;
+        let handle = self.file_open(path, Some("r")).await?;
+        let mut data = Vec::new();
+        let mut progress = progress;
+        let result = async {
+            loop {
+                let r = self.file_read(handle, Some(chunk)).await?;
+                data.extend_from_slice(&r.buf_b64.0);
+                if let Some(p) = progress.as_mut() {
+                    p(data.len() as u64, None);
+                }
+                if r.eof || r.count == 0 {
+                    return Ok::<(), ClientError>(());
+                }
+            }
+        }
+        .await;
+        let closed = self.file_close(handle).await;
+        result?;
+        closed?;
+        Ok(data)
+    }
+
+    /// Writes `data` to a guest file (created or truncated) in chunks of `chunk`
+    /// bytes (at most 48 MiB).
+    pub async fn write_file(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        chunk: usize,
+        progress: Option<Progress<'_>>,
+    ) -> Result<(), ClientError> {
+        let chunk = chunk.clamp(1, MAX_CHUNK);
+        let handle = self.file_open(path, Some("w")).await?;
+        let mut progress = progress;
+        let total = data.len() as u64;
+        let result = async {
+            let mut done = 0usize;
+            for piece in data.chunks(chunk) {
+                let w = self.file_write(handle, piece.to_vec()).await?;
+                if w.count as usize != piece.len() {
+                    return Err(ClientError::Protocol(format!(
+                        "short write: {} of {} bytes",
+                        w.count,
+                        piece.len()
+                    )));
+                }
+                done += piece.len();
+                if let Some(p) = progress.as_mut() {
+                    p(done as u64, Some(total));
+                }
+            }
+            self.file_flush(handle).await
+        }
+        .await;
+        let closed = self.file_close(handle).await;
+        result?;
+        closed
+    }
+}

@@ -1,0 +1,63 @@
+//! The client's error type.
+
+use std::io;
+
+use qga_proto::{ErrorClass, QgaError};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The agent answered with an error.
+    #[error("agent error: {0}")]
+    Agent(QgaError),
+    /// No (matching) reply in time. The client resyncs before its next call.
+    #[error("timed out waiting for the agent")]
+    Timeout,
+    /// The agent closed the connection.
+    #[error("connection closed by the agent")]
+    Closed,
+    /// Reading or writing the stream failed.
+    #[error("i/o error: {0}")]
+    Io(#[source] io::Error),
+    /// The agent's answer made no sense (or a request could not be built).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub(crate) fn io(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::UnexpectedEof => ClientError::Closed,
+            _ => ClientError::Io(e),
+        }
+    }
+
+    pub(crate) fn protocol(e: impl std::fmt::Display) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+
+    /// The agent answered, refusing the request (its class and description).
+    pub fn agent_error(&self) -> Option<&QgaError> {
+        match self {
+            ClientError::Agent(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The agent does not know or has disabled the command (class CommandNotFound).
+    pub fn is_command_not_found(&self) -> bool {
+        matches!(self, ClientError::Agent(e) if e.class == ErrorClass::CommandNotFound)
+    }
+
+    /// The agent could not be reached or did not answer: no connection, closed,
+    /// I/O failure or timeout (as opposed to an answer that refused the request).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Timeout | ClientError::Closed | ClientError::Io(_)
+        )
+    }
+}

@@ -1,0 +1,82 @@
+//! Connecting to an agent: unix socket, AF_VSOCK, and the Cloud Hypervisor /
+//! Firecracker hybrid vsock (a unix socket with a `CONNECT <port>` handshake).
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::{Client, ClientError};
+
+/// Connects to a unix socket: QEMU's `-chardev socket` for the guest agent port on
+/// the host, or an agent in `unix-listen` mode.
+pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Client<UnixStream>, ClientError> {
+    let s = UnixStream::connect(path).await.map_err(ClientError::Io)?;
+    Ok(Client::new(s))
+}
+
+/// Connects to an agent listening on AF_VSOCK `cid:port`.
+pub async fn connect_vsock(
+    cid: u32,
+    port: u32,
+) -> Result<Client<tokio_vsock::VsockStream>, ClientError> {
+    let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(cid, port))
+        .await
+        .map_err(ClientError::Io)?;
+    Ok(Client::new(s))
+}
+
+/// Connects through a hybrid vsock unix socket (Cloud Hypervisor, Firecracker):
+/// writes `CONNECT <port>\n` and expects `OK <n>\n` before speaking QGA.
+pub async fn connect_hybrid_vsock(
+    path: impl AsRef<Path>,
+    port: u32,
+) -> Result<Client<UnixStream>, ClientError> {
+    let s = UnixStream::connect(path).await.map_err(ClientError::Io)?;
+    let s = hybrid_handshake(s, port, Duration::from_secs(10)).await?;
+    Ok(Client::new(s))
+}
+
+/// The hybrid vsock handshake over any stream; returns the stream ready for QGA.
+/// The VMM's answer is read one byte at a time, so no QGA byte after it is consumed.
+pub async fn hybrid_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    port: u32,
+    timeout: Duration,
+) -> Result<S, ClientError> {
+    let run = async {
+        s.write_all(format!("CONNECT {port}\n").as_bytes())
+            .await
+            .map_err(ClientError::Io)?;
+        let mut line = Vec::new();
+        {
+            // A BufReader over `&mut s` with capacity 1 never reads past the newline.
+            let mut r = BufReader::with_capacity(1, &mut s);
+            r.read_until(b'\n', &mut line)
+                .await
+                .map_err(ClientError::Io)?;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end();
+        if text.starts_with("OK ") {
+            Ok(())
+        } else if text.is_empty() {
+            Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("hybrid vsock CONNECT {port} refused: connection closed"),
+            )))
+        } else {
+            Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("hybrid vsock CONNECT {port} refused: {text:?}"),
+            )))
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(())) => Ok(s),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ClientError::Timeout),
+    }
+}

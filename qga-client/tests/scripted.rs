@@ -1,0 +1,410 @@
+//! The client against scripted peers, byte for byte: stale data, split replies,
+//! wrong ids, silent and vanishing agents, the hybrid vsock handshake. Timeouts run
+//! on tokio's paused clock, so they are instant and exact.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use qga_client::{hybrid_handshake, Client, ClientError, Timeouts};
+use qga_framing::{Decoder, Frame};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+/// Reads the peer's next request (skipping the client's 0xFF flush bytes).
+async fn next_request(
+    io: &mut DuplexStream,
+    dec: &mut Decoder,
+    buf: &mut BytesMut,
+) -> Option<Value> {
+    loop {
+        while let Some(f) = dec.decode(buf) {
+            if let Frame::Message(m) = f {
+                return Some(serde_json::from_slice(&m).unwrap());
+            }
+        }
+        let mut tmp = [0u8; 4096];
+        let n = io.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// A scripted agent: for each request, `answer` returns the raw bytes to send
+/// (possibly nothing), written in pieces of `piece` bytes.
+fn agent(
+    mut io: DuplexStream,
+    piece: usize,
+    mut answer: impl FnMut(&Value) -> Vec<u8> + Send + 'static,
+) -> tokio::task::JoinHandle<Vec<Value>> {
+    tokio::spawn(async move {
+        let (mut dec, mut buf) = (Decoder::new(), BytesMut::new());
+        let mut seen = Vec::new();
+        while let Some(req) = next_request(&mut io, &mut dec, &mut buf).await {
+            let bytes = answer(&req);
+            seen.push(req);
+            for chunk in bytes.chunks(piece.max(1)) {
+                if io.write_all(chunk).await.is_err() {
+                    return seen;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        seen
+    })
+}
+
+/// The well-behaved reply to a request.
+fn proper(req: &Value) -> Vec<u8> {
+    match req["execute"].as_str().unwrap() {
+        "guest-sync-delimited" => {
+            let mut v = b"\xff".to_vec();
+            v.extend(json!({"return": req["arguments"]["id"]}).to_string().bytes());
+            v.push(b'\n');
+            v
+        }
+        "guest-sync" => format!("{}\n", json!({"return": req["arguments"]["id"]})).into_bytes(),
+        "guest-ping" => format!("{}\n", json!({"return": {}, "id": req["id"]})).into_bytes(),
+        "guest-fsfreeze-status" => {
+            format!("{}\n", json!({"return": "thawed", "id": req["id"]})).into_bytes()
+        }
+        other => format!(
+            "{}\n",
+            json!({"error": {"class": "CommandNotFound", "desc": format!("The command {other} has not been found")}, "id": req["id"]})
+        )
+        .into_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn stale_data_and_a_stale_reply_before_the_sentinel_are_skipped() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let mut first = true;
+    let peer = agent(theirs, 4096, move |req| {
+        let mut v = Vec::new();
+        if first {
+            first = false;
+            // Leftovers from a previous host: half a reply, a whole stale reply
+            // with a plausible id, and 7.2's error for our own 0xFF.
+            v.extend_from_slice(b"{\"return\": {\"count\": 3, \"buf-b64\": \"AAA");
+            v.extend_from_slice(b"\"}}\n{\"return\": 1, \"id\": 1}\n");
+            v.extend_from_slice(
+                b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error, stray '\\uFFFD'\"}}\n",
+            );
+        }
+        v.extend(proper(req));
+        v
+    });
+    let mut client = Client::new(ours);
+    assert_eq!(
+        client.fsfreeze_status().await.unwrap(),
+        qga_proto::FsfreezeStatus::Thawed
+    );
+    client.ping().await.unwrap();
+    drop(client);
+    let seen = peer.await.unwrap();
+    let names: Vec<&str> = seen
+        .iter()
+        .map(|r| r["execute"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "guest-sync-delimited",
+            "guest-fsfreeze-status",
+            "guest-ping"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn replies_split_at_every_byte_are_reassembled() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let peer = agent(theirs, 1, proper);
+    let mut client = Client::new(ours);
+    for _ in 0..3 {
+        client.ping().await.unwrap();
+    }
+    drop(client);
+    assert_eq!(peer.await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn a_sync_reply_with_the_wrong_id_is_not_accepted() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let peer = agent(theirs, 4096, |req| {
+        let mut v = Vec::new();
+        if req["execute"] == "guest-sync-delimited" {
+            // A delimited reply for some other sync first, then ours.
+            v.extend_from_slice(b"\xff{\"return\": 12345}\n");
+        }
+        v.extend(proper(req));
+        v
+    });
+    let mut client = Client::new(ours);
+    client.ping().await.unwrap();
+    drop(client);
+    assert_eq!(peer.await.unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_agent_times_out_and_the_next_call_resyncs() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let mut silent_pings = 1;
+    let peer = agent(theirs, 4096, move |req| {
+        if req["execute"] == "guest-ping" && silent_pings > 0 {
+            silent_pings -= 1;
+            return Vec::new();
+        }
+        proper(req)
+    });
+    let mut client = Client::new(ours).with_timeouts(Timeouts {
+        quick: Duration::from_secs(3),
+        ..Default::default()
+    });
+    let start = tokio::time::Instant::now();
+    assert!(matches!(client.ping().await, Err(ClientError::Timeout)));
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    client.ping().await.unwrap();
+    drop(client);
+    let names: Vec<String> = peer
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r["execute"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "guest-sync-delimited",
+            "guest-ping",
+            "guest-sync-delimited",
+            "guest-ping"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_reply_after_a_timeout_is_never_handed_out() {
+    let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+    let mut client = Client::new(ours);
+    let peer = tokio::spawn(async move {
+        let (mut dec, mut buf) = (Decoder::new(), BytesMut::new());
+        // Sync.
+        let req = next_request(&mut theirs, &mut dec, &mut buf).await.unwrap();
+        theirs.write_all(&proper(&req)).await.unwrap();
+        // The first status: answered only after the client gave up.
+        let late = next_request(&mut theirs, &mut dec, &mut buf).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        theirs
+            .write_all(format!("{}\n", json!({"return": "frozen", "id": late["id"]})).as_bytes())
+            .await
+            .unwrap();
+        // Resync, then the second status, answered properly.
+        loop {
+            let req = next_request(&mut theirs, &mut dec, &mut buf).await.unwrap();
+            theirs.write_all(&proper(&req)).await.unwrap();
+            if req["execute"] == "guest-fsfreeze-status" {
+                break;
+            }
+        }
+        theirs
+    });
+    assert!(matches!(
+        client
+            .execute_with_timeout(&qga_proto::GuestFsfreezeStatus {}, Duration::from_secs(1))
+            .await,
+        Err(ClientError::Timeout)
+    ));
+    assert_eq!(
+        client.fsfreeze_status().await.unwrap(),
+        qga_proto::FsfreezeStatus::Thawed
+    );
+    drop(peer.await.unwrap());
+}
+
+#[tokio::test]
+async fn an_agent_that_closes_mid_reply_is_reported_closed() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let first = true;
+    let peer = tokio::spawn(async move {
+        let mut io = theirs;
+        let (mut dec, mut buf) = (Decoder::new(), BytesMut::new());
+        while let Some(req) = next_request(&mut io, &mut dec, &mut buf).await {
+            if req["execute"] == "guest-ping" && first {
+                io.write_all(b"{\"return\": {}, \"i").await.unwrap();
+                return;
+            }
+            io.write_all(&proper(&req)).await.unwrap();
+        }
+    });
+    let mut client = Client::new(ours);
+    assert!(matches!(client.ping().await, Err(ClientError::Closed)));
+    peer.await.unwrap();
+}
+
+#[tokio::test]
+async fn agents_without_the_delimited_sync_fall_back_to_guest_sync() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let peer = agent(theirs, 4096, |req| {
+        if req["execute"] == "guest-sync-delimited" {
+            return format!(
+                "{}\n",
+                json!({"error": {"class": "CommandNotFound", "desc": "The command guest-sync-delimited has not been found"}})
+            )
+            .into_bytes();
+        }
+        let mut v = Vec::new();
+        if req["execute"] == "guest-sync" {
+            // A stale plain sync reply first.
+            v.extend_from_slice(b"{\"return\": 77}\n");
+        }
+        v.extend(proper(req));
+        v
+    });
+    let mut client = Client::new(ours);
+    client.ping().await.unwrap();
+    drop(client);
+    let names: Vec<String> = peer
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r["execute"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["guest-sync-delimited", "guest-sync", "guest-ping"]);
+}
+
+#[tokio::test]
+async fn agent_errors_carry_class_and_desc() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let _peer = agent(theirs, 4096, proper);
+    let mut client = Client::new(ours);
+    let err = client.execute_raw("guest-bogus", None).await.unwrap_err();
+    assert!(err.is_command_not_found());
+    assert!(!err.is_unreachable());
+    assert_eq!(
+        err.agent_error().unwrap().desc,
+        "The command guest-bogus has not been found"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_call_leaves_the_client_usable() {
+    let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+    let peer = tokio::spawn(async move {
+        let (mut dec, mut buf) = (Decoder::new(), BytesMut::new());
+        let mut seen = Vec::new();
+        let mut pings = 0;
+        while let Some(req) = next_request(&mut theirs, &mut dec, &mut buf).await {
+            if req["execute"] == "guest-ping" {
+                pings += 1;
+                if pings == 2 {
+                    // Answer the second ping late: its caller is gone by then.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+            let _ = theirs.write_all(&proper(&req)).await;
+            seen.push(req);
+        }
+        seen
+    });
+    let mut client = Client::new(ours);
+    client.ping().await.unwrap();
+    {
+        // Start a call and drop it before it can finish.
+        let fut = client.ping();
+        assert!(tokio::time::timeout(Duration::from_secs(1), fut)
+            .await
+            .is_err());
+    }
+    client.ping().await.unwrap();
+    drop(client);
+    let names: Vec<String> = peer
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r["execute"].as_str().unwrap().to_owned())
+        .collect();
+    // The dropped call left the stream in doubt: a resync precedes the next ping.
+    assert_eq!(names.last().unwrap(), "guest-ping");
+    assert_eq!(names[names.len() - 2], "guest-sync-delimited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn commands_without_a_reply_return_after_the_grace_period() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let peer = agent(theirs, 4096, |req| {
+        if req["execute"] == "guest-suspend-disk" {
+            return format!(
+                "{}\n",
+                json!({"error": {"class": "GenericError", "desc": "the requested suspend mode is not supported by the guest"}, "id": req["id"]})
+            )
+            .into_bytes();
+        }
+        if req["execute"] == "guest-shutdown" {
+            return Vec::new();
+        }
+        proper(req)
+    });
+    let mut client = Client::new(ours);
+    client.shutdown(Some("reboot")).await.unwrap();
+    let err = client.suspend_disk().await.unwrap_err();
+    assert_eq!(
+        err.agent_error().unwrap().desc,
+        "the requested suspend mode is not supported by the guest"
+    );
+    drop(client);
+    let seen = peer.await.unwrap();
+    let shutdown = seen
+        .iter()
+        .find(|r| r["execute"] == "guest-shutdown")
+        .unwrap();
+    assert_eq!(shutdown["arguments"], json!({"mode": "reboot"}));
+}
+
+#[tokio::test]
+async fn hybrid_vsock_handshake_accepts_ok_and_reports_refusal() {
+    let (ours, mut vmm) = tokio::io::duplex(1024);
+    let server = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64];
+        let n = vmm.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"CONNECT 1234\n");
+        // The OK line and the first QGA bytes arrive together.
+        vmm.write_all(b"OK 1073741824\n{\"return\"").await.unwrap();
+        vmm
+    });
+    let mut s = hybrid_handshake(ours, 1234, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let _vmm = server.await.unwrap();
+    let mut rest = [0u8; 9];
+    s.read_exact(&mut rest).await.unwrap();
+    assert_eq!(
+        &rest, b"{\"return\"",
+        "no QGA byte consumed by the handshake"
+    );
+
+    let (ours, mut vmm) = tokio::io::duplex(1024);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64];
+        let _ = vmm.read(&mut buf).await;
+        drop(vmm);
+    });
+    let err = hybrid_handshake(ours, 9, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("CONNECT 9 refused"), "{err}");
+
+    let (ours, mut vmm) = tokio::io::duplex(1024);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64];
+        let _ = vmm.read(&mut buf).await;
+        vmm.write_all(b"ERROR no listener\n").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    let err = hybrid_handshake(ours, 9, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ERROR no listener"), "{err}");
+}
