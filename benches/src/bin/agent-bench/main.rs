@@ -27,6 +27,7 @@ usage: agent-bench [options]
   --no-reference       measure only ours
   --only LIST          comma list of: floor,ping,sync,pipelined,netif,read,write,startup
   --socket-floor       only the socket floor (same as --only floor)
+  --read-kib LIST      read counts in KiB (default 4,64,1024,16384; for profiling one)
   --tmp DIR            where temp files go (default /dev/shm if it has room, else /tmp)
   --cpus A,C           CPU of the agent and of the client when split (default 1,0)
 ";
@@ -43,6 +44,8 @@ struct Options {
     reference: Option<PathBuf>,
     only: Option<Vec<String>>,
     tmp: Option<PathBuf>,
+    /// Read counts in KiB (default 4, 64, 1024, 16384).
+    read_kib: Vec<usize>,
     cpus: Cpus,
 }
 
@@ -57,6 +60,7 @@ fn parse_args() -> Result<Options, String> {
         reference: Some(PathBuf::from("/usr/sbin/qemu-ga")),
         only: None,
         tmp: None,
+        read_kib: vec![4, 64, 1024, 16384],
         cpus: Cpus {
             agent: 1,
             client: 0,
@@ -81,6 +85,12 @@ fn parse_args() -> Result<Options, String> {
             "--only" => o.only = Some(value("--only")?.split(',').map(str::to_string).collect()),
             "--socket-floor" => o.only = Some(vec!["floor".into()]),
             "--tmp" => o.tmp = Some(value("--tmp")?.into()),
+            "--read-kib" => {
+                o.read_kib = value("--read-kib")?
+                    .split(',')
+                    .map(|k| k.parse::<usize>().map_err(|e| format!("--read-kib: {e}")))
+                    .collect::<Result<_, _>>()?;
+            }
             "--cpus" => {
                 let v = value("--cpus")?;
                 let (a, c) = v.split_once(',').ok_or("--cpus wants AGENT,CLIENT")?;
@@ -288,7 +298,7 @@ fn bench(o: &Options) -> Result<(), String> {
         scenarios.push(Scenario::NetIf);
     }
     if wants("read") {
-        scenarios.extend([4 << 10, 64 << 10, 1 << 20, 16 << 20].map(Scenario::Read));
+        scenarios.extend(o.read_kib.iter().map(|k| Scenario::Read(k << 10)));
     }
     if wants("write") {
         scenarios.extend([64 << 10, 1 << 20].map(Scenario::Write));
