@@ -110,6 +110,11 @@ impl Agent {
         self.child.id()
     }
 
+    /// The agent's socket.
+    pub fn sock(&self) -> PathBuf {
+        self.dir.path().join("qga.sock")
+    }
+
     fn log_tail(&self) -> String {
         let log = std::fs::read(self.dir.path().join("agent.log")).unwrap_or_default();
         let tail = &log[log.len().saturating_sub(600)..];

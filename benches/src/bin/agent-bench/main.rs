@@ -3,6 +3,7 @@
 
 mod agent;
 mod scenarios;
+mod via_client;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ usage: agent-bench [options]
   --no-ours            measure only the reference
   --reference PATH     reference agent (default /usr/sbin/qemu-ga)
   --no-reference       measure only ours
-  --only LIST          comma list of: floor,ping,sync,pipelined,netif,read,write,startup
+  --only LIST          comma list of: floor,ping,sync,pipelined,netif,read,write,startup,client
   --socket-floor       only the socket floor (same as --only floor)
   --read-kib LIST      read counts in KiB (default 4,64,1024,16384; for profiling one)
   --tmp DIR            where temp files go (default /dev/shm if it has room, else /tmp)
@@ -283,6 +284,13 @@ fn bench(o: &Options) -> Result<(), String> {
     if wants("startup") {
         scenarios.push(Scenario::Startup);
     }
+    if wants("client") {
+        scenarios.extend([
+            Scenario::ClientPing(Pin::Same),
+            Scenario::ClientPing(Pin::Split),
+        ]);
+        scenarios.extend([1 << 20, 16 << 20].map(Scenario::ClientRead));
+    }
     for pin in [Pin::Same, Pin::Split] {
         if wants("ping") {
             scenarios.push(Scenario::Ping(pin));
@@ -304,9 +312,12 @@ fn bench(o: &Options) -> Result<(), String> {
         scenarios.extend([64 << 10, 1 << 20].map(Scenario::Write));
     }
 
-    let needs_data = scenarios
-        .iter()
-        .any(|s| matches!(s, Scenario::Read(_) | Scenario::Write(_)));
+    let needs_data = scenarios.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::Read(_) | Scenario::Write(_) | Scenario::ClientRead(_)
+        )
+    });
     let data_len = if needs_data { sizes.read_file } else { 0 };
     let (base, base_note) = pick_tmp(o, data_len as u64 * 2);
     let work = tempfile::Builder::new()
@@ -402,7 +413,7 @@ fn bench(o: &Options) -> Result<(), String> {
     }
 
     for &scenario in &scenarios {
-        if let Scenario::Read(chunk) = scenario {
+        if let Scenario::Read(chunk) | Scenario::ClientRead(chunk) = scenario {
             inputs.expected = None;
             inputs.expected = Some((chunk, scenarios::expected_chunks(&inputs.data, chunk)));
         }
@@ -412,7 +423,7 @@ fn bench(o: &Options) -> Result<(), String> {
             scenario.describe()
         );
         let runs = match scenario {
-            Scenario::Read(_) | Scenario::Write(_) => o.runs,
+            Scenario::Read(_) | Scenario::Write(_) | Scenario::ClientRead(_) => o.runs,
             _ => o.cheap_runs,
         };
         for run in 0..runs {
@@ -521,6 +532,19 @@ fn run_one(
     }
     let started = Agent::start(program, base, cpus, scenario.pin())?;
     let mut conn = started.conn;
+    if let Scenario::ClientPing(_) | Scenario::ClientRead(_) = scenario {
+        // One connection at a time: the raw one goes, qga-client connects.
+        drop(conn);
+        let sock = started.agent.sock();
+        let mut out = match scenario {
+            Scenario::ClientRead(chunk) => via_client::read(&sock, inputs, chunk, &key)?,
+            _ => via_client::ping(&sock, inputs.sizes.round_trips, &key)?,
+        };
+        if let Some(hwm) = started.agent.status_kib("VmHWM") {
+            out.push((format!("peak.{key}"), hwm as f64 / 1024.0));
+        }
+        return Ok(out);
+    }
     let mut out = scenarios::run(scenario, &mut conn, inputs, started.agent.pid())?;
     if let Some(hwm) = started.agent.status_kib("VmHWM") {
         out.push((format!("peak.{key}"), hwm as f64 / 1024.0));
@@ -674,6 +698,42 @@ const ROWS: &[Row] = &[
         "write.1M.agent_cpu",
         "agent CPU ns per byte written, 1 MiB chunks",
         2,
+        None,
+    ),
+    row(
+        "client.ping.same.rate",
+        "guest-ping via qga-client round trips/s, same CPU",
+        0,
+        None,
+    ),
+    row(
+        "client.ping.same.p50",
+        "guest-ping via qga-client p50 us, same CPU",
+        1,
+        None,
+    ),
+    row(
+        "client.ping.split.rate",
+        "guest-ping via qga-client round trips/s, split CPUs",
+        0,
+        None,
+    ),
+    row(
+        "client.ping.split.p50",
+        "guest-ping via qga-client p50 us, split CPUs",
+        1,
+        None,
+    ),
+    row(
+        "client.read.1M.mbs",
+        "guest-file-read via qga-client MB/s, count 1 MiB",
+        0,
+        None,
+    ),
+    row(
+        "client.read.16M.mbs",
+        "guest-file-read via qga-client MB/s, count 16 MiB",
+        0,
         None,
     ),
     row(

@@ -28,6 +28,10 @@ pub enum Scenario {
     Write(usize),
     /// Start-up to first answer, and idle RSS.
     Startup,
+    /// Sequential pings through `qga-client`.
+    ClientPing(Pin),
+    /// File reads through `qga-client` with this `count`.
+    ClientRead(usize),
 }
 
 /// Size of the pipelined batch.
@@ -59,6 +63,8 @@ impl Scenario {
             Scenario::Read(c) => format!("read.{}", size_label(c)),
             Scenario::Write(c) => format!("write.{}", size_label(c)),
             Scenario::Startup => "startup".into(),
+            Scenario::ClientPing(p) => format!("client.ping.{}", pin_key(p)),
+            Scenario::ClientRead(c) => format!("client.read.{}", size_label(c)),
         }
     }
 
@@ -72,13 +78,17 @@ impl Scenario {
             Scenario::Read(c) => format!("guest-file-read, count {}", size_label(c)),
             Scenario::Write(c) => format!("guest-file-write, {} chunks", size_label(c)),
             Scenario::Startup => "start-up and idle".into(),
+            Scenario::ClientPing(p) => format!("guest-ping via qga-client, {}", p.label()),
+            Scenario::ClientRead(c) => {
+                format!("guest-file-read via qga-client, count {}", size_label(c))
+            }
         }
     }
 
     /// Where client and agent run.
     pub fn pin(self) -> Pin {
         match self {
-            Scenario::Ping(p) | Scenario::Sync(p) => p,
+            Scenario::Ping(p) | Scenario::Sync(p) | Scenario::ClientPing(p) => p,
             _ => Pin::Split,
         }
     }
@@ -291,7 +301,8 @@ pub fn run(scenario: Scenario, conn: &mut Conn, inputs: &Inputs, pid: u32) -> io
             out.push((format!("{key}.mbs"), mbs));
             Ok(out)
         }
-        Scenario::Startup => Ok(Vec::new()),
+        // Run by the caller (they need their own connection).
+        Scenario::Startup | Scenario::ClientPing(_) | Scenario::ClientRead(_) => Ok(Vec::new()),
     }
 }
 
