@@ -284,13 +284,6 @@ fn bench(o: &Options) -> Result<(), String> {
     if wants("startup") {
         scenarios.push(Scenario::Startup);
     }
-    if wants("client") {
-        scenarios.extend([
-            Scenario::ClientPing(Pin::Same),
-            Scenario::ClientPing(Pin::Split),
-        ]);
-        scenarios.extend([1 << 20, 16 << 20].map(Scenario::ClientRead));
-    }
     for pin in [Pin::Same, Pin::Split] {
         if wants("ping") {
             scenarios.push(Scenario::Ping(pin));
@@ -312,6 +305,13 @@ fn bench(o: &Options) -> Result<(), String> {
         scenarios.extend([64 << 10, 1 << 20].map(Scenario::Write));
     }
 
+    if wants("client") {
+        scenarios.extend([
+            Scenario::ClientPing(Pin::Same),
+            Scenario::ClientPing(Pin::Split),
+        ]);
+        scenarios.extend([1 << 20, 16 << 20].map(Scenario::ClientRead));
+    }
     let needs_data = scenarios.iter().any(|s| {
         matches!(
             s,

@@ -42,7 +42,11 @@ const PIPELINED_BATCHES: usize = 5;
 
 /// At most this many read requests per run: small counts read only a prefix of the
 /// file, so 4 KiB reads (round-trip bound) do not dominate the bench's time.
-pub const MAX_READ_REQUESTS: usize = 16_384;
+pub const MAX_READ_REQUESTS: usize = 4_096;
+
+/// At most this many bytes per run through qga-client (its decoding is slow enough to
+/// dominate the bench's time otherwise).
+pub const MAX_CLIENT_READ: usize = 64 << 20;
 
 pub fn size_label(n: usize) -> String {
     if n >= 1 << 20 {
