@@ -266,8 +266,11 @@ fn bench(o: &Options) -> Result<(), String> {
             round_trips: 2_000,
             netif_calls: 200,
             read_file: 32 << 20,
-            write_total: 16 << 20,
+            write_total: 8 << 20,
             startups: 5,
+            pipelined_batches: 2,
+            max_read_requests: 1_024,
+            max_client_read: 16 << 20,
         }
     } else {
         Sizes {
@@ -276,6 +279,9 @@ fn bench(o: &Options) -> Result<(), String> {
             read_file: 256 << 20,
             write_total: 64 << 20,
             startups: 10,
+            pipelined_batches: 5,
+            max_read_requests: 4_096,
+            max_client_read: 64 << 20,
         }
     };
     let wants = |g: &str| o.only.as_ref().is_none_or(|l| l.iter().any(|x| x == g));
@@ -370,7 +376,7 @@ fn bench(o: &Options) -> Result<(), String> {
         println!(
             "- file read source: {} MiB; a run reads all of it or its first {} chunks; writes: {} MiB",
             sizes.read_file >> 20,
-            scenarios::MAX_READ_REQUESTS,
+            sizes.max_read_requests,
             sizes.write_total >> 20
         );
     }

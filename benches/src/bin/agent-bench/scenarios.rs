@@ -37,17 +37,6 @@ pub enum Scenario {
 /// Size of the pipelined batch.
 pub const PIPELINED: usize = 10_000;
 
-/// Pipelined batches per run (each one a sample), after a warm-up batch.
-const PIPELINED_BATCHES: usize = 5;
-
-/// At most this many read requests per run: small counts read only a prefix of the
-/// file, so 4 KiB reads (round-trip bound) do not dominate the bench's time.
-pub const MAX_READ_REQUESTS: usize = 4_096;
-
-/// At most this many bytes per run through qga-client (its decoding is slow enough to
-/// dominate the bench's time otherwise).
-pub const MAX_CLIENT_READ: usize = 64 << 20;
-
 pub fn size_label(n: usize) -> String {
     if n >= 1 << 20 {
         format!("{}M", n >> 20)
@@ -113,6 +102,14 @@ pub struct Sizes {
     pub read_file: usize,
     pub write_total: usize,
     pub startups: usize,
+    /// Pipelined batches per run (each one a sample), after a warm-up batch.
+    pub pipelined_batches: usize,
+    /// At most this many read requests per run: small counts read only a prefix of
+    /// the file, so 4 KiB reads (round-trip bound) do not dominate the bench's time.
+    pub max_read_requests: usize,
+    /// At most this many bytes per run through qga-client (its decoding is slow
+    /// enough to dominate the bench's time otherwise).
+    pub max_client_read: usize,
 }
 
 /// Shared, prepared inputs.
@@ -270,10 +267,14 @@ pub fn run(scenario: Scenario, conn: &mut Conn, inputs: &Inputs, pid: u32) -> io
             pipelined(conn, 1_000)?;
             let meter = CpuMeter::start(pid);
             let mut rates = Vec::new();
-            for _ in 0..PIPELINED_BATCHES {
+            for _ in 0..inputs.sizes.pipelined_batches {
                 rates.push((format!("{key}.rate"), pipelined(conn, PIPELINED)?));
             }
-            let mut out = meter.finish(&key, (PIPELINED * PIPELINED_BATCHES) as f64, 1e-3);
+            let mut out = meter.finish(
+                &key,
+                (PIPELINED * inputs.sizes.pipelined_batches) as f64,
+                1e-3,
+            );
             out.extend(rates);
             Ok(out)
         }
@@ -402,7 +403,7 @@ fn close(conn: &mut Conn, handle: u64) -> io::Result<()> {
 }
 
 /// Reads the source file with `count = chunk` (all of it, or the first
-/// [`MAX_READ_REQUESTS`] chunks), verifying every byte; returns MB/s of payload (10^6
+/// `max_read_requests` chunks), verifying every byte; returns MB/s of payload (10^6
 /// bytes per second), from the first request to the last reply.
 fn file_read(
     conn: &mut Conn,
@@ -421,7 +422,7 @@ fn file_read(
     let limit = inputs
         .data
         .len()
-        .min(chunk.saturating_mul(MAX_READ_REQUESTS));
+        .min(chunk.saturating_mul(inputs.sizes.max_read_requests));
     let mut offset = 0usize;
     let meter = CpuMeter::start(pid);
     let t = Instant::now();

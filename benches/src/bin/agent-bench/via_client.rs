@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use qga_benches::stats::percentile_sorted;
 
-use crate::scenarios::{Inputs, Samples, MAX_CLIENT_READ, MAX_READ_REQUESTS};
+use crate::scenarios::{Inputs, Samples};
 
 fn io_err(e: qga_client::ClientError) -> io::Error {
     io::Error::other(e.to_string())
@@ -48,7 +48,7 @@ pub fn ping(sock: &Path, n: usize, key: &str) -> io::Result<Samples> {
 }
 
 /// Reads the source file with `Client::file_read` (count `chunk`, at most
-/// [`MAX_CLIENT_READ`] bytes), comparing the decoded bytes; returns `{key}.mbs`.
+/// `max_client_read` bytes), comparing the decoded bytes; returns `{key}.mbs`.
 pub fn read(sock: &Path, inputs: &Inputs, chunk: usize, key: &str) -> io::Result<Samples> {
     block_on(async {
         let mut client = qga_client::connect_unix(sock).await.map_err(io_err)?;
@@ -57,8 +57,8 @@ pub fn read(sock: &Path, inputs: &Inputs, chunk: usize, key: &str) -> io::Result
         let limit = inputs
             .data
             .len()
-            .min(chunk.saturating_mul(MAX_READ_REQUESTS))
-            .min(MAX_CLIENT_READ);
+            .min(chunk.saturating_mul(inputs.sizes.max_read_requests))
+            .min(inputs.sizes.max_client_read);
         let count = i64::try_from(chunk).map_err(io::Error::other)?;
         let mut offset = 0usize;
         let t = Instant::now();
