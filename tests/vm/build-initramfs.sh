@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Builds the end-to-end test guest: a Debian kernel (downloaded with apt-get
+# download into CACHE, unpacked, not installed) and an initramfs holding busybox,
+# the kernel modules the guest needs, our agent and the reference agent with their
+# shared libraries.
+# Usage: build-initramfs.sh CACHE OUR_AGENT OUT   -> OUT/vmlinuz, OUT/initrd.gz
+set -euo pipefail
+cache=$1 ours=$2 out=$3
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$cache" "$out"
+
+# 1. The kernel, cached between runs.
+if ! ls "$cache"/kernel/boot/vmlinuz-* >/dev/null 2>&1; then
+    pick() { apt-cache search --names-only '^linux-image-[0-9.]+-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -n 1; }
+    pkg=$(pick || true)
+    if [ -z "$pkg" ]; then apt-get update -qq; pkg=$(pick); fi
+    echo "vm: fetching kernel package $pkg" >&2
+    rm -rf "$cache/dl" "$cache/kernel"
+    mkdir -p "$cache/dl"
+    (cd "$cache/dl" && { apt-get download "$pkg" >/dev/null 2>&1 || { apt-get update -qq && apt-get download "$pkg"; }; })
+    dpkg-deb -x "$cache"/dl/*.deb "$cache/kernel.tmp"
+    kver=$(ls "$cache/kernel.tmp/lib/modules")
+    depmod -b "$cache/kernel.tmp" "$kver"
+    mv "$cache/kernel.tmp" "$cache/kernel"
+    rm -rf "$cache/dl"
+fi
+kroot="$cache/kernel"
+kver=$(ls "$kroot/lib/modules")
+cp "$kroot/boot/vmlinuz-$kver" "$out/vmlinuz"
+
+# 2. The initramfs tree.
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,mnt/data,lib/modules}
+cp /bin/busybox "$root/bin/busybox"
+ln -s busybox "$root/bin/sh"
+install -m 755 "$here/init.sh" "$root/init"
+for p in poweroff halt reboot shutdown; do install -m 755 "$here/power.sh" "$root/sbin/$p"; done
+install -m 755 "$ours" "$root/usr/sbin/qga-agent"
+install -m 755 /usr/sbin/qemu-ga "$root/usr/sbin/qemu-ga"
+# Shared libraries of both agents, and the ELF interpreter.
+for bin in "$ours" /usr/sbin/qemu-ga; do
+    ldd "$bin" | grep -o '/[^ ]*' | while read -r lib; do
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+done
+# Modules in load order: each module's dependencies (modules.dep lists them last
+# to first), then the module.
+want="virtio_pci virtio_console virtio_blk virtio_net crc32c_generic ext4"
+order=()
+add() {
+    local m=$1 line deps path
+    line=$(grep -E "(^|/)$m\.ko(\.[a-z]+)?:" "$kroot/lib/modules/$kver/modules.dep")
+    path=${line%%:*}
+    deps=${line#*:}
+    local rev=()
+    for d in $deps; do rev=("$d" "${rev[@]}"); done
+    for d in "${rev[@]}"; do
+        local name; name=$(basename "$d"); name=${name%%.ko*}
+        add "$name"
+    done
+    for o in "${order[@]}"; do [ "$o" = "$path" ] && return 0; done
+    order+=("$path")
+}
+for m in $want; do add "$m"; done
+: > "$root/etc/modules.load"
+for path in "${order[@]}"; do
+    name=$(basename "$path"); name=${name%%.ko*}.ko
+    src="$kroot/lib/modules/$kver/$path"
+    case "$path" in
+        *.xz) xz -dc "$src" > "$root/lib/modules/$name" ;;
+        *.zst) zstd -qdc "$src" > "$root/lib/modules/$name" ;;
+        *) cp "$src" "$root/lib/modules/$name" ;;
+    esac
+    echo "$name" >> "$root/etc/modules.load"
+done
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initrd.gz"
+echo "vm: kernel $kver, initramfs $(du -h "$out/initrd.gz" | cut -f1)" >&2
