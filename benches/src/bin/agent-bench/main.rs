@@ -1,0 +1,895 @@
+//! `agent-bench`: our `qga-agent` against the reference `qemu-ga`, side by side in one
+//! run. See `benches/README.md` for the command and what each scenario measures.
+
+mod agent;
+mod scenarios;
+mod via_client;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use agent::{Agent, Cpus, Pin, Program};
+use qga_benches::stats::{max, median};
+use scenarios::{Inputs, Scenario, Sizes};
+
+const USAGE: &str = "\
+usage: agent-bench [options]
+  --quick              small sizes and 2 runs (under ~30 s)
+  --runs N             runs per scenario and agent, alternated ours/qemu-ga (default:
+                       5 for round-trip and start-up scenarios, 3 for file scenarios;
+                       --quick: 3 and 2)
+  --ours PATH          our agent binary (default: build it with `cargo build --release
+                       -p qga-agent` and use target/release/qga-agent)
+  --no-build           do not build; use the default path as it is
+  --no-ours            measure only the reference
+  --reference PATH     reference agent (default /usr/sbin/qemu-ga)
+  --no-reference       measure only ours
+  --only LIST          comma list of: floor,ping,sync,pipelined,netif,read,write,startup,client
+  --socket-floor       only the socket floor (same as --only floor)
+  --read-kib LIST      read counts in KiB (default 4,64,1024,16384; for profiling one)
+  --tmp DIR            where temp files go (default /dev/shm if it has room, else /tmp)
+  --cpus A,C           CPU of the agent and of the client when split (default 1,0)
+";
+
+struct Options {
+    quick: bool,
+    /// Runs of the file scenarios; 0 = default.
+    runs: usize,
+    /// Runs of the cheap (round-trip, start-up) scenarios.
+    cheap_runs: usize,
+    ours: Option<PathBuf>,
+    build: bool,
+    no_ours: bool,
+    reference: Option<PathBuf>,
+    only: Option<Vec<String>>,
+    tmp: Option<PathBuf>,
+    /// Read counts in KiB (default 4, 64, 1024, 16384).
+    read_kib: Vec<usize>,
+    cpus: Cpus,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        quick: false,
+        runs: 0,
+        cheap_runs: 0,
+        ours: None,
+        build: true,
+        no_ours: false,
+        reference: Some(PathBuf::from("/usr/sbin/qemu-ga")),
+        only: None,
+        tmp: None,
+        read_kib: vec![4, 64, 1024, 16384],
+        cpus: Cpus {
+            agent: 1,
+            client: 0,
+        },
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--runs" => {
+                o.runs = value("--runs")?
+                    .parse()
+                    .map_err(|e| format!("--runs: {e}"))?;
+                o.cheap_runs = o.runs;
+            }
+            "--ours" => o.ours = Some(value("--ours")?.into()),
+            "--no-build" => o.build = false,
+            "--no-ours" => o.no_ours = true,
+            "--reference" => o.reference = Some(value("--reference")?.into()),
+            "--no-reference" => o.reference = None,
+            "--only" => o.only = Some(value("--only")?.split(',').map(str::to_string).collect()),
+            "--socket-floor" => o.only = Some(vec!["floor".into()]),
+            "--tmp" => o.tmp = Some(value("--tmp")?.into()),
+            "--read-kib" => {
+                o.read_kib = value("--read-kib")?
+                    .split(',')
+                    .map(|k| k.parse::<usize>().map_err(|e| format!("--read-kib: {e}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--cpus" => {
+                let v = value("--cpus")?;
+                let (a, c) = v.split_once(',').ok_or("--cpus wants AGENT,CLIENT")?;
+                o.cpus = Cpus {
+                    agent: a.parse().map_err(|e| format!("--cpus: {e}"))?,
+                    client: c.parse().map_err(|e| format!("--cpus: {e}"))?,
+                };
+            }
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if o.runs == 0 {
+        o.runs = if o.quick { 2 } else { 3 };
+        o.cheap_runs = if o.quick { 3 } else { 5 };
+    }
+    Ok(o)
+}
+
+/// The two columns of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    Ours,
+    Reference,
+}
+
+/// Samples per metric key and side.
+type Results = BTreeMap<String, BTreeMap<Side, Vec<f64>>>;
+
+fn record(results: &mut Results, key: String, side: Side, v: f64) {
+    results
+        .entry(key)
+        .or_default()
+        .entry(side)
+        .or_default()
+        .push(v);
+}
+
+fn locate_ours(o: &Options) -> Option<PathBuf> {
+    if o.no_ours {
+        return None;
+    }
+    if let Some(p) = &o.ours {
+        return Some(p.clone());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    if o.build {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!("building our agent: cargo build --release -p qga-agent --bin qga-agent");
+        let ok = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "qga-agent",
+                "--bin",
+                "qga-agent",
+            ])
+            .current_dir(&root)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("warning: could not build qga-agent; measuring the reference only");
+            return None;
+        }
+    }
+    let path = target.join("release").join("qga-agent");
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "warning: {} not found; measuring the reference only",
+            path.display()
+        );
+        None
+    }
+}
+
+fn pick_tmp(o: &Options, need: u64) -> (PathBuf, String) {
+    if let Some(t) = &o.tmp {
+        return (t.clone(), "given with --tmp".into());
+    }
+    let shm = Path::new("/dev/shm");
+    match nix::sys::statvfs::statvfs(shm) {
+        Ok(s) if s.blocks_available().saturating_mul(s.fragment_size()) > need * 2 => {
+            (shm.to_path_buf(), "tmpfs /dev/shm".into())
+        }
+        _ => (
+            std::env::temp_dir(),
+            format!(
+                "{} (/dev/shm too small or missing)",
+                std::env::temp_dir().display()
+            ),
+        ),
+    }
+}
+
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{n} CPUs, {model}, Linux {}", kernel.trim())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn version(program: &Path) -> String {
+    Command::new(program)
+        .arg("-V")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 3 && args[1] == "--echo-server" {
+        if let Err(e) = agent::echo_server(Path::new(&args[2])) {
+            eprintln!("echo server: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    std::process::exit(match bench(&o) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("agent-bench: {e}");
+            1
+        }
+    });
+}
+
+fn bench(o: &Options) -> Result<(), String> {
+    let cpus_avail = agent::remember_affinity();
+    if cpus_avail < 2 || o.cpus.agent == o.cpus.client {
+        return Err("needs two CPUs (distinct --cpus) to compare same-CPU and split runs".into());
+    }
+    let sizes = if o.quick {
+        Sizes {
+            round_trips: 2_000,
+            netif_calls: 200,
+            read_file: 32 << 20,
+            write_total: 8 << 20,
+            startups: 5,
+            pipelined_batches: 2,
+            max_read_requests: 1_024,
+            max_client_read: 16 << 20,
+        }
+    } else {
+        Sizes {
+            round_trips: 10_000,
+            netif_calls: 1_000,
+            read_file: 256 << 20,
+            write_total: 64 << 20,
+            startups: 10,
+            pipelined_batches: 5,
+            max_read_requests: 4_096,
+            max_client_read: 64 << 20,
+        }
+    };
+    let wants = |g: &str| o.only.as_ref().is_none_or(|l| l.iter().any(|x| x == g));
+    let mut scenarios = Vec::new();
+    // Start-up first: before the file scenarios churn hundreds of MiB of memory.
+    if wants("startup") {
+        scenarios.push(Scenario::Startup);
+    }
+    for pin in [Pin::Same, Pin::Split] {
+        if wants("ping") {
+            scenarios.push(Scenario::Ping(pin));
+        }
+        if wants("sync") {
+            scenarios.push(Scenario::Sync(pin));
+        }
+    }
+    if wants("pipelined") {
+        scenarios.push(Scenario::Pipelined);
+    }
+    if wants("netif") {
+        scenarios.push(Scenario::NetIf);
+    }
+    if wants("read") {
+        scenarios.extend(o.read_kib.iter().map(|k| Scenario::Read(k << 10)));
+    }
+    if wants("write") {
+        scenarios.extend([64 << 10, 1 << 20].map(Scenario::Write));
+    }
+
+    if wants("client") {
+        scenarios.extend([
+            Scenario::ClientPing(Pin::Same),
+            Scenario::ClientPing(Pin::Split),
+        ]);
+        scenarios.extend([1 << 20, 16 << 20].map(Scenario::ClientRead));
+    }
+    let needs_data = scenarios.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::Read(_) | Scenario::Write(_) | Scenario::ClientRead(_)
+        )
+    });
+    let data_len = if needs_data { sizes.read_file } else { 0 };
+    let (base, base_note) = pick_tmp(o, data_len as u64 * 2);
+    let work = tempfile::Builder::new()
+        .prefix("qga-bench-")
+        .tempdir_in(&base)
+        .map_err(|e| format!("temp dir in {}: {e}", base.display()))?;
+
+    let mut sides: Vec<(Side, Program)> = Vec::new();
+    let ours = if scenarios.is_empty() {
+        None
+    } else {
+        locate_ours(o)
+    };
+    if let Some(p) = &ours {
+        sides.push((Side::Ours, Program::Agent(p.clone())));
+    }
+    if let Some(p) = &o.reference {
+        sides.push((Side::Reference, Program::Agent(p.clone())));
+    }
+    let echo = Program::Echo(std::env::current_exe().map_err(|e| e.to_string())?);
+
+    println!("# agent-bench");
+    println!();
+    println!("- machine: {}", machine());
+    println!(
+        "- ours: {}",
+        ours.as_ref()
+            .map_or("not measured (no binary; see stderr)".into(), |p| format!(
+                "{} {}",
+                p.display(),
+                version(p)
+            ))
+    );
+    if let Some(r) = &o.reference {
+        println!("- reference: {} ({})", r.display(), version(r));
+    }
+    println!("- temp files: {} ({base_note})", work.path().display());
+    println!(
+        "- pinning: agent on CPU {}, client on CPU {} (split) or {} (same)",
+        o.cpus.agent, o.cpus.client, o.cpus.agent
+    );
+    println!(
+        "- runs per scenario and agent (alternating ours/qemu-ga, a fresh agent each): {} (file scenarios), {} (others); {} round trips per run; mode: {}",
+        o.runs,
+        o.cheap_runs,
+        sizes.round_trips,
+        if o.quick { "quick" } else { "full" }
+    );
+    if needs_data {
+        println!(
+            "- file read source: {} MiB; a run reads all of it or its first {} chunks; writes: {} MiB",
+            sizes.read_file >> 20,
+            sizes.max_read_requests,
+            sizes.write_total >> 20
+        );
+    }
+    println!("- load average at start: {}", loadavg());
+    let started = Instant::now();
+
+    let mut inputs = Inputs {
+        data: Vec::new(),
+        data_path: work.path().join("read-source.bin"),
+        work_dir: work.path().to_path_buf(),
+        expected: None,
+        sizes: sizes.clone(),
+    };
+    if needs_data {
+        inputs.data = scenarios::test_data(data_len);
+        std::fs::write(&inputs.data_path, &inputs.data)
+            .map_err(|e| format!("writing the read source: {e}"))?;
+    }
+
+    let mut results = Results::new();
+    let mut errors: Vec<String> = Vec::new();
+
+    // The socket floor: the same round trip against an echo server.
+    if wants("floor") {
+        for pin in [Pin::Same, Pin::Split] {
+            for run in 0..o.cheap_runs {
+                match floor_run(&echo, work.path(), o.cpus, pin, sizes.round_trips) {
+                    Ok((rate, p50, p99)) => {
+                        let k = format!("floor.{}", scenarios::pin_key(pin));
+                        for (m, v) in [("rate", rate), ("p50", p50), ("p99", p99)] {
+                            record(&mut results, format!("{k}.{m}"), Side::Reference, v);
+                            record(&mut results, format!("{k}.{m}"), Side::Ours, v);
+                        }
+                    }
+                    Err(e) => errors.push(format!("socket floor ({}) run {run}: {e}", pin.label())),
+                }
+            }
+        }
+        agent::unpin_current_thread();
+    }
+
+    for &scenario in &scenarios {
+        if let Scenario::Read(chunk) | Scenario::ClientRead(chunk) = scenario {
+            inputs.expected = None;
+            inputs.expected = Some((chunk, scenarios::expected_chunks(&inputs.data, chunk)));
+        }
+        eprintln!(
+            "[{:>5.1}s] {}",
+            started.elapsed().as_secs_f64(),
+            scenario.describe()
+        );
+        let runs = match scenario {
+            Scenario::Read(_) | Scenario::Write(_) | Scenario::ClientRead(_) => o.runs,
+            _ => o.cheap_runs,
+        };
+        for run in 0..runs {
+            for (side, program) in &sides {
+                let out = run_one(scenario, program, work.path(), o.cpus, &inputs);
+                agent::unpin_current_thread();
+                match out {
+                    Ok(out) => {
+                        for (k, v) in out {
+                            record(&mut results, k, *side, v);
+                        }
+                    }
+                    Err(e) => {
+                        let name = if *side == Side::Ours {
+                            "ours"
+                        } else {
+                            "qemu-ga"
+                        };
+                        let msg = format!("{} / {name} run {run}: {e}", scenario.describe());
+                        eprintln!("  error: {msg}");
+                        errors.push(msg);
+                    }
+                }
+            }
+        }
+    }
+    drop(inputs);
+
+    let elapsed = started.elapsed();
+    println!(
+        "- load average at end: {}; wall time {:.0} s",
+        loadavg(),
+        elapsed.as_secs_f64()
+    );
+    println!();
+    print_tables(&results, &scenarios, ours.is_some(), o.reference.is_some());
+    print_samples(&results);
+    if !errors.is_empty() {
+        println!();
+        println!("## Errors");
+        println!();
+        for e in &errors {
+            println!("- {e}");
+        }
+    }
+    drop(work);
+    Ok(())
+}
+
+fn floor_run(
+    echo: &Program,
+    base: &Path,
+    cpus: Cpus,
+    pin: Pin,
+    n: usize,
+) -> std::io::Result<(f64, f64, f64)> {
+    use std::io::Write;
+    let started = Agent::start(echo, base, cpus, pin)?;
+    let mut conn = started.conn;
+    let warmup = (n / 10).min(200);
+    let mut lat = Vec::with_capacity(n);
+    let mut total = std::time::Duration::ZERO;
+    for i in 0..warmup + n {
+        let t = Instant::now();
+        conn.get_mut().write_all(agent::PING)?;
+        conn.next_reply()?;
+        let dt = t.elapsed();
+        if i >= warmup {
+            lat.push(dt.as_nanos() as u64);
+            total += dt;
+        }
+    }
+    lat.sort_unstable();
+    let p = |q| qga_benches::stats::percentile_sorted(&lat, q).unwrap_or(0) as f64 / 1000.0;
+    Ok((n as f64 / total.as_secs_f64(), p(50.0), p(99.0)))
+}
+
+/// One fresh agent, one scenario; metrics include its start-up and peak RSS.
+fn run_one(
+    scenario: Scenario,
+    program: &Program,
+    base: &Path,
+    cpus: Cpus,
+    inputs: &Inputs,
+) -> std::io::Result<Vec<(String, f64)>> {
+    let key = scenario.key();
+    if scenario == Scenario::Startup {
+        let mut out = Vec::new();
+        for i in 0..inputs.sizes.startups {
+            let started = Agent::start(program, base, cpus, Pin::Split)?;
+            out.push((
+                "startup.ms".to_string(),
+                started.startup.as_secs_f64() * 1e3,
+            ));
+            if i + 1 == inputs.sizes.startups {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if let Some(rss) = started.agent.status_kib("VmRSS") {
+                    out.push(("idle_rss".to_string(), rss as f64 / 1024.0));
+                }
+                if let Some(hwm) = started.agent.status_kib("VmHWM") {
+                    out.push((format!("peak.{key}"), hwm as f64 / 1024.0));
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let started = Agent::start(program, base, cpus, scenario.pin())?;
+    let mut conn = started.conn;
+    if let Scenario::ClientPing(_) | Scenario::ClientRead(_) = scenario {
+        // One connection at a time: the raw one goes, qga-client connects.
+        drop(conn);
+        let sock = started.agent.sock();
+        let mut out = match scenario {
+            Scenario::ClientRead(chunk) => via_client::read(&sock, inputs, chunk, &key)?,
+            _ => via_client::ping(&sock, inputs.sizes.round_trips, &key)?,
+        };
+        if let Some(hwm) = started.agent.status_kib("VmHWM") {
+            out.push((format!("peak.{key}"), hwm as f64 / 1024.0));
+        }
+        return Ok(out);
+    }
+    let mut out = scenarios::run(scenario, &mut conn, inputs, started.agent.pid())?;
+    if let Some(hwm) = started.agent.status_kib("VmHWM") {
+        out.push((format!("peak.{key}"), hwm as f64 / 1024.0));
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+struct Row {
+    key: &'static str,
+    label: &'static str,
+    digits: usize,
+    target: Option<Target>,
+}
+
+const fn row(key: &'static str, label: &'static str, digits: usize, target: Option<Target>) -> Row {
+    Row {
+        key,
+        label,
+        digits,
+        target,
+    }
+}
+
+const ROWS: &[Row] = &[
+    row(
+        "ping.same.rate",
+        "guest-ping round trips/s, same CPU",
+        0,
+        Some(Target::AtLeast(2.0)),
+    ),
+    row("ping.same.p50", "guest-ping p50 us, same CPU", 1, None),
+    row("ping.same.p99", "guest-ping p99 us, same CPU", 1, None),
+    row(
+        "ping.split.rate",
+        "guest-ping round trips/s, split CPUs",
+        0,
+        None,
+    ),
+    row("ping.split.p50", "guest-ping p50 us, split CPUs", 1, None),
+    row("ping.split.p99", "guest-ping p99 us, split CPUs", 1, None),
+    row(
+        "pipelined.rate",
+        "10,000 pipelined guest-pings/s",
+        0,
+        Some(Target::AtLeast(5.0)),
+    ),
+    row(
+        "sync.same.rate",
+        "guest-sync-delimited round trips/s, same CPU",
+        0,
+        None,
+    ),
+    row(
+        "sync.same.p50",
+        "guest-sync-delimited p50 us, same CPU",
+        1,
+        None,
+    ),
+    row(
+        "sync.split.rate",
+        "guest-sync-delimited round trips/s, split CPUs",
+        0,
+        None,
+    ),
+    row(
+        "sync.split.p50",
+        "guest-sync-delimited p50 us, split CPUs",
+        1,
+        None,
+    ),
+    row(
+        "netif.rate",
+        "guest-network-get-interfaces calls/s",
+        0,
+        None,
+    ),
+    row("read.4K.mbs", "guest-file-read MB/s, count 4 KiB", 0, None),
+    row(
+        "read.64K.mbs",
+        "guest-file-read MB/s, count 64 KiB",
+        0,
+        None,
+    ),
+    row(
+        "read.1M.mbs",
+        "guest-file-read MB/s, count 1 MiB",
+        0,
+        Some(Target::AtLeast(8.0)),
+    ),
+    row(
+        "read.16M.mbs",
+        "guest-file-read MB/s, count 16 MiB",
+        0,
+        Some(Target::AtLeast(8.0)),
+    ),
+    row(
+        "write.64K.mbs",
+        "guest-file-write MB/s, 64 KiB chunks",
+        0,
+        Some(Target::AtLeast(20.0)),
+    ),
+    row(
+        "write.1M.mbs",
+        "guest-file-write MB/s, 1 MiB chunks",
+        0,
+        Some(Target::AtLeast(20.0)),
+    ),
+    row(
+        "ping.same.agent_cpu",
+        "agent CPU us per guest-ping, same CPU",
+        1,
+        None,
+    ),
+    row(
+        "pipelined.agent_cpu",
+        "agent CPU us per pipelined guest-ping",
+        2,
+        None,
+    ),
+    row(
+        "netif.agent_cpu",
+        "agent CPU us per guest-network-get-interfaces",
+        0,
+        None,
+    ),
+    row(
+        "read.1M.agent_cpu",
+        "agent CPU ns per byte read, count 1 MiB",
+        2,
+        None,
+    ),
+    row(
+        "read.16M.agent_cpu",
+        "agent CPU ns per byte read, count 16 MiB",
+        2,
+        None,
+    ),
+    row(
+        "write.64K.agent_cpu",
+        "agent CPU ns per byte written, 64 KiB chunks",
+        2,
+        None,
+    ),
+    row(
+        "write.1M.agent_cpu",
+        "agent CPU ns per byte written, 1 MiB chunks",
+        2,
+        None,
+    ),
+    row(
+        "client.ping.same.rate",
+        "guest-ping via qga-client round trips/s, same CPU",
+        0,
+        None,
+    ),
+    row(
+        "client.ping.same.p50",
+        "guest-ping via qga-client p50 us, same CPU",
+        1,
+        None,
+    ),
+    row(
+        "client.ping.split.rate",
+        "guest-ping via qga-client round trips/s, split CPUs",
+        0,
+        None,
+    ),
+    row(
+        "client.ping.split.p50",
+        "guest-ping via qga-client p50 us, split CPUs",
+        1,
+        None,
+    ),
+    row(
+        "client.read.1M.mbs",
+        "guest-file-read via qga-client MB/s, count 1 MiB",
+        0,
+        None,
+    ),
+    row(
+        "client.read.16M.mbs",
+        "guest-file-read via qga-client MB/s, count 16 MiB",
+        0,
+        None,
+    ),
+    row(
+        "startup.ms",
+        "start-up to first answer, ms",
+        2,
+        Some(Target::AtMost(1.0)),
+    ),
+    row("idle_rss", "idle RSS, MiB", 1, Some(Target::AtMost(1.0))),
+    row(
+        "peak.read.16M",
+        "peak RSS during 16 MiB reads, MiB",
+        1,
+        Some(Target::AtMost(0.5)),
+    ),
+];
+
+fn summary(results: &Results, key: &str, side: Side) -> Option<f64> {
+    let mut v = results.get(key)?.get(&side)?.clone();
+    if key.starts_with("peak.") {
+        max(&v)
+    } else {
+        median(&mut v)
+    }
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
+}
+
+fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have_ref: bool) {
+    println!("## Results (medians over runs; peak RSS = largest VmHWM over runs)");
+    println!();
+    println!("ratio = ours / qemu-ga (above 1: ours is larger; for rates larger is better, for times and memory smaller is better).");
+    println!();
+    println!("| scenario | ours | qemu-ga | ratio | target | met? |");
+    println!("|---|---:|---:|---:|---:|:---:|");
+    for r in ROWS {
+        if !results.contains_key(r.key) {
+            continue;
+        }
+        let a = if have_ours {
+            summary(results, r.key, Side::Ours)
+        } else {
+            None
+        };
+        let b = if have_ref {
+            summary(results, r.key, Side::Reference)
+        } else {
+            None
+        };
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let (target, met) = match (r.target, ratio) {
+            (None, _) => (String::new(), String::new()),
+            (Some(Target::AtLeast(t)), x) => {
+                (format!(">= {t}"), x.map_or("?".into(), |x| yes(x >= t)))
+            }
+            (Some(Target::AtMost(t)), x) => {
+                (format!("<= {t}"), x.map_or("?".into(), |x| yes(x <= t)))
+            }
+        };
+        println!(
+            "| {} | {} | {} | {} | {target} | {met} |",
+            r.label,
+            fmt(a, r.digits),
+            fmt(b, r.digits),
+            fmt(ratio, 2)
+        );
+    }
+    if results.keys().any(|k| k.starts_with("floor.")) {
+        println!();
+        println!("Socket floor (echo server over a unix socket, same request size):");
+        println!();
+        println!("| pinning | round trips/s | p50 us | p99 us |");
+        println!("|---|---:|---:|---:|");
+        for pin in ["same", "split"] {
+            let g = |m: &str| {
+                fmt(
+                    summary(results, &format!("floor.{pin}.{m}"), Side::Reference),
+                    if m == "rate" { 0 } else { 1 },
+                )
+            };
+            println!(
+                "| {} | {} | {} | {} |",
+                if pin == "same" {
+                    "same CPU"
+                } else {
+                    "split CPUs"
+                },
+                g("rate"),
+                g("p50"),
+                g("p99")
+            );
+        }
+    }
+    if scenarios.is_empty() {
+        return;
+    }
+    println!();
+    println!("Peak RSS (VmHWM, MiB) of a fresh agent per scenario:");
+    println!();
+    println!("| scenario | ours | qemu-ga | ratio |");
+    println!("|---|---:|---:|---:|");
+    for s in scenarios {
+        let key = format!("peak.{}", s.key());
+        let a = summary(results, &key, Side::Ours);
+        let b = summary(results, &key, Side::Reference);
+        let ratio = a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
+        println!(
+            "| {} | {} | {} | {} |",
+            s.describe(),
+            fmt(a, 1),
+            fmt(b, 1),
+            fmt(ratio, 2)
+        );
+    }
+}
+
+/// Every sample, so the spread (noise) can be judged next to the medians.
+fn print_samples(results: &Results) {
+    println!();
+    println!("<details><summary>All samples (one per run; pipelined: one per batch; start-up: one per start)</summary>");
+    println!();
+    println!("| metric | ours | qemu-ga |");
+    println!("|---|---|---|");
+    for (key, sides) in results {
+        if key.starts_with("floor.") {
+            continue;
+        }
+        let list = |side| {
+            sides.get(&side).map_or(String::new(), |v: &Vec<f64>| {
+                v.iter()
+                    .map(|x| format!("{x:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+        };
+        println!(
+            "| {key} | {} | {} |",
+            list(Side::Ours),
+            list(Side::Reference)
+        );
+    }
+    println!();
+    println!("</details>");
+}
+
+fn yes(b: bool) -> String {
+    if b { "yes" } else { "**no**" }.into()
+}
