@@ -87,6 +87,8 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Buffers above this are released once idle, so memory returns to idle after a
 /// large request or reply.
 const IDLE_CAPACITY: usize = 1024 * 1024;
+/// How long the line must be quiet before large buffers are released.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Waits until `fd` is ready for `flags`, a signal arrives, or `deadline` passes.
 /// Returns the ready events (empty on timeout or signal).
@@ -134,7 +136,15 @@ fn serve(file: &mut File, kind: Kind, dispatcher: &mut Dispatcher, log: &Log) ->
         if should_stop(dispatcher, log) {
             return End::Stop;
         }
-        let deadline = dispatcher.auto_thaw_deadline();
+        // Large buffers are kept while requests keep coming (no page faults per
+        // reply) and released after a second of quiet.
+        let big = buf.capacity() > IDLE_CAPACITY || out.capacity() > IDLE_CAPACITY;
+        let shrink_at = big.then(|| Instant::now() + IDLE_AFTER);
+        let thaw_at = dispatcher.auto_thaw_deadline();
+        let deadline = match (shrink_at, thaw_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let ready = match wait(file, PollFlags::POLLIN, deadline) {
             Ok(r) => r,
             Err(e) => {
@@ -143,7 +153,13 @@ fn serve(file: &mut File, kind: Kind, dispatcher: &mut Dispatcher, log: &Log) ->
             }
         };
         if ready.is_empty() {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if big && shrink_at.is_some_and(|d| Instant::now() >= d) {
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                }
+                out = BytesMut::new();
+            }
+            if thaw_at.is_some_and(|d| Instant::now() >= d) {
                 log.warning("fsfreeze timeout reached: thawing filesystems");
                 if let Err(e) = dispatcher.auto_thaw() {
                     log.error(&format!("auto-thaw failed: {}", e.desc));
@@ -193,12 +209,6 @@ fn serve(file: &mut File, kind: Kind, dispatcher: &mut Dispatcher, log: &Log) ->
                 }
             }
             out.clear();
-        }
-        if out.capacity() > IDLE_CAPACITY {
-            out = BytesMut::new();
-        }
-        if buf.is_empty() && buf.capacity() > IDLE_CAPACITY {
-            buf = BytesMut::new();
         }
     }
 }
