@@ -245,36 +245,34 @@ impl Decoder {
                     return Some(Frame::Resync);
                 }
                 Step::TooDeep => {
-                    partial.skipping = true;
-                    buf.advance(partial.scanned);
-                    partial.scanned = 0;
-                    self.partial = Some(partial);
-                    return Some(Frame::Oversized(FrameError::TooDeep {
-                        limit: self.limits.max_depth,
-                    }));
+                    let limit = self.limits.max_depth;
+                    self.drop_scanned(partial, buf);
+                    return Some(Frame::Oversized(FrameError::TooDeep { limit }));
+                }
+                Step::NeedMore if partial.skipping => {
+                    self.drop_scanned(partial, buf);
+                    return None;
+                }
+                Step::NeedMore if partial.scanned > self.limits.max_message => {
+                    let limit = self.limits.max_message;
+                    self.drop_scanned(partial, buf);
+                    return Some(Frame::Oversized(FrameError::TooLarge { limit }));
                 }
                 Step::NeedMore => {
-                    if partial.skipping {
-                        // Keep memory bounded: what was scanned is dropped for good.
-                        buf.advance(partial.scanned);
-                        partial.scanned = 0;
-                        self.partial = Some(partial);
-                        return None;
-                    }
-                    if partial.scanned > self.limits.max_message {
-                        partial.skipping = true;
-                        buf.advance(partial.scanned);
-                        partial.scanned = 0;
-                        self.partial = Some(partial);
-                        return Some(Frame::Oversized(FrameError::TooLarge {
-                            limit: self.limits.max_message,
-                        }));
-                    }
                     self.partial = Some(partial);
                     return None;
                 }
             }
         }
+    }
+
+    /// Drops what was scanned of a message that broke a limit, for good, and keeps
+    /// skipping the rest of it: memory stays bounded whatever the peer sends.
+    fn drop_scanned(&mut self, mut partial: Partial, buf: &mut BytesMut) {
+        partial.skipping = true;
+        buf.advance(partial.scanned);
+        partial.scanned = 0;
+        self.partial = Some(partial);
     }
 
     /// Scans `buf` from `p.scanned` on, updating `p`.
