@@ -174,20 +174,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         }
     }
 
+    /// Sends 0xFF (the agent drops any partial input) and then `cmd`, without an id.
+    async fn send_flushed<C: Command>(&mut self, cmd: &C) -> Result<(), ClientError> {
+        self.out.extend_from_slice(&[SENTINEL]);
+        encode_json(&Execute::command(cmd, None), false, &mut self.out)
+            .map_err(ClientError::protocol)?;
+        self.send().await
+    }
+
     async fn sync_inner(&mut self) -> Result<(), ClientError> {
         // Drop whatever we had buffered: it predates this sync.
         self.buf.clear();
         self.decoder.reset();
         if self.delimited_sync {
             let id = self.fresh_id() as i64;
-            self.out.extend_from_slice(&[SENTINEL]);
-            encode_json(
-                &Execute::command(&GuestSyncDelimited { id }, None),
-                false,
-                &mut self.out,
-            )
-            .map_err(ClientError::protocol)?;
-            self.send().await?;
+            self.send_flushed(&GuestSyncDelimited { id }).await?;
             let mut after_sentinel = false;
             loop {
                 match self.frame().await? {
@@ -216,14 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         // Agents without guest-sync-delimited: guest-sync, skipping every reply
         // until the one that echoes our id.
         let id = self.fresh_id() as i64;
-        self.out.extend_from_slice(&[SENTINEL]);
-        encode_json(
-            &Execute::command(&GuestSync { id }, None),
-            false,
-            &mut self.out,
-        )
-        .map_err(ClientError::protocol)?;
-        self.send().await?;
+        self.send_flushed(&GuestSync { id }).await?;
         loop {
             if let Frame::Message(m) = self.frame().await? {
                 if let Ok(reply) = RawResponse::parse(&m) {

@@ -55,6 +55,13 @@ fn agent(
     })
 }
 
+/// The commands a peer saw, in order.
+fn names(seen: &[Value]) -> Vec<String> {
+    seen.iter()
+        .map(|r| r["execute"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// The well-behaved reply to a request.
 fn proper(req: &Value) -> Vec<u8> {
     match req["execute"].as_str().unwrap() {
@@ -168,12 +175,7 @@ async fn a_silent_agent_times_out_and_the_next_call_resyncs() {
     assert_eq!(start.elapsed(), Duration::from_secs(3));
     client.ping().await.unwrap();
     drop(client);
-    let names: Vec<String> = peer
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r["execute"].as_str().unwrap().to_owned())
-        .collect();
+    let names = names(&peer.await.unwrap());
     assert_eq!(
         names,
         [
@@ -266,12 +268,7 @@ async fn agents_without_the_delimited_sync_fall_back_to_guest_sync() {
     let mut client = Client::new(ours);
     client.ping().await.unwrap();
     drop(client);
-    let names: Vec<String> = peer
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r["execute"].as_str().unwrap().to_owned())
-        .collect();
+    let names = names(&peer.await.unwrap());
     assert_eq!(names, ["guest-sync-delimited", "guest-sync", "guest-ping"]);
 }
 
@@ -320,12 +317,7 @@ async fn dropping_a_call_leaves_the_client_usable() {
     }
     client.ping().await.unwrap();
     drop(client);
-    let names: Vec<String> = peer
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r["execute"].as_str().unwrap().to_owned())
-        .collect();
+    let names = names(&peer.await.unwrap());
     // The dropped call left the stream in doubt: a resync precedes the next ping.
     assert_eq!(names.last().unwrap(), "guest-ping");
     assert_eq!(names[names.len() - 2], "guest-sync-delimited");
