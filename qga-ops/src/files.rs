@@ -200,7 +200,8 @@ impl GuestFile for LinuxFile {
                 Ok(n) => got += n,
                 // No data yet on a FIFO or socket: hand back what was read. qemu-ga
                 // loses it and reports the error; we only report when nothing came.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => break,
+                // (`read_to_end` keeps what it read before the error in `buf`.)
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && buf.len() > start => break,
                 Err(e) => {
                     buf.truncate(start);
                     return Err(OpsError::os("failed to read file", e));

@@ -177,3 +177,26 @@ fn injected_errors_surface_once() {
     assert_eq!(f.write(b"x").unwrap_err().to_string(), "io");
     assert_eq!(f.write(b"x").unwrap().count, 1);
 }
+
+#[test]
+fn a_fifo_without_data_is_eagain_and_partial_data_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // Open for reading (non-blocking, as qemu-ga), then a writer.
+    let mut f = LinuxFiles.open(&fifo, "r").unwrap();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    assert_eq!(
+        f.read(10, &mut Vec::new()).unwrap_err().to_string(),
+        "failed to read file: Resource temporarily unavailable"
+    );
+    use std::io::Write;
+    writer.write_all(b"abc").unwrap();
+    let mut buf = Vec::new();
+    let eof = f.read(10, &mut buf).unwrap();
+    assert_eq!((buf.as_slice(), eof), (&b"abc"[..], false));
+}
