@@ -107,6 +107,21 @@ fn bench(c: &mut Criterion) {
                 },
             )
         });
+        g.bench_function("qga-framing-slice", |b| {
+            b.iter(|| {
+                let mut d = Decoder::new();
+                let mut rest = black_box(&input[..]);
+                let mut n = 0;
+                loop {
+                    let (used, f) = d.decode_slice(rest);
+                    let Some(f) = f else { break };
+                    black_box(&f);
+                    rest = &rest[used..];
+                    n += 1;
+                }
+                n
+            })
+        });
         g.bench_function("serde_json-stream", |b| {
             b.iter(|| serde_count(black_box(input)))
         });

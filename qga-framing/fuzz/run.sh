@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 mkdir -p corpus/framer
 # Seeds: a request, a delimited reply, a dirty stream.
-printf '\x07{"execute":"guest-ping","id":1}' > corpus/framer/ping
-printf '\x01\xff{"return":7}\n' > corpus/framer/sync
-printf '\x03{"a":"}\\"\xff[[{}]] junk 42 ' > corpus/framer/dirty
+printf '\x07\x55{"execute":"guest-ping","id":1}' > corpus/framer/ping
+printf '\x01\xaa\xff{"return":7}\n' > corpus/framer/sync
+printf '\x03\x0f{"a":"}\\"\xff[[{}]] junk 42 ' > corpus/framer/dirty
 RUSTC_BOOTSTRAP=1 cargo fuzz run framer corpus/framer -- -max_total_time="${1:-120}" -max_len=16384

@@ -2,7 +2,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::scan::string_special;
+use crate::scan::{classify, string_special};
 
 /// Limits on one message. The defaults are qemu-ga's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,18 +52,54 @@ impl FrameError {
 }
 
 /// What the decoder found next in the stream.
+///
+/// `B` is the message's bytes: an owned, zero-copy [`Bytes`] from
+/// [`Decoder::decode`], a borrowed `&[u8]` from [`Decoder::decode_slice`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Frame {
+pub enum Frame<B = Bytes> {
     /// One complete top-level JSON value, leading whitespace stripped. It is not
     /// validated: it may be garbage (`junk`, a stray `}`), which a peer answers with
     /// a parse error.
-    Message(Bytes),
+    Message(B),
     /// A 0xFF (or 0xFE) byte: whatever partial message preceded it was discarded.
     /// Sentinels arriving back to back are reported once.
     Resync,
     /// A message broke a limit. Its bytes are dropped as they arrive, up to its end or
     /// the next sentinel; the next frame after that is decoded normally.
+    Oversized(FrameError),
+}
+
+impl<B> Frame<B> {
+    /// Maps the message's bytes, keeping the other variants.
+    pub fn map<C>(self, f: impl FnOnce(B) -> C) -> Frame<C> {
+        match self {
+            Frame::Message(b) => Frame::Message(f(b)),
+            Frame::Resync => Frame::Resync,
+            Frame::Oversized(e) => Frame::Oversized(e),
+        }
+    }
+}
+
+/// What the lean path found.
+enum Simple {
+    /// A message at `start..end`.
+    Message { start: usize, end: usize },
+    /// Only whitespace, or nothing.
+    Blank,
+    /// Anything else: take the general path.
+    No,
+}
+
+/// What one step of the core found, as offsets into the buffer it was given.
+enum Found {
+    /// A message at `start..end`.
+    Message {
+        start: usize,
+        end: usize,
+    },
+    /// A frame without bytes of its own.
+    Resync,
     Oversized(FrameError),
 }
 
@@ -99,25 +135,6 @@ enum Step {
     TooDeep,
 }
 
-/// Byte classes outside strings.
-const PLAIN: u8 = 0;
-const QUOTE: u8 = 1;
-const OPEN: u8 = 2;
-const CLOSE: u8 = 3;
-const SENTINEL: u8 = 4;
-
-const CLASS: [u8; 256] = {
-    let mut t = [PLAIN; 256];
-    t[b'"' as usize] = QUOTE;
-    t[b'{' as usize] = OPEN;
-    t[b'[' as usize] = OPEN;
-    t[b'}' as usize] = CLOSE;
-    t[b']' as usize] = CLOSE;
-    t[0xFE] = SENTINEL;
-    t[0xFF] = SENTINEL;
-    t
-};
-
 fn is_whitespace(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
@@ -140,13 +157,60 @@ fn ends_token(b: u8) -> bool {
 /// [`Bytes`] cut from it.
 ///
 /// [`decode`]: Decoder::decode
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Decoder {
     limits: Limits,
     partial: Option<Partial>,
     /// The last byte consumed was a sentinel: more sentinels add no Resync, so the
     /// frames do not depend on how a run of 0xFF bytes was chunked.
     after_sentinel: bool,
+    /// Bytes ahead that are already classified. Messages are short and each call
+    /// returns one, so without it most bytes would be classified twice.
+    region: Region,
+}
+
+/// Bytes already classified, with the brackets outside strings resolved. Its
+/// positions are relative to the front of the buffer and move with it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Region {
+    /// Where it starts.
+    at: usize,
+    /// How many bytes it covers (0: none, at most 64). It never covers a backslash or
+    /// a sentinel, so quotes alone decide what is inside a string.
+    len: usize,
+    /// Bit k: byte `at + k` is `{` or `[` outside any string.
+    open: u64,
+    /// Bit k: byte `at + k` is `}` or `]` outside any string.
+    close: u64,
+    /// Bit k: just after byte `at + k`, the stream is inside a string.
+    in_string: u64,
+}
+
+impl Region {
+    /// The front of the buffer moved `consumed` bytes on.
+    #[inline]
+    fn advance(&mut self, consumed: usize) {
+        if consumed <= self.at {
+            self.at -= consumed;
+        } else {
+            let gone = consumed - self.at;
+            if gone < self.len {
+                self.open >>= gone;
+                self.close >>= gone;
+                self.in_string >>= gone;
+                self.len -= gone;
+            } else {
+                self.len = 0;
+            }
+            self.at = 0;
+        }
+    }
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::with_limits(Limits::default())
+    }
 }
 
 impl Decoder {
@@ -161,6 +225,7 @@ impl Decoder {
             limits,
             partial: None,
             after_sentinel: false,
+            region: Region::default(),
         }
     }
 
@@ -173,6 +238,7 @@ impl Decoder {
     pub fn reset(&mut self) {
         self.partial = None;
         self.after_sentinel = false;
+        self.region = Region::default();
     }
 
     /// True while a message has started but not ended.
@@ -182,30 +248,198 @@ impl Decoder {
 
     /// The next frame in `buf`, or `None` if more bytes are needed. Never fatal: call
     /// it again after every `Some`.
+    ///
+    /// What it returns (or discards) leaves the front of `buf`; a message leaves as a
+    /// zero-copy [`Bytes`] split off the buffer.
+    #[inline]
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Frame> {
+        let (consumed, found) = self.step(buf);
+        let Some(found) = found else {
+            buf.advance(consumed);
+            return None;
+        };
+        Some(match found {
+            Found::Message { start, end } => {
+                buf.advance(start);
+                Frame::Message(buf.split_to(end - start).freeze())
+            }
+            Found::Resync => {
+                buf.advance(consumed);
+                Frame::Resync
+            }
+            Found::Oversized(e) => {
+                buf.advance(consumed);
+                Frame::Oversized(e)
+            }
+        })
+    }
+
+    /// The same as [`decode`](Decoder::decode) over a buffer the caller owns: the
+    /// next frame in `buf`, borrowed, and how many bytes at the front of `buf` are
+    /// used up (the frame's and whatever was skipped before it).
+    ///
+    /// The caller drops those bytes before the next call, which then passes what is
+    /// left plus anything that arrived since. With `None` the used-up bytes are
+    /// whitespace or discarded bytes; the rest is a message in progress that the
+    /// decoder has already scanned and will not scan again. No allocation, no
+    /// reference counting: for an agent that handles each message before reading
+    /// more, this is the cheapest way to frame.
+    ///
+    /// ```
+    /// use qga_framing::{Decoder, Frame};
+    ///
+    /// let mut decoder = Decoder::new();
+    /// let mut pending = b"{\"execute\":\"guest-ping\"}\n{\"exec".to_vec();
+    /// let (used, frame) = decoder.decode_slice(&pending);
+    /// assert_eq!(frame, Some(Frame::Message(&b"{\"execute\":\"guest-ping\"}"[..])));
+    /// pending.drain(..used);
+    /// let (used, frame) = decoder.decode_slice(&pending);
+    /// assert_eq!((used, frame), (1, None)); // the newline; "{\"exec" waits for more
+    /// pending.drain(..used);
+    /// pending.extend_from_slice(b"ute\":\"guest-info\"}");
+    /// let (used, frame) = decoder.decode_slice(&pending);
+    /// assert_eq!(frame, Some(Frame::Message(&b"{\"execute\":\"guest-info\"}"[..])));
+    /// assert_eq!(used, pending.len());
+    /// ```
+    #[inline]
+    pub fn decode_slice<'b>(&mut self, buf: &'b [u8]) -> (usize, Option<Frame<&'b [u8]>>) {
+        let (consumed, found) = self.step(buf);
+        let frame = found.map(|f| match f {
+            Found::Message { start, end } => Frame::Message(&buf[start..end]),
+            Found::Resync => Frame::Resync,
+            Found::Oversized(e) => Frame::Oversized(e),
+        });
+        (consumed, frame)
+    }
+
+    /// The core of both entry points: how many bytes at the front of `buf` are used
+    /// up, and the frame found, if any. For a message, `consumed` is its end.
+    #[inline]
+    fn step(&mut self, buf: &[u8]) -> (usize, Option<Found>) {
+        if self.partial.is_none() {
+            match self.next_simple_message(buf) {
+                Simple::Message { start, end } => {
+                    self.after_sentinel = false;
+                    self.region.advance(end);
+                    return (end, Some(Found::Message { start, end }));
+                }
+                Simple::Blank => {
+                    if !buf.is_empty() {
+                        self.after_sentinel = false;
+                        self.region.advance(buf.len());
+                    }
+                    return (buf.len(), None);
+                }
+                Simple::No => {}
+            }
+        }
+        let (consumed, found) = self.step_inner(buf);
+        self.region.advance(consumed);
+        (consumed, found)
+    }
+
+    /// The common case, kept lean: between messages, the next is an object or array
+    /// that is complete in `buf`, within the limits, with no backslash and no long
+    /// string. Returns where it starts and ends, or `None` for the general path,
+    /// which handles every case (and scans again at most what this scanned).
+    #[inline]
+    fn next_simple_message(&mut self, buf: &[u8]) -> Simple {
+        let len = buf.len();
+        let Some(start) = buf.iter().position(|&b| !is_whitespace(b)) else {
+            return Simple::Blank;
+        };
+        if !matches!(buf[start], b'{' | b'[') {
+            return Simple::No;
+        }
+        let max_depth = self.limits.max_depth;
+        let mut depth = 0usize;
+        let mut i = start;
+        // All ones while inside a string at `i`.
+        let mut in_string = 0u64;
+        while i < len {
+            let r = self.region;
+            let (open, close, n) = if i >= r.at && i - r.at < r.len {
+                let k = i - r.at;
+                if i == start && r.open >> k & 1 == 0 {
+                    // The region disagrees that this opener is outside a string: leave
+                    // it to the general path rather than guess.
+                    return Simple::No;
+                }
+                in_string = 0u64.wrapping_sub(r.in_string >> (r.len - 1) & 1);
+                (r.open >> k, r.close >> k, r.len - k)
+            } else {
+                let masks = classify(buf, i);
+                let n = (masks.stop.trailing_zeros() as usize).min(len - i).min(64);
+                let keep = low_bits(n);
+                if n == 0 || (in_string != 0 && masks.quote & keep == 0) {
+                    return Simple::No;
+                }
+                let inside = prefix_xor(masks.quote & keep) ^ in_string;
+                self.region = Region {
+                    at: i,
+                    len: n,
+                    open: masks.open & keep & !inside,
+                    close: masks.close & keep & !inside,
+                    in_string: inside,
+                };
+                in_string = 0u64.wrapping_sub(inside >> (n - 1) & 1);
+                (self.region.open, self.region.close, n)
+            };
+            let mut brackets = open | close;
+            while brackets != 0 {
+                let at = brackets.trailing_zeros() as usize;
+                brackets &= brackets - 1;
+                // +1 or -1, without a branch to mispredict.
+                depth = depth + 2 * (open >> at & 1) as usize - 1;
+                if depth == 0 {
+                    let end = i + at + 1;
+                    if end - start > self.limits.max_message {
+                        return Simple::No;
+                    }
+                    return Simple::Message { start, end };
+                }
+                if depth > max_depth {
+                    return Simple::No;
+                }
+            }
+            i += n;
+        }
+        Simple::No
+    }
+
+    fn step_inner(&mut self, buf: &[u8]) -> (usize, Option<Found>) {
+        let mut base = 0;
         loop {
             let mut partial = match self.partial {
                 Some(p) => p,
                 None => {
-                    let ws = buf.iter().take_while(|&&b| is_whitespace(b)).count();
+                    let ws = buf[base..]
+                        .iter()
+                        .take_while(|&&b| is_whitespace(b))
+                        .count();
                     if ws > 0 {
-                        buf.advance(ws);
+                        base += ws;
                         self.after_sentinel = false;
                     }
-                    let first = *buf.first()?;
+                    let Some(&first) = buf.get(base) else {
+                        return (base, None);
+                    };
                     if first >= 0xFE {
-                        let n = buf.iter().take_while(|&&b| b >= 0xFE).count();
-                        buf.advance(n);
+                        base += count_sentinels(&buf[base..]);
                         if std::mem::replace(&mut self.after_sentinel, true) {
                             continue;
                         }
-                        return Some(Frame::Resync);
+                        return (base, Some(Found::Resync));
                     }
                     self.after_sentinel = false;
                     let kind = match first {
                         // A stray closer or separator is a (malformed) message of its own.
                         b'}' | b']' | b',' | b':' => {
-                            return Some(Frame::Message(buf.split_to(1).freeze()));
+                            let message = Found::Message {
+                                start: base,
+                                end: base + 1,
+                            };
+                            return (base + 1, Some(message));
                         }
                         b'{' | b'[' => Kind::Container,
                         b'"' => Kind::String,
@@ -221,63 +455,71 @@ impl Decoder {
                     }
                 }
             };
-            let step = self.scan(&mut partial, buf);
-            match step {
+            let rest = &buf[base..];
+            match self.scan(&mut partial, rest, base) {
                 Step::Complete(end) => {
                     self.partial = None;
                     if partial.skipping {
-                        buf.advance(end);
+                        base += end;
                         continue;
                     }
                     if end > self.limits.max_message {
-                        buf.advance(end);
-                        return Some(Frame::Oversized(FrameError::TooLarge {
+                        let error = FrameError::TooLarge {
                             limit: self.limits.max_message,
-                        }));
+                        };
+                        return (base + end, Some(Found::Oversized(error)));
                     }
-                    return Some(Frame::Message(buf.split_to(end).freeze()));
+                    let message = Found::Message {
+                        start: base,
+                        end: base + end,
+                    };
+                    return (base + end, Some(message));
                 }
                 Step::Sentinel(at) => {
                     self.partial = None;
-                    let n = buf[at..].iter().take_while(|&&b| b >= 0xFE).count();
-                    buf.advance(at + n);
                     self.after_sentinel = true;
-                    return Some(Frame::Resync);
+                    let end = base + at + count_sentinels(&rest[at..]);
+                    return (end, Some(Found::Resync));
                 }
                 Step::TooDeep => {
                     let limit = self.limits.max_depth;
-                    self.drop_scanned(partial, buf);
-                    return Some(Frame::Oversized(FrameError::TooDeep { limit }));
+                    let used = self.drop_scanned(partial);
+                    let error = FrameError::TooDeep { limit };
+                    return (base + used, Some(Found::Oversized(error)));
                 }
                 Step::NeedMore if partial.skipping => {
-                    self.drop_scanned(partial, buf);
-                    return None;
+                    let used = self.drop_scanned(partial);
+                    return (base + used, None);
                 }
                 Step::NeedMore if partial.scanned > self.limits.max_message => {
                     let limit = self.limits.max_message;
-                    self.drop_scanned(partial, buf);
-                    return Some(Frame::Oversized(FrameError::TooLarge { limit }));
+                    let used = self.drop_scanned(partial);
+                    let error = FrameError::TooLarge { limit };
+                    return (base + used, Some(Found::Oversized(error)));
                 }
                 Step::NeedMore => {
                     self.partial = Some(partial);
-                    return None;
+                    return (base, None);
                 }
             }
         }
     }
 
-    /// Drops what was scanned of a message that broke a limit, for good, and keeps
-    /// skipping the rest of it: memory stays bounded whatever the peer sends.
-    fn drop_scanned(&mut self, mut partial: Partial, buf: &mut BytesMut) {
+    /// Gives up what was scanned of a message that broke a limit, for good, and keeps
+    /// skipping the rest of it: memory stays bounded whatever the peer sends. Returns
+    /// how many bytes were given up.
+    fn drop_scanned(&mut self, mut partial: Partial) -> usize {
+        let dropped = partial.scanned;
         partial.skipping = true;
-        buf.advance(partial.scanned);
         partial.scanned = 0;
         self.partial = Some(partial);
+        dropped
     }
 
-    /// Scans `buf` from `p.scanned` on, updating `p`.
-    fn scan(&self, p: &mut Partial, buf: &[u8]) -> Step {
-        let mut i = p.scanned;
+    /// Scans `buf` (which starts with the message) from `p.scanned` on, updating `p`.
+    /// `base` is where `buf` starts in the buffer the block cache describes.
+    #[inline]
+    fn scan(&mut self, p: &mut Partial, buf: &[u8], base: usize) -> Step {
         // Look no further than one byte past the size limit, so a limit error comes
         // at the same point however the stream was chunked.
         let len = if p.skipping {
@@ -285,44 +527,82 @@ impl Decoder {
         } else {
             buf.len().min(self.limits.max_message.saturating_add(1))
         };
-        if p.kind == Kind::Token {
-            while i < len {
-                let b = buf[i];
-                if ends_token(b) {
-                    p.scanned = i;
-                    return if b >= 0xFE {
-                        Step::Sentinel(i)
-                    } else {
-                        Step::Complete(i)
-                    };
-                }
-                i += 1;
-            }
-            p.scanned = i;
-            return Step::NeedMore;
+        let buf = &buf[..len];
+        match p.kind {
+            Kind::Container => self.scan_container(p, buf, base),
+            Kind::String | Kind::Token => scan_scalar_value(p, buf),
         }
+    }
+
+    /// Scans an object or array. Outside strings it classifies up to 64 bytes at a
+    /// time into bit masks (quotes, brackets, backslashes, sentinels), works out which
+    /// brackets are outside strings, and visits only those; the next message in the
+    /// same bytes reuses the work. Inside a string it jumps to the next quote,
+    /// backslash or sentinel, so a base64 payload costs one SIMD scan.
+    fn scan_container(&mut self, p: &mut Partial, buf: &[u8], base: usize) -> Step {
+        let len = buf.len();
+        let mut i = p.scanned;
         while i < len {
-            if p.in_string {
-                if p.escape {
-                    if buf[i] >= 0xFE {
-                        return Step::Sentinel(i);
+            let r = self.region;
+            let abs = base + i;
+            if abs >= r.at && abs - r.at < r.len {
+                // Walk the region's brackets from `i`, not past `len`.
+                let from = abs - r.at;
+                let to = r.len.min(from + (len - i));
+                let mut brackets = (r.open | r.close) & !low_bits(from) & low_bits(to);
+                while brackets != 0 {
+                    let bit = brackets & brackets.wrapping_neg();
+                    let at = r.at + bit.trailing_zeros() as usize - base;
+                    brackets &= brackets - 1;
+                    // +1 or -1, without a branch to mispredict.
+                    p.depth = p.depth + 2 * usize::from(r.open & bit != 0) - 1;
+                    if p.depth == 0 {
+                        p.scanned = at + 1;
+                        return Step::Complete(at + 1);
                     }
-                    p.escape = false;
-                    i += 1;
-                    continue;
+                    if p.depth > self.limits.max_depth && !p.skipping {
+                        // Skipping resumes just after this bracket, outside a string.
+                        p.in_string = false;
+                        p.scanned = at + 1;
+                        return Step::TooDeep;
+                    }
                 }
-                match string_special(&buf[i..len]) {
+                p.in_string = r.in_string >> (to - 1) & 1 == 1;
+                i = r.at + to - base;
+                continue;
+            }
+            if p.escape {
+                if buf[i] >= 0xFE {
+                    return Step::Sentinel(i);
+                }
+                p.escape = false;
+                i += 1;
+                continue;
+            }
+            // Past what is classified: classify from `i`, up to the first backslash or
+            // sentinel.
+            let masks = classify(buf, i);
+            let n = (masks.stop.trailing_zeros() as usize).min(len - i).min(64);
+            if n == 0 {
+                if buf[i] >= 0xFE {
+                    return Step::Sentinel(i);
+                }
+                // A backslash escapes the next byte inside a string, and is a plain
+                // (invalid) byte outside one.
+                p.escape = p.in_string;
+                i += 1;
+                continue;
+            }
+            if p.in_string && masks.quote == 0 && n == 64 {
+                // A long string, such as a base64 payload: find its end with the
+                // leaner string scan.
+                i += 64;
+                match string_special(&buf[i..]) {
                     None => i = len,
                     Some(k) => {
                         i += k;
                         match buf[i] {
-                            b'"' => {
-                                p.in_string = false;
-                                if p.kind == Kind::String {
-                                    p.scanned = i + 1;
-                                    return Step::Complete(i + 1);
-                                }
-                            }
+                            b'"' => p.in_string = false,
                             b'\\' => p.escape = true,
                             _ => return Step::Sentinel(i),
                         }
@@ -331,34 +611,96 @@ impl Decoder {
                 }
                 continue;
             }
-            // Outside strings: skip plain bytes, then act on the interesting one.
-            while i < len && CLASS[buf[i] as usize] == PLAIN {
-                i += 1;
-            }
-            if i == len {
-                break;
-            }
-            match CLASS[buf[i] as usize] {
-                QUOTE => p.in_string = true,
-                OPEN => {
-                    p.depth += 1;
-                    if p.depth > self.limits.max_depth && !p.skipping {
-                        p.scanned = i + 1;
-                        return Step::TooDeep;
-                    }
-                }
-                CLOSE => {
-                    p.depth -= 1;
-                    if p.depth == 0 {
-                        p.scanned = i + 1;
-                        return Step::Complete(i + 1);
-                    }
-                }
-                _ => return Step::Sentinel(i),
-            }
-            i += 1;
+            let keep = low_bits(n);
+            // Quote parity from the state at `i` decides what is inside a string.
+            let carry = if p.in_string { u64::MAX } else { 0 };
+            let in_string = prefix_xor(masks.quote & keep) ^ carry;
+            self.region = Region {
+                at: abs,
+                len: n,
+                open: masks.open & keep & !in_string,
+                close: masks.close & keep & !in_string,
+                in_string,
+            };
         }
         p.scanned = i;
         Step::NeedMore
     }
+}
+
+/// How many sentinel bytes `buf` starts with.
+fn count_sentinels(buf: &[u8]) -> usize {
+    buf.iter().take_while(|&&b| b >= 0xFE).count()
+}
+
+/// The `n` low bits set (all 64 for `n >= 64`).
+#[inline]
+fn low_bits(n: usize) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// Bit k of the result is the parity of bits 0..=k of `x`.
+#[inline]
+fn prefix_xor(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
+}
+
+/// Scans a top-level string or token (number, keyword, garbage) byte by byte: they
+/// are rare and short.
+fn scan_scalar_value(p: &mut Partial, buf: &[u8]) -> Step {
+    let len = buf.len();
+    let mut i = p.scanned;
+    if p.kind == Kind::Token {
+        while i < len {
+            let b = buf[i];
+            if ends_token(b) {
+                p.scanned = i;
+                return if b >= 0xFE {
+                    Step::Sentinel(i)
+                } else {
+                    Step::Complete(i)
+                };
+            }
+            i += 1;
+        }
+        p.scanned = i;
+        return Step::NeedMore;
+    }
+    while i < len {
+        if p.escape {
+            if buf[i] >= 0xFE {
+                return Step::Sentinel(i);
+            }
+            p.escape = false;
+            i += 1;
+            continue;
+        }
+        match string_special(&buf[i..]) {
+            None => i = len,
+            Some(k) => {
+                i += k;
+                match buf[i] {
+                    b'"' => {
+                        p.scanned = i + 1;
+                        return Step::Complete(i + 1);
+                    }
+                    b'\\' => p.escape = true,
+                    _ => return Step::Sentinel(i),
+                }
+                i += 1;
+            }
+        }
+    }
+    p.scanned = i;
+    Step::NeedMore
 }

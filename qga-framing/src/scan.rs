@@ -3,6 +3,56 @@
 //! the framer's hot loop: 64 bytes per step with SSE2 (part of every x86_64 CPU),
 //! a portable word-at-a-time loop elsewhere.
 
+/// One 64-byte block, classified: bit k of each mask describes byte k.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Masks {
+    /// `"`.
+    pub(crate) quote: u64,
+    /// `{`, `[`.
+    pub(crate) open: u64,
+    /// `}`, `]`.
+    pub(crate) close: u64,
+    /// `\`, 0xFE, 0xFF: the bytes the mask walk leaves to the byte loop.
+    pub(crate) stop: u64,
+}
+
+/// Classifies the bytes `buf[at..at + 64]` that matter outside strings (fewer at the
+/// end of `buf`: the bits past its end are clear). `at` must be below `buf.len()`.
+#[inline]
+pub(crate) fn classify(buf: &[u8], at: usize) -> Masks {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: as in `string_special`, SSE2 is part of the x86_64 baseline.
+        unsafe { sse2::classify(buf, at) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        scalar_classify(buf, at)
+    }
+}
+
+/// Byte-at-a-time reference implementation of [`classify`].
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+pub(crate) fn scalar_classify(buf: &[u8], at: usize) -> Masks {
+    let mut m = Masks {
+        quote: 0,
+        open: 0,
+        close: 0,
+        stop: 0,
+    };
+    for (k, &b) in buf[at..].iter().take(64).enumerate() {
+        let bit = 1u64 << k;
+        match b {
+            b'"' => m.quote |= bit,
+            b'{' | b'[' => m.open |= bit,
+            b'}' | b']' => m.close |= bit,
+            b'\\' | 0xFE | 0xFF => m.stop |= bit,
+            _ => {}
+        }
+    }
+    m
+}
+
 /// Index of the first `"`, `\`, 0xFE or 0xFF in `hay`.
 #[inline]
 pub(crate) fn string_special(hay: &[u8]) -> Option<usize> {
@@ -64,8 +114,62 @@ mod sse2 {
         _mm_set1_epi8,
     };
 
+    use super::Masks;
+
     // SSE2 is part of the x86_64 baseline, so these are safe to call from any
     // x86_64 code (the target feature is always enabled).
+
+    /// [`super::classify`], 16 bytes per step. A last, partial step loads the last 16
+    /// bytes of `buf` instead (overlapping bytes already seen) and shifts the unwanted
+    /// ones out, so nothing is copied unless all of `buf` is shorter than 16 bytes.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    pub(crate) fn classify(buf: &[u8], at: usize) -> Masks {
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let backslash = _mm_set1_epi8(b'\\' as i8);
+        let fe = _mm_set1_epi8(0xFEu8 as i8);
+        let case = _mm_set1_epi8(0x20);
+        // `{` and `[` differ only in bit 0x20, as do `}` and `]`.
+        let open = _mm_set1_epi8(b'{' as i8);
+        let close = _mm_set1_epi8(b'}' as i8);
+        let mut m = Masks {
+            quote: 0,
+            open: 0,
+            close: 0,
+            stop: 0,
+        };
+        let len = buf.len();
+        let mut short = [b' '; 16];
+        let whole = at + 64 <= len;
+        for k in 0..4 {
+            let p = at + 16 * k;
+            if !whole && p >= len {
+                break;
+            }
+            let (v, drop) = if whole || p + 16 <= len {
+                (load(buf, p), 0)
+            } else if len >= 16 {
+                (load(buf, len - 16), p - (len - 16))
+            } else {
+                // All of `buf` is shorter than one step: pad a copy with spaces.
+                short[..len - p].copy_from_slice(&buf[p..]);
+                (load(&short, 0), 0)
+            };
+            let folded = _mm_or_si128(v, case);
+            let stop = _mm_or_si128(
+                _mm_cmpeq_epi8(v, backslash),
+                _mm_cmpeq_epi8(_mm_max_epu8(v, fe), v),
+            );
+            let bits = |x: __m128i| u64::from(_mm_movemask_epi8(x) as u16 >> drop) << (16 * k);
+            m.quote |= bits(_mm_cmpeq_epi8(v, quote));
+            m.open |= bits(_mm_cmpeq_epi8(folded, open));
+            m.close |= bits(_mm_cmpeq_epi8(folded, close));
+            m.stop |= bits(stop);
+        }
+        m
+    }
+
+    /// The bytes that matter inside a string: `"`, `\\`, 0xFE, 0xFF.
     #[inline]
     #[target_feature(enable = "sse2")]
     fn special(v: __m128i) -> __m128i {
@@ -89,6 +193,7 @@ mod sse2 {
         unsafe { _mm_loadu_si128(block.as_ptr().cast::<__m128i>()) }
     }
 
+    #[inline]
     #[target_feature(enable = "sse2")]
     pub(crate) fn string_special(hay: &[u8]) -> Option<usize> {
         let mut i = 0;
@@ -141,6 +246,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn classifies_each_byte_value_at_every_position() {
+        for b in 0..=255u8 {
+            for at in 0..64 {
+                let mut block = [b'A'; 64];
+                block[at] = b;
+                let m = classify(&block, 0);
+                assert_eq!(m, scalar_classify(&block, 0), "{b:#x} at {at}");
+
+                let bit = 1u64 << at;
+                let expect = |set: bool| if set { bit } else { 0 };
+                assert_eq!(m.quote, expect(b == b'"'), "{b:#x}");
+                assert_eq!(m.open, expect(b"{[".contains(&b)), "{b:#x}");
+                assert_eq!(m.close, expect(b"}]".contains(&b)), "{b:#x}");
+                assert_eq!(m.stop, expect(b == b'\\' || b >= 0xFE), "{b:#x}");
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn fast_paths_agree_with_the_scalar_oracle(
@@ -150,6 +274,19 @@ mod tests {
         ) {
             prop_assert_eq!(string_special(&hay), scalar_string_special(&hay));
             prop_assert_eq!(swar_string_special(&hay), scalar_string_special(&hay));
+        }
+
+        #[test]
+        fn classify_agrees_with_the_scalar_oracle(
+            hay in proptest::collection::vec(prop_oneof![
+                4 => 0x20u8..0x7F, 1 => Just(b'"'), 1 => Just(b'\\'), 1 => Just(b'{'),
+                1 => Just(b']'), 1 => 0x80u8..=0xFF
+            ], 1..200),
+            at in 0usize..200,
+        ) {
+            // Every start and length, so the short and overlapping tails are covered.
+            let at = at % hay.len();
+            prop_assert_eq!(classify(&hay, at), scalar_classify(&hay, at));
         }
     }
 }

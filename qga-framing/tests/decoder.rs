@@ -329,3 +329,225 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+/// The decoder's rules written as plainly as possible, one byte at a time over the
+/// whole input: the oracle for the fast paths (bit masks, classified regions carried
+/// between calls, long-string jumps), which must give exactly the same frames.
+fn reference_frames(input: &[u8], limits: Limits) -> Vec<Frame<Vec<u8>>> {
+    #[derive(PartialEq)]
+    enum Kind {
+        Container,
+        String,
+        Token,
+    }
+    let is_ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut out = Vec::new();
+    let mut after_sentinel = false;
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        if is_ws(b) {
+            after_sentinel = false;
+            i += 1;
+            continue;
+        }
+        if b >= 0xFE {
+            if !after_sentinel {
+                out.push(Frame::Resync);
+            }
+            after_sentinel = true;
+            i += 1;
+            continue;
+        }
+        after_sentinel = false;
+        if matches!(b, b'}' | b']' | b',' | b':') {
+            out.push(Frame::Message(vec![b]));
+            i += 1;
+            continue;
+        }
+        let kind = match b {
+            b'{' | b'[' => Kind::Container,
+            b'"' => Kind::String,
+            _ => Kind::Token,
+        };
+        let start = i;
+        let (mut depth, mut in_string, mut escape) = (0usize, false, false);
+        let mut error = None;
+        let mut end = None;
+        let mut j = i;
+        while j < input.len() {
+            let c = input[j];
+            if c >= 0xFE {
+                break; // a sentinel ends any message, complete or not
+            }
+            if kind == Kind::Token && (is_ws(c) || b"{}[],:\"".contains(&c)) && j > start {
+                end = Some(j); // the delimiter is not part of the token
+                break;
+            }
+            let mut too_deep = false;
+            let mut complete = false;
+            if in_string || (kind == Kind::String && j == start) {
+                if kind == Kind::String && j == start {
+                    in_string = true;
+                } else if escape {
+                    escape = false;
+                } else if c == b'\\' {
+                    escape = true;
+                } else if c == b'"' {
+                    in_string = false;
+                    complete = kind == Kind::String;
+                }
+            } else if kind == Kind::Container {
+                match c {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        too_deep = depth > limits.max_depth;
+                    }
+                    b'}' | b']' => {
+                        depth -= 1;
+                        complete = depth == 0;
+                    }
+                    _ => {}
+                }
+            }
+            if error.is_none() {
+                if too_deep {
+                    error = Some(FrameError::TooDeep {
+                        limit: limits.max_depth,
+                    });
+                    out.push(Frame::Oversized(error.unwrap()));
+                } else if j - start == limits.max_message {
+                    // The message has a byte past the size limit.
+                    error = Some(FrameError::TooLarge {
+                        limit: limits.max_message,
+                    });
+                    out.push(Frame::Oversized(error.unwrap()));
+                }
+            }
+            j += 1;
+            if complete {
+                end = Some(j);
+                break;
+            }
+        }
+        match end {
+            Some(end) => {
+                if error.is_none() {
+                    out.push(Frame::Message(input[start..end].to_vec()));
+                }
+                i = end;
+            }
+            // A sentinel (handled next round) or the end of the input: the partial
+            // message is dropped.
+            None => i = j,
+        }
+    }
+    out
+}
+
+/// Feeds `input` in chunks of the given sizes (cycled) through one decoder, using
+/// `decode` or `decode_slice` per call as `slice` says (cycled), and collects frames.
+fn decoder_frames(
+    input: &[u8],
+    limits: Limits,
+    cuts: &[usize],
+    slice: &[bool],
+) -> Vec<Frame<Vec<u8>>> {
+    let mut decoder = Decoder::with_limits(limits);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let (mut at, mut k, mut calls) = (0, 0, 0);
+    while at < input.len() {
+        let n = cuts[k % cuts.len()].clamp(1, input.len() - at);
+        buf.extend_from_slice(&input[at..at + n]);
+        at += n;
+        k += 1;
+        loop {
+            calls += 1;
+            if slice[calls % slice.len()] {
+                let (used, frame) = decoder.decode_slice(&buf);
+                let frame = frame.map(|f| f.map(<[u8]>::to_vec));
+                let _ = buf.split_to(used);
+                match frame {
+                    Some(f) => frames.push(f),
+                    None => break,
+                }
+            } else {
+                match decoder.decode(&mut buf) {
+                    Some(f) => frames.push(f.map(|m| m.to_vec())),
+                    None => break,
+                }
+            }
+        }
+        assert!(
+            buf.len() <= limits.max_message + 1,
+            "{} bytes buffered after decode asked for more",
+            buf.len()
+        );
+    }
+    frames
+}
+
+/// Bytes that stress the scanner: brackets, quotes, backslashes and sentinels among
+/// plain bytes, and long runs (longer than a 64-byte block) of string-safe bytes.
+fn tricky_stream() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        6 => proptest::sample::select(&b"{}[]\"\\ \n:,a1"[..]).prop_map(|b| vec![b]),
+        1 => proptest::sample::select(&[0xFEu8, 0xFF][..]).prop_map(|b| vec![b]),
+        2 => (1usize..200).prop_map(|n| vec![b'x'; n]),
+        2 => "[a-z]{1,8}".prop_map(|s| format!("\"{s}\"").into_bytes()),
+        1 => Just(br#"{"execute":"guest-ping"}"#.to_vec()),
+        1 => Just(br#"{"execute":"guest-sync","arguments":{"id":7},"id":7}"#.to_vec()),
+    ];
+    proptest::collection::vec(piece, 0..60).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Any bytes, any limits, any chunking, either entry point: the same frames as the
+    /// byte-at-a-time reference.
+    #[test]
+    fn matches_the_byte_at_a_time_reference(
+        input in tricky_stream(),
+        max_message in prop_oneof![1usize..300, Just(64 << 20)],
+        max_depth in prop_oneof![1usize..8, Just(1024)],
+        cuts in proptest::collection::vec(1usize..200, 1..8),
+        slice in proptest::collection::vec(any::<bool>(), 1..4),
+    ) {
+        let limits = Limits { max_message, max_depth };
+        let want = reference_frames(&input, limits);
+        prop_assert_eq!(decoder_frames(&input, limits, &[input.len().max(1)], &[true]), want.clone());
+        prop_assert_eq!(decoder_frames(&input, limits, &cuts, &slice), want);
+    }
+}
+
+#[test]
+fn the_reference_agrees_with_the_table_cases() {
+    // The oracle itself is checked against cases whose answer is known.
+    let limits = Limits::default();
+    assert_eq!(
+        reference_frames(b"\xff{\"a\":\"}\\\"\"} x [1]\xff\xff]", limits),
+        vec![
+            Frame::Resync,
+            Frame::Message(b"{\"a\":\"}\\\"\"}".to_vec()),
+            Frame::Message(b"x".to_vec()),
+            Frame::Message(b"[1]".to_vec()),
+            Frame::Resync,
+            Frame::Message(b"]".to_vec()),
+        ]
+    );
+    let small = Limits {
+        max_message: 4,
+        max_depth: 2,
+    };
+    assert_eq!(
+        reference_frames(b"[[[]]] [1,2] {}", small),
+        vec![
+            Frame::Oversized(FrameError::TooDeep { limit: 2 }),
+            Frame::Oversized(FrameError::TooLarge { limit: 4 }),
+            Frame::Message(b"{}".to_vec()),
+        ]
+    );
+}
