@@ -132,6 +132,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         self.next_id
     }
 
+    /// Starts a new exchange: empties the output buffer. A call whose future was
+    /// dropped (or failed) while writing leaves its unwritten request there; it must
+    /// never go out in front of a later request. The agent's copy of the part that
+    /// was written is dropped by the 0xFF of the resync that follows (the dropped
+    /// call left the connection marked dirty).
+    fn begin_exchange(&mut self) {
+        self.out.clear();
+    }
+
     async fn send(&mut self) -> Result<(), ClientError> {
         self.stream
             .write_all(&self.out)
@@ -176,6 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
 
     /// Sends 0xFF (the agent drops any partial input) and then `cmd`, without an id.
     async fn send_flushed<C: Command>(&mut self, cmd: &C) -> Result<(), ClientError> {
+        self.begin_exchange();
         self.out.extend_from_slice(&[SENTINEL]);
         encode_json(&Execute::command(cmd, None), false, &mut self.out)
             .map_err(ClientError::protocol)?;
@@ -242,6 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
             self.sync().await?;
         }
         self.dirty = true;
+        self.begin_exchange();
         let id = Value::from(self.fresh_id());
         let req = Execute {
             execute: name,

@@ -8,11 +8,11 @@ use bytes::BytesMut;
 use qga_client::{hybrid_handshake, Client, ClientError, Timeouts};
 use qga_framing::{Decoder, Frame};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Reads the peer's next request (skipping the client's 0xFF flush bytes).
 async fn next_request(
-    io: &mut DuplexStream,
+    io: &mut (impl AsyncRead + Unpin),
     dec: &mut Decoder,
     buf: &mut BytesMut,
 ) -> Option<Value> {
@@ -34,7 +34,7 @@ async fn next_request(
 /// A scripted agent: for each request, `answer` returns the raw bytes to send
 /// (possibly nothing), written in pieces of `piece` bytes.
 fn agent(
-    mut io: DuplexStream,
+    mut io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     piece: usize,
     mut answer: impl FnMut(&Value) -> Vec<u8> + Send + 'static,
 ) -> tokio::task::JoinHandle<Vec<Value>> {
@@ -399,4 +399,65 @@ async fn hybrid_vsock_handshake_accepts_ok_and_reports_refusal() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("ERROR no listener"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_mid_write_is_never_sent_later() {
+    // A 1 KiB pipe: a 100 KB request stalls after its first KiB.
+    let (ours, mut theirs) = tokio::io::duplex(1024);
+    let peer = tokio::spawn(async move {
+        let (mut dec, mut buf) = (Decoder::new(), BytesMut::new());
+        let req = next_request(&mut theirs, &mut dec, &mut buf).await.unwrap();
+        theirs.write_all(&proper(&req)).await.unwrap();
+        // Read nothing while the client's write is stuck and its caller gives up.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // From here on, keep every byte the client sends, and answer it.
+        let mut raw = buf.to_vec();
+        loop {
+            while let Some(f) = dec.decode(&mut buf) {
+                if let Frame::Message(m) = f {
+                    let Ok(req) = serde_json::from_slice::<Value>(&m) else {
+                        continue;
+                    };
+                    theirs.write_all(&proper(&req)).await.unwrap();
+                    if req["execute"] == "guest-ping" {
+                        return raw;
+                    }
+                }
+            }
+            let mut tmp = [0u8; 4096];
+            let n = theirs.read(&mut tmp).await.unwrap();
+            assert_ne!(n, 0, "client went away");
+            raw.extend_from_slice(&tmp[..n]);
+            buf.extend_from_slice(&tmp[..n]);
+        }
+    });
+    let mut client = Client::new(ours);
+    assert!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            client.file_write(1000, vec![0; 100_000])
+        )
+        .await
+        .is_err(),
+        "the write should still be stuck when its caller gives up"
+    );
+    client.ping().await.unwrap();
+    drop(client);
+    let raw = peer.await.unwrap();
+    let raw = raw.trim_ascii_start();
+    // What the agent got: the head of the abandoned write (what fit in the pipe),
+    // then at once the 0xFF that makes it drop that partial request, and the resync.
+    let ff = raw.iter().position(|&b| b == 0xFF).unwrap();
+    assert!(ff <= 1024, "{ff} bytes before the 0xFF");
+    assert!(raw.starts_with(b"{\"execute\":\"guest-file-write\""));
+    let count = |needle: &[u8]| raw.windows(needle.len()).filter(|w| *w == needle).count();
+    assert_eq!(
+        count(b"guest-file-write"),
+        1,
+        "the abandoned write was sent again"
+    );
+    assert_eq!(count(b"guest-sync-delimited"), 1);
+    assert_eq!(count(b"guest-ping"), 1);
+    assert!(raw.len() < 2048, "{} bytes sent after the drop", raw.len());
 }
