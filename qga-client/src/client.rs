@@ -5,7 +5,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use qga_framing::{encode_json, Decoder, Frame, SENTINEL};
+use qga_framing::{encode_json, Decoder, Frame, Limits, SENTINEL};
 use qga_proto::*;
 use serde::Serialize;
 use serde_json::Value;
@@ -18,6 +18,15 @@ use crate::ClientError;
 const MAX_REQUEST: usize = 64 * 1024 * 1024 - 64;
 /// Largest `count` for guest-file-read / a write chunk (48 MiB, the reference's cap).
 pub const MAX_CHUNK: usize = 48 * 1024 * 1024;
+/// Largest reply the client accepts. The agent's 64 MiB limit is on what it reads,
+/// not on what it writes, and its largest legitimate reply is over 64 MiB: a
+/// guest-file-read of `MAX_CHUNK` (48 MiB) answers with exactly 64 MiB of base64
+/// (`4 * 48 MiB / 3`) inside an envelope of about 80 bytes (`{"return": {"count":
+/// 50331648, "buf-b64": "…", "eof": false}, "id": <our id, at most 19 digits>}`).
+/// Every other reply is far smaller (guest-exec-status caps captured output at
+/// 16 MiB, about 21 MiB of base64). One extra MiB covers the envelope with room to
+/// spare while still bounding what a misbehaving agent can make the client buffer.
+const MAX_REPLY: usize = 65 * 1024 * 1024;
 
 /// Per-call timeouts by command class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +110,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     pub fn new(stream: S) -> Self {
         Client {
             stream,
-            decoder: Decoder::new(),
+            decoder: Decoder::with_limits(Limits {
+                max_message: MAX_REPLY,
+                ..Limits::default()
+            }),
             buf: BytesMut::new(),
             out: BytesMut::new(),
             dirty: true,

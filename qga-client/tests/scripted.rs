@@ -461,3 +461,43 @@ async fn a_request_dropped_mid_write_is_never_sent_later() {
     assert_eq!(count(b"guest-ping"), 1);
     assert!(raw.len() < 2048, "{} bytes sent after the drop", raw.len());
 }
+
+/// guest-file-read's reply for `count` zero bytes, built by hand (as qemu-ga does).
+fn zeros_read_reply(count: usize, id: &Value) -> Vec<u8> {
+    let b64_len = count.div_ceil(3) * 4;
+    let mut v = format!("{{\"return\": {{\"count\": {count}, \"buf-b64\": \"").into_bytes();
+    v.reserve(b64_len + 64);
+    v.resize(v.len() + b64_len, b'A');
+    v.extend_from_slice(format!("\", \"eof\": true}}, \"id\": {id}}}\n").as_bytes());
+    v
+}
+
+#[tokio::test]
+async fn a_read_of_the_largest_count_is_accepted() {
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let peer = agent(theirs, 1 << 20, |req| {
+        if req["execute"] == "guest-file-read" {
+            let count = req["arguments"]["count"].as_u64().unwrap() as usize;
+            let reply = zeros_read_reply(count, &req["id"]);
+            // 64 MiB of base64 plus the envelope: over 64 MiB, yet legitimate.
+            assert!(reply.len() > 64 * 1024 * 1024);
+            return reply;
+        }
+        proper(req)
+    });
+    let mut client = Client::new(ours);
+    let r = client
+        .file_read(1000, Some(qga_client::MAX_CHUNK as i64))
+        .await
+        .unwrap();
+    assert_eq!(r.count, qga_client::MAX_CHUNK as i64);
+    assert_eq!(r.buf_b64.0.len(), qga_client::MAX_CHUNK);
+    assert!(r.eof);
+    // The client is still in step with the agent.
+    client.ping().await.unwrap();
+    drop(client);
+    assert_eq!(
+        names(&peer.await.unwrap()),
+        ["guest-sync-delimited", "guest-file-read", "guest-ping"]
+    );
+}
