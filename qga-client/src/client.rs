@@ -73,7 +73,8 @@ pub type Progress<'a> = &'a mut (dyn FnMut(u64, Option<u64>) + Send);
 
 /// A QGA client over any byte stream.
 ///
-/// Every request carries a fresh `id` and only the reply with that id is accepted.
+/// Every request carries a fresh `id` and only the reply with that id is accepted,
+/// or an error without an id (qemu-ga's answer to a request it could not parse).
 /// The stream is resynchronised (0xFF, then guest-sync-delimited with a fresh random
 /// id, discarding everything up to the agent's 0xFF and any reply with another id)
 /// on the first call, and again after any timeout, protocol error, or a call whose
@@ -91,6 +92,15 @@ pub struct Client<S> {
     next_id: u64,
     timeouts: Timeouts,
     delimited_sync: bool,
+}
+
+/// The answer to one request.
+struct Reply {
+    /// The `return` value, or why there is none.
+    result: Result<Value, ClientError>,
+    /// Whether the stream is known to be in step after it (else the next call
+    /// resyncs first).
+    in_step: bool,
 }
 
 fn random_u64() -> u64 {
@@ -291,9 +301,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
             Err(_) => return Err(ClientError::Timeout),
         }
         match tokio::time::timeout(wait, self.reply_for(&id)).await {
-            Ok(Ok(v)) => {
-                self.dirty = false;
-                Ok(Some(v?))
+            Ok(Ok(reply)) => {
+                self.dirty = !reply.in_step;
+                Ok(Some(reply.result?))
             }
             Ok(Err(e)) => Err(e),
             Err(_) if !expects_reply => Ok(None),
@@ -301,25 +311,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         }
     }
 
-    /// Reads replies until the one carrying `id`.
-    async fn reply_for(&mut self, id: &Value) -> Result<Result<Value, ClientError>, ClientError> {
+    /// Reads replies until the one answering the request carrying `id`.
+    ///
+    /// The stream was in step when the request went out (the call synchronised
+    /// first if it was in doubt), so anything the agent says now answers it. A reply
+    /// with another id is still skipped, but an error without an id is the agent's
+    /// answer: qemu-ga drops the id only when it could not parse the request. It may
+    /// answer the rest of a broken request with more such errors, so the stream is
+    /// left marked for a resync. A reply that breaks the decoder's limits fails the
+    /// call as a protocol error rather than being skipped while the caller waits.
+    async fn reply_for(&mut self, id: &Value) -> Result<Reply, ClientError> {
         loop {
-            let Frame::Message(m) = self.frame().await? else {
-                continue;
+            let m = match self.frame().await? {
+                Frame::Message(m) => m,
+                Frame::Oversized(e) => {
+                    return Err(ClientError::Protocol(format!("reply rejected: {e}")))
+                }
+                _ => continue,
             };
             let reply = match RawResponse::parse(&m) {
                 Ok(r) => r,
                 // Not a reply at all: garbage on the line. Skip it.
                 Err(_) => continue,
             };
-            if reply.id.as_ref() != Some(id) {
-                // A stale reply to someone else's request, or an id-less error.
-                continue;
+            match (reply.id.as_ref(), reply.result) {
+                (Some(got), _) if got != id => {
+                    // A reply to some other request: never ours to hand out.
+                    continue;
+                }
+                (Some(_), Ok(raw)) => {
+                    return Ok(Reply {
+                        result: serde_json::from_str(raw.get()).map_err(ClientError::protocol),
+                        in_step: true,
+                    })
+                }
+                (Some(_), Err(e)) => {
+                    return Ok(Reply {
+                        result: Err(ClientError::Agent(e)),
+                        in_step: true,
+                    })
+                }
+                (None, Err(e)) => {
+                    return Ok(Reply {
+                        result: Err(ClientError::Agent(e)),
+                        in_step: false,
+                    })
+                }
+                // A success without an id answers no request of ours.
+                (None, Ok(_)) => continue,
             }
-            return Ok(match reply.result {
-                Ok(raw) => serde_json::from_str(raw.get()).map_err(ClientError::protocol),
-                Err(e) => Err(ClientError::Agent(e)),
-            });
         }
     }
 

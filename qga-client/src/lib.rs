@@ -9,7 +9,11 @@
 //!   everything up to the agent's 0xFF and any reply with another id is discarded
 //!   (`guest-sync` for agents without the delimited form);
 //! * puts a fresh `id` on every request and accepts only the reply carrying it, so a
-//!   stale reply is never handed to a caller;
+//!   stale reply is never handed to a caller; the one exception is an error without
+//!   an id, which qemu-ga sends for a request it could not parse: on a stream in step
+//!   it can only answer this call, so it fails the call (and the next call resyncs);
+//! * fails a call whose reply breaks the decoder's limits (over 65 MiB, the largest
+//!   a 48 MiB read needs, or nested deeper than 1024) with a protocol error at once;
 //! * bounds every call with a timeout chosen by command class ([`Timeouts`]);
 //! * returns one error type, [`ClientError`], telling an agent's refusal (class and
 //!   desc) from a timeout, a closed connection or an I/O error.

@@ -501,3 +501,98 @@ async fn a_read_of_the_largest_count_is_accepted() {
         ["guest-sync-delimited", "guest-file-read", "guest-ping"]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_error_without_an_id_after_a_clean_sync_is_the_agents_answer() {
+    // qemu-ga answers a request it cannot parse (here: a string it finds invalid)
+    // with an error that has no id, possibly followed by more errors for the rest.
+    let desc = "JSON parse error, invalid UTF-8 sequence in string";
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let mut first = true;
+    let peer = agent(theirs, 4096, move |req| {
+        if req["execute"] == "guest-file-open" && first {
+            first = false;
+            let e = json!({"error": {"class": "GenericError", "desc": desc}});
+            return format!("{e}\n{e}\n").into_bytes();
+        }
+        proper(req)
+    });
+    let mut client = Client::new(ours);
+    client.ping().await.unwrap();
+    let start = tokio::time::Instant::now();
+    let err = client.file_open("/tmp/\u{fffe}", None).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO, "answered, not timed out");
+    let agent = err.agent_error().expect("the agent's error");
+    assert_eq!(agent.desc, desc);
+    assert!(!err.is_unreachable());
+    // The second error of the storm is not taken for the next call's answer: the
+    // next call resyncs first.
+    client.ping().await.unwrap();
+    drop(client);
+    assert_eq!(
+        names(&peer.await.unwrap()),
+        [
+            "guest-sync-delimited",
+            "guest-ping",
+            "guest-file-open",
+            "guest-sync-delimited",
+            "guest-ping"
+        ]
+    );
+}
+
+/// Checks that a reply the decoder rejects (`bad`) fails the call at once as a
+/// protocol error, and that the next call resyncs and succeeds.
+async fn rejected_reply_is_a_protocol_error(bad: fn(&Value) -> Vec<u8>) {
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let mut first = true;
+    let peer = agent(theirs, 1 << 20, move |req| {
+        if req["execute"] == "guest-ping" && first {
+            first = false;
+            return bad(req);
+        }
+        proper(req)
+    });
+    let mut client = Client::new(ours);
+    let start = tokio::time::Instant::now();
+    let err = client.ping().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO, "answered, not timed out");
+    assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+    client.ping().await.unwrap();
+    drop(client);
+    assert_eq!(
+        names(&peer.await.unwrap()),
+        [
+            "guest-sync-delimited",
+            "guest-ping",
+            "guest-sync-delimited",
+            "guest-ping"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_nested_too_deep_is_a_protocol_error() {
+    rejected_reply_is_a_protocol_error(|req| {
+        let depth = 2000;
+        format!(
+            "{{\"return\": {}{}, \"id\": {}}}\n",
+            "[".repeat(depth),
+            "]".repeat(depth),
+            req["id"]
+        )
+        .into_bytes()
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_over_the_size_limit_is_a_protocol_error() {
+    rejected_reply_is_a_protocol_error(|req| {
+        let mut v = b"{\"return\": {}, \"pad\": \"".to_vec();
+        v.resize(v.len() + 66 * 1024 * 1024, b'x');
+        v.extend_from_slice(format!("\", \"id\": {}}}\n", req["id"]).as_bytes());
+        v
+    })
+    .await;
+}
