@@ -16,8 +16,18 @@ use crate::ClientError;
 /// Largest request qemu-ga accepts (its 64 MiB token limit); larger ones are refused
 /// locally instead of being sent to fail without an id.
 const MAX_REQUEST: usize = 64 * 1024 * 1024 - 64;
-/// Largest `count` for guest-file-read / a write chunk (48 MiB, the reference's cap).
+/// Largest `count` for guest-file-read (48 MiB, the reference's cap).
 pub const MAX_CHUNK: usize = 48 * 1024 * 1024;
+/// Largest chunk [`Client::write_file`] sends in one guest-file-write: 48 MiB less
+/// 3 KiB. A 48 MiB chunk is exactly 64 MiB of base64 on its own, so with the request
+/// around it (about 100 bytes) it would break qemu-ga's 64 MiB message limit; 3 KiB
+/// less data is 4 KiB less base64, ample room for the envelope. A multiple of 3, so
+/// the base64 of each full chunk has no padding.
+pub const MAX_WRITE_CHUNK: usize = MAX_CHUNK - 3 * 1024;
+// A full chunk with the largest envelope (handle and id of 20 characters each, the
+// optional count) must fit in a request.
+const _: () =
+    assert!(MAX_WRITE_CHUNK.is_multiple_of(3) && MAX_WRITE_CHUNK / 3 * 4 + 256 <= MAX_REQUEST);
 /// Largest reply the client accepts. The agent's 64 MiB limit is on what it reads,
 /// not on what it writes, and its largest legitimate reply is over 64 MiB: a
 /// guest-file-read of `MAX_CHUNK` (48 MiB) answers with exactly 64 MiB of base64
@@ -589,7 +599,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     }
 
     /// Writes `data` to a guest file (created or truncated) in chunks of `chunk`
-    /// bytes (at most 48 MiB).
+    /// bytes (at most [`MAX_WRITE_CHUNK`], so each request stays within the agent's
+    /// 64 MiB limit).
     pub async fn write_file(
         &mut self,
         path: &str,
@@ -597,7 +608,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         chunk: usize,
         progress: Option<Progress<'_>>,
     ) -> Result<(), ClientError> {
-        let chunk = chunk.clamp(1, MAX_CHUNK);
+        let chunk = chunk.clamp(1, MAX_WRITE_CHUNK);
         let handle = self.file_open(path, Some("w")).await?;
         let mut progress = progress;
         let total = data.len() as u64;

@@ -22,9 +22,11 @@
 //! `AsyncRead + AsyncWrite` stream with [`Client::new`]. Calls are typed through
 //! `qga-proto`'s `Command` trait ([`Client::execute`]), raw
 //! ([`Client::execute_raw`]), or one convenience method per command; whole-file
-//! helpers ([`Client::read_file`], [`Client::write_file`]) move data in chunks of up
-//! to 48 MiB with a progress callback. It never touches the guest itself and never
-//! spawns tasks: a call runs on the caller's task, and dropping it is safe.
+//! helpers ([`Client::read_file`], [`Client::write_file`]) move data in chunks with a
+//! progress callback: reads of up to 48 MiB ([`MAX_CHUNK`]), writes of up to 48 MiB
+//! less 3 KiB ([`MAX_WRITE_CHUNK`]) so each base64 request fits the agent's 64 MiB.
+//! It never touches the guest itself and never spawns tasks: a call runs on the
+//! caller's task, and dropping it is safe.
 //!
 //! # Example
 //!
@@ -63,7 +65,7 @@ mod client;
 mod error;
 mod transport;
 
-pub use client::{Client, Progress, Timeouts, MAX_CHUNK};
+pub use client::{Client, Progress, Timeouts, MAX_CHUNK, MAX_WRITE_CHUNK};
 pub use error::ClientError;
 pub use transport::{connect_hybrid_vsock, connect_unix, connect_vsock, hybrid_handshake};
 

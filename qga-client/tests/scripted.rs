@@ -596,3 +596,66 @@ async fn a_reply_over_the_size_limit_is_a_protocol_error() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn write_file_keeps_every_request_within_the_agents_limit() {
+    let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+    let peer = tokio::spawn(async move {
+        // qemu-ga's limit: at most 64 MiB - 1 bytes of token text per message
+        // (compact JSON has no whitespace, so that is the message's length).
+        let mut dec = Decoder::with_limits(qga_framing::Limits {
+            max_message: 64 * 1024 * 1024 - 1,
+            ..Default::default()
+        });
+        let mut buf = BytesMut::new();
+        let (mut written, mut writes) = (Vec::new(), 0);
+        loop {
+            let m = loop {
+                match dec.decode(&mut buf) {
+                    Some(Frame::Message(m)) => break m,
+                    Some(Frame::Oversized(e)) => panic!("the agent would refuse this: {e}"),
+                    Some(_) => continue,
+                    None => {}
+                }
+                let n = theirs.read_buf(&mut buf).await.unwrap();
+                if n == 0 {
+                    return (written, writes);
+                }
+            };
+            let req: Value = serde_json::from_slice(&m).unwrap();
+            let ret = match req["execute"].as_str().unwrap() {
+                "guest-file-open" => json!(1000),
+                "guest-file-write" => {
+                    let b64 = req["arguments"]["buf-b64"].as_str().unwrap();
+                    let data = qga_proto::Base64::decode(b64).unwrap();
+                    writes += 1;
+                    written.extend_from_slice(&data);
+                    json!({"count": data.len(), "eof": false})
+                }
+                "guest-file-flush" | "guest-file-close" => json!({}),
+                _ => {
+                    theirs.write_all(&proper(&req)).await.unwrap();
+                    continue;
+                }
+            };
+            let reply = format!("{}\n", json!({"return": ret, "id": req["id"]}));
+            theirs.write_all(reply.as_bytes()).await.unwrap();
+        }
+    });
+    let data: Vec<u8> = (0..qga_client::MAX_CHUNK + 1)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut client = Client::new(ours);
+    let mut seen = Vec::new();
+    let mut progress = |done: u64, total: Option<u64>| seen.push((done, total));
+    client
+        .write_file("/tmp/big", &data, usize::MAX, Some(&mut progress))
+        .await
+        .unwrap();
+    drop(client);
+    let (written, writes) = peer.await.unwrap();
+    assert_eq!(writes, 2, "48 MiB + 1 byte takes two requests");
+    assert!(written == data, "the agent got other bytes");
+    let total = Some(data.len() as u64);
+    assert_eq!(seen.last(), Some(&(data.len() as u64, total)));
+}
