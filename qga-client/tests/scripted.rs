@@ -659,3 +659,67 @@ async fn write_file_keeps_every_request_within_the_agents_limit() {
     let total = Some(data.len() as u64);
     assert_eq!(seen.last(), Some(&(data.len() as u64, total)));
 }
+
+/// Runs the `qga` binary against a scripted agent on a unix socket; returns its exit
+/// code and stderr.
+async fn run_qga(args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qga.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    tokio::spawn(async move {
+        let (io, _) = listener.accept().await.unwrap();
+        agent(io, 4096, |req| {
+            let ret = match req["execute"].as_str().unwrap() {
+                "guest-file-open" => json!(1000),
+                "guest-file-read" => json!({"count": 5, "buf-b64": "aGVsbG8=", "eof": true}),
+                "guest-file-write" => json!({"count": 5, "eof": false}),
+                "guest-file-flush" | "guest-file-close" => json!({}),
+                _ => return proper(req),
+            };
+            format!("{}\n", json!({"return": ret, "id": req["id"]})).into_bytes()
+        })
+        .await
+        .unwrap()
+    });
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_qga"));
+    cmd.arg("--socket").arg(&sock).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    drop(dir);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reports_local_file_errors_with_their_own_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.bin");
+    let missing = missing.to_str().unwrap();
+    let (code, stderr) = run_qga(&["put", missing, "/tmp/remote.bin"]).await;
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains("cannot read local file") && stderr.contains(missing),
+        "{stderr}"
+    );
+
+    let unwritable = dir.path().join("no/such/dir/out.bin");
+    let unwritable = unwritable.to_str().unwrap();
+    let (code, stderr) = run_qga(&["get", "/etc/hostname", unwritable]).await;
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains("cannot write local file") && stderr.contains(unwritable),
+        "{stderr}"
+    );
+
+    // The same transfers with usable local files succeed.
+    let local = dir.path().join("local.bin");
+    let local = local.to_str().unwrap();
+    let (code, stderr) = run_qga(&["get", "/etc/hostname", local]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read(local).unwrap(), b"hello");
+    let (code, stderr) = run_qga(&["put", local, "/tmp/remote.bin"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+}

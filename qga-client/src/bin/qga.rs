@@ -2,10 +2,11 @@
 //!
 //! Exit status: 0 the agent answered; 1 the agent refused (an error reply);
 //! 2 bad command line; 3 the agent was unreachable, closed the connection or timed
-//! out; 4 the agent's answer made no sense.
+//! out; 4 the agent's answer made no sense; 5 a local file (or stdout) could not be
+//! opened, read or written.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
     about = "Talk to a QEMU Guest Agent",
     version,
     after_help = "Exit status: 0 answered, 1 refused by the agent, 2 usage error, \
-                  3 unreachable or timed out, 4 protocol error."
+                  3 unreachable or timed out, 4 protocol error, 5 local file error."
 )]
 struct Cli {
     /// Unix socket of the agent (QEMU's chardev socket, or an agent in unix-listen mode).
@@ -132,11 +133,37 @@ enum SuspendMode {
 
 const CHUNK: usize = 4 * 1024 * 1024;
 
-fn exit_code(e: &ClientError) -> u8 {
-    match e {
-        ClientError::Agent(_) => 1,
-        ClientError::Protocol(_) => 4,
-        _ => 3,
+/// Why `qga` failed: the agent side, or the local side of a file copy.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A local file (or stdout) could not be opened, read or written.
+    #[error("cannot {action} {}: {source}", what.display())]
+    Local {
+        action: &'static str,
+        what: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    fn local(action: &'static str, what: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.to_owned();
+        move |source| CliError::Local {
+            action,
+            what,
+            source,
+        }
+    }
+
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(ClientError::Agent(_)) => 1,
+            CliError::Client(ClientError::Protocol(_)) => 4,
+            CliError::Client(_) => 3,
+            CliError::Local { .. } => 5,
+        }
     }
 }
 
@@ -156,7 +183,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qga: {e}");
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -171,7 +198,7 @@ fn split_port(s: &str) -> Result<(&str, u32), ClientError> {
     Ok((a, port))
 }
 
-async fn run(cli: Cli) -> Result<(), ClientError> {
+async fn run(cli: Cli) -> Result<(), CliError> {
     if let Some(path) = &cli.socket {
         let c = qga_client::connect_unix(path).await?;
         return drive(c, &cli).await;
@@ -189,9 +216,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         let c = qga_client::connect_hybrid_vsock(path, port).await?;
         return drive(c, &cli).await;
     }
-    Err(ClientError::Protocol(
-        "give one of --socket, --vsock or --hybrid-vsock".into(),
-    ))
+    Err(ClientError::Protocol("give one of --socket, --vsock or --hybrid-vsock".into()).into())
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -218,7 +243,7 @@ fn progress_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
 async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
     client: Client<S>,
     cli: &Cli,
-) -> Result<(), ClientError> {
+) -> Result<(), CliError> {
     let mut timeouts = Timeouts::default();
     if let Some(t) = cli.timeout {
         let d = Duration::from_secs_f64(t.max(0.001));
@@ -275,7 +300,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
             let data = c.read_file(guest_file, CHUNK, None).await?;
             std::io::stdout()
                 .write_all(&data)
-                .map_err(ClientError::Io)?;
+                .and_then(|()| std::io::stdout().flush())
+                .map_err(CliError::local("write", Path::new("stdout")))?;
         }
         Cmd::Get { guest_file, local } => {
             let bar = progress_bar(None);
@@ -288,13 +314,13 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
-            std::fs::write(local, &data).map_err(ClientError::Io)?;
+            std::fs::write(local, &data).map_err(CliError::local("write local file", local))?;
             if !cli.json {
                 println!("{} bytes", data.len());
             }
         }
         Cmd::Put { local, guest_file } => {
-            let data = std::fs::read(local).map_err(ClientError::Io)?;
+            let data = std::fs::read(local).map_err(CliError::local("read local file", local))?;
             let bar = progress_bar(Some(data.len() as u64));
             let mut cb = |done: u64, _: Option<u64>| {
                 if let Some(b) = &bar {
