@@ -723,3 +723,26 @@ async fn the_cli_reports_local_file_errors_with_their_own_exit_code() {
     let (code, stderr) = run_qga(&["put", local, "/tmp/remote.bin"]).await;
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn the_cli_reports_a_bad_command_line_as_a_usage_error() {
+    for args in [
+        &["--vsock", "nonsense", "ping"][..],
+        &["--vsock", "x:1", "ping"],
+        &["--hybrid-vsock", "/tmp/vm.sock:port", "ping"],
+        &["ping"],
+        &["--socket", "/nonexistent/qga.sock", "exec-raw", "{not json"],
+        &["--socket", "/nonexistent/qga.sock", "exec-raw", "{}"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qga"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("qga: ") || stderr.contains("Usage"),
+            "{stderr}"
+        );
+    }
+}

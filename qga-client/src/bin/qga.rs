@@ -138,6 +138,9 @@ const CHUNK: usize = 4 * 1024 * 1024;
 enum CliError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The command line made no sense (clap's own errors exit 2 too).
+    #[error("{0}")]
+    Usage(String),
     /// A local file (or stdout) could not be opened, read or written.
     #[error("cannot {action} {}: {source}", what.display())]
     Local {
@@ -162,6 +165,7 @@ impl CliError {
             CliError::Client(ClientError::Agent(_)) => 1,
             CliError::Client(ClientError::Protocol(_)) => 4,
             CliError::Client(_) => 3,
+            CliError::Usage(_) => 2,
             CliError::Local { .. } => 5,
         }
     }
@@ -188,17 +192,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn split_port(s: &str) -> Result<(&str, u32), ClientError> {
+fn split_port(s: &str) -> Result<(&str, u32), CliError> {
     let (a, p) = s
         .rsplit_once(':')
-        .ok_or_else(|| ClientError::Protocol(format!("expected ADDRESS:PORT, got {s:?}")))?;
+        .ok_or_else(|| CliError::Usage(format!("expected ADDRESS:PORT, got {s:?}")))?;
     let port = p
         .parse()
-        .map_err(|_| ClientError::Protocol(format!("bad port in {s:?}")))?;
+        .map_err(|_| CliError::Usage(format!("bad port in {s:?}")))?;
     Ok((a, port))
 }
 
+/// `exec-raw`'s request: the command name and its arguments.
+fn parse_raw(json: &str) -> Result<(String, Option<Value>), CliError> {
+    let v: Value =
+        serde_json::from_str(json).map_err(|e| CliError::Usage(format!("invalid JSON: {e}")))?;
+    let name = v["execute"]
+        .as_str()
+        .ok_or_else(|| CliError::Usage("missing \"execute\"".into()))?;
+    Ok((name.to_owned(), v.get("arguments").cloned()))
+}
+
 async fn run(cli: Cli) -> Result<(), CliError> {
+    // Refuse a bad request before connecting.
+    if let Cmd::ExecRaw { json } = &cli.command {
+        parse_raw(json)?;
+    }
     if let Some(path) = &cli.socket {
         let c = qga_client::connect_unix(path).await?;
         return drive(c, &cli).await;
@@ -207,7 +225,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         let (cid, port) = split_port(v)?;
         let cid = cid
             .parse()
-            .map_err(|_| ClientError::Protocol(format!("bad cid in {v:?}")))?;
+            .map_err(|_| CliError::Usage(format!("bad cid in {v:?}")))?;
         let c = qga_client::connect_vsock(cid, port).await?;
         return drive(c, &cli).await;
     }
@@ -216,7 +234,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         let c = qga_client::connect_hybrid_vsock(path, port).await?;
         return drive(c, &cli).await;
     }
-    Err(ClientError::Protocol("give one of --socket, --vsock or --hybrid-vsock".into()).into())
+    Err(CliError::Usage(
+        "give one of --socket, --vsock or --hybrid-vsock".into(),
+    ))
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -288,12 +308,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
             }
         }
         Cmd::ExecRaw { json } => {
-            let v: Value = serde_json::from_str(json)
-                .map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))?;
-            let name = v["execute"]
-                .as_str()
-                .ok_or_else(|| ClientError::Protocol("missing \"execute\"".into()))?;
-            let r = c.execute_raw(name, v.get("arguments").cloned()).await?;
+            let (name, arguments) = parse_raw(json)?;
+            let r = c.execute_raw(&name, arguments).await?;
             print_json(&r);
         }
         Cmd::Cat { guest_file } => {
