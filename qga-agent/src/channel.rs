@@ -232,9 +232,11 @@ fn listen_loop(
             }
             continue;
         }
+        // Non-blocking: a client that stops reading must leave the agent waiting in
+        // poll (where a stop request reaches it), never inside write(2).
         let fd = match nix::sys::socket::accept4(
             listener.as_raw_fd(),
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         ) {
             Ok(fd) => fd,
             Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
