@@ -2,20 +2,25 @@
 //! while a reply is stuck, peers that hang up with replies pending.
 //!
 //! Only real file commands on temp files are sent to the binary (it runs the Linux
-//! ops); nothing here freezes, trims or powers anything.
+//! ops); nothing here freezes, trims or powers anything. Freezing is exercised on a
+//! [`FakeAgent`]: this test binary run again as a child process that serves the
+//! channel loop over fake ops, so it can be signalled like the real agent.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use qga_agent::{channel, Config, Dispatcher, DispatcherConfig, Log, Method, StateDir};
+use qga_ops::fake::FakeOps;
 
 /// The agent binary on a unix socket in a temp dir (also its state dir); killed by
 /// pid when dropped.
 struct Agent {
     child: Child,
     sock: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Agent {
@@ -31,11 +36,7 @@ impl Agent {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let agent = Agent {
-            child,
-            sock,
-            _dir: dir,
-        };
+        let agent = Agent { child, sock, dir };
         wait_for_socket(&agent.sock);
         agent
     }
@@ -48,6 +49,47 @@ impl Agent {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Waits up to `limit` for the agent to exit.
+    fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Connects, opens an 8 MiB file and asks for all of it (an ~11 MiB reply),
+    /// never reading the reply: the agent ends up waiting to write.
+    fn stuck_reader(&self) -> UnixStream {
+        let path = self.dir.path().join("big");
+        std::fs::write(&path, vec![0x5a; 8 << 20]).unwrap();
+        let mut s = self.connect();
+        let open = format!(
+            r#"{{"execute":"guest-file-open","arguments":{{"path":{}}}}}"#,
+            serde_json::to_string(path.to_str().unwrap()).unwrap()
+        );
+        let handle = call(&mut s, &open)["return"].as_i64().unwrap();
+        let read = format!(
+            r#"{{"execute":"guest-file-read","arguments":{{"handle":{handle},"count":{}}}}}"#,
+            8 << 20
+        );
+        s.write_all(read.as_bytes()).unwrap();
+        // Let the agent read the file and fill the socket buffer.
+        std::thread::sleep(Duration::from_millis(500));
+        s
     }
 }
 
@@ -120,4 +162,140 @@ fn accepted_connections_are_nonblocking_and_close_on_exec() {
     assert_ne!(conn & libc::O_CLOEXEC, 0, "connection flags {conn:o}");
     let listener = fd_flags(agent.pid(), fds[0]);
     assert_ne!(listener & libc::O_CLOEXEC, 0, "listener flags {listener:o}");
+}
+
+#[test]
+fn sigterm_stops_an_agent_stuck_writing_to_a_client_that_never_reads() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut agent = Agent::start();
+        let _client = agent.stuck_reader();
+        agent.signal(sig);
+        let status = agent.exit_within(Duration::from_secs(5));
+        assert_eq!(
+            status.map(|s| s.code()),
+            Some(Some(0)),
+            "signal {sig}: the agent must exit promptly with status 0"
+        );
+    }
+}
+
+#[test]
+fn a_client_that_hangs_up_with_a_reply_pending_is_dropped_and_the_next_is_served() {
+    let agent = Agent::start();
+    // Shut down both ways but keep the socket open: the agent sees POLLHUP without
+    // POLLOUT (the unread reply still fills our receive queue).
+    let stuck = agent.stuck_reader();
+    stuck.shutdown(std::net::Shutdown::Both).unwrap();
+    let mut next = agent.connect();
+    let r = call(&mut next, r#"{"execute":"guest-ping","id":1}"#);
+    assert_eq!(r, serde_json::json!({"return": {}, "id": 1}));
+    drop(next);
+    // And a client that closes with the reply pending.
+    drop(agent.stuck_reader());
+    drop(stuck);
+    let mut next = agent.connect();
+    let r = call(&mut next, r#"{"execute":"guest-ping","id":2}"#);
+    assert_eq!(r, serde_json::json!({"return": {}, "id": 2}));
+}
+
+const FAKE_AGENT_DIR: &str = "QGA_TEST_FAKE_AGENT_DIR";
+
+/// Not a test on its own: the body of a [`FakeAgent`] child process (without
+/// `QGA_TEST_FAKE_AGENT_DIR` it returns at once). Serves unix-listen on DIR/sock
+/// over fake ops with state in DIR, like the binary's `run`, until SIGTERM/SIGINT;
+/// then writes what the fakes saw to DIR/report.
+#[test]
+fn fake_agent_child() {
+    let Some(dir) = std::env::var_os(FAKE_AGENT_DIR).map(PathBuf::from) else {
+        return;
+    };
+    channel::install_signal_handlers().unwrap();
+    let fakes = FakeOps::new();
+    let mut dispatcher = Dispatcher::new(
+        fakes.ops(),
+        StateDir::new(&dir).unwrap(),
+        DispatcherConfig::default(),
+    )
+    .unwrap();
+    let config = Config {
+        daemonize: false,
+        method: Method::UnixListen,
+        path: dir.join("sock").to_str().unwrap().to_owned(),
+        logfile: None,
+        pidfile: dir.join("pid"),
+        fsfreeze_hook: None,
+        statedir: dir.clone(),
+        verbose: true,
+        retry_path: false,
+        block_rpcs: Vec::new(),
+        allow_rpcs: Vec::new(),
+        fsfreeze_timeout: None,
+    };
+    let result = channel::run(&config, &mut dispatcher, &Log::new(None, true));
+    let report = serde_json::json!({
+        "ok": result.is_ok(),
+        "fake_frozen": fakes.freeze.frozen(),
+        "agent_frozen": dispatcher.is_frozen(),
+        "marker": dir.join("qga.state.isfrozen").exists(),
+    });
+    std::fs::write(dir.join("report"), report.to_string()).unwrap();
+}
+
+/// This test binary run again as `fake_agent_child`: an agent over fake ops.
+struct FakeAgent(Agent);
+
+impl FakeAgent {
+    fn start() -> FakeAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("sock");
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "fake_agent_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(FAKE_AGENT_DIR, dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let agent = Agent { child, sock, dir };
+        wait_for_socket(&agent.sock);
+        FakeAgent(agent)
+    }
+
+    /// Stops the child with SIGTERM and returns its report.
+    fn stop(mut self) -> serde_json::Value {
+        self.0.signal(libc::SIGTERM);
+        let status = self.0.exit_within(Duration::from_secs(5));
+        let log = std::fs::read_to_string(self.0.dir.path().join("log")).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "fake agent did not stop cleanly ({status:?}); its log:\n{log}"
+        );
+        let report = std::fs::read(self.0.dir.path().join("report")).unwrap();
+        serde_json::from_slice(&report).unwrap()
+    }
+
+    fn marker_exists(&self) -> bool {
+        self.0.dir.path().join("qga.state.isfrozen").exists()
+    }
+}
+
+#[test]
+fn sigterm_while_frozen_thaws_then_exits() {
+    let agent = FakeAgent::start();
+    let mut s = agent.0.connect();
+    let r = call(&mut s, r#"{"execute":"guest-fsfreeze-freeze"}"#);
+    assert_eq!(r, serde_json::json!({"return": 2}));
+    assert!(agent.marker_exists());
+    // The client stays connected: only the signal ends the agent, which thaws.
+    assert_eq!(
+        agent.stop(),
+        serde_json::json!({"ok": true, "fake_frozen": [], "agent_frozen": false, "marker": false})
+    );
+    drop(s);
 }
