@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use qga_framing::Decoder;
 
@@ -155,7 +156,7 @@ fn wait_fd(
     };
     match poll(&mut fds[..n], timeout_until(deadline)) {
         Ok(_) => Ok(fds[0].revents().unwrap_or(PollFlags::empty())),
-        Err(nix::errno::Errno::EINTR) => Ok(PollFlags::empty()),
+        Err(Errno::EINTR) => Ok(PollFlags::empty()),
         Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
     }
 }
@@ -408,7 +409,17 @@ fn listen_loop(
             nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         ) {
             Ok(fd) => fd,
-            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+            // Gone before we got to it, or a signal: wait for the next one.
+            Err(Errno::EINTR | Errno::EAGAIN | Errno::ECONNABORTED | Errno::EPROTO) => continue,
+            // Out of descriptors (open file handles count against RLIMIT_NOFILE) or
+            // memory: the client stays queued. Retrying at once would spin on the
+            // still-readable listener, giving up would drop every handle; so retry
+            // every second.
+            Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
+                log.error(&format!("accept failed: {e}; retrying in 1 s"));
+                stop.sleep(Duration::from_secs(1));
+                continue;
+            }
             Err(e) => return Err(AgentError::Io(format!("accept failed: {e}"))),
         };
         let mut conn = File::from(owned(fd));

@@ -299,3 +299,51 @@ fn sigterm_while_frozen_thaws_then_exits() {
     );
     drop(s);
 }
+#[test]
+fn running_out_of_descriptors_at_accept_does_not_stop_the_agent() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qga-agent"));
+    cmd.args(["-m", "unix-listen", "-p"])
+        .arg(&sock)
+        .arg("-t")
+        .arg(dir.path())
+        .env_remove("QGA_CONF")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
+    // Room for stdio, the listener and the signal pipe, none for a connection.
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 6,
+                rlim_max: 6,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let mut agent = Agent {
+        child,
+        sock: sock.clone(),
+        dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "agent did not bind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Queued by the kernel; the agent cannot accept it.
+    let _client = UnixStream::connect(&sock).unwrap();
+    let status = agent.exit_within(Duration::from_millis(1500));
+    let log = std::fs::read_to_string(agent.dir.path().join("log")).unwrap();
+    assert_eq!(status, None, "the agent gave up; its log:\n{log}");
+    assert!(log.contains("Too many open files"), "{log}");
+    agent.signal(libc::SIGTERM);
+    let status = agent.exit_within(Duration::from_secs(5));
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)));
+}
