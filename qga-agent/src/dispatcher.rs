@@ -47,6 +47,8 @@ pub struct Dispatcher {
     handles: BTreeMap<i64, Box<dyn GuestFile>>,
     next_handle: i64,
     frozen_since: Option<Instant>,
+    /// When to try again after a failed auto-thaw.
+    auto_thaw_retry: Option<Instant>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -83,6 +85,7 @@ impl Dispatcher {
             handles: BTreeMap::new(),
             next_handle,
             frozen_since: frozen.then(Instant::now),
+            auto_thaw_retry: None,
         })
     }
 
@@ -98,12 +101,25 @@ impl Dispatcher {
 
     /// When the auto-thaw timeout fires, if one is configured and we are frozen.
     pub fn auto_thaw_deadline(&self) -> Option<Instant> {
-        Some(self.frozen_since? + self.config.auto_thaw?)
+        let first = self.frozen_since? + self.config.auto_thaw?;
+        Some(self.auto_thaw_retry.unwrap_or(first))
     }
 
-    /// Thaws because the auto-thaw timeout passed; returns what the thaw did.
+    /// Thaws because the auto-thaw timeout passed (or the agent is leaving the
+    /// filesystems without a host); returns what the thaw did. After a failure the
+    /// deadline moves on by the timeout, at least 1 s and at most 5 s, so the
+    /// channel loop retries later instead of at once.
     pub fn auto_thaw(&mut self) -> Result<i64, QgaError> {
-        self.thaw()
+        let result = self.thaw();
+        if result.is_err() && self.is_frozen() {
+            let pause = self
+                .config
+                .auto_thaw
+                .unwrap_or_default()
+                .clamp(Duration::from_secs(1), Duration::from_secs(5));
+            self.auto_thaw_retry = Some(Instant::now() + pause);
+        }
+        result
     }
 
     /// Why `name` is disabled, if it is.
@@ -427,6 +443,7 @@ impl Dispatcher {
             .set_frozen(true)
             .map_err(|e| generic(format!("unable to create state file: {e}")))?;
         self.frozen_since = Some(Instant::now());
+        self.auto_thaw_retry = None;
         match self.ops.freeze.freeze(mountpoints.as_deref()) {
             Ok(0) => {
                 self.set_thawed();
@@ -442,6 +459,7 @@ impl Dispatcher {
 
     fn set_thawed(&mut self) {
         self.frozen_since = None;
+        self.auto_thaw_retry = None;
         let _ = self.state.set_frozen(false);
     }
 

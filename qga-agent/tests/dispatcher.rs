@@ -420,6 +420,39 @@ fn auto_thaw_deadline_only_when_configured_and_frozen() {
 }
 
 #[test]
+fn a_failed_auto_thaw_is_retried_later_not_at_once() {
+    // With the deadline still in the past after a failure, the channel loop would
+    // poll with a zero timeout and retry the thaw in a busy loop.
+    let mut a = Agent::with(
+        StateDir::in_memory(),
+        DispatcherConfig {
+            auto_thaw: Some(std::time::Duration::ZERO),
+            ..Default::default()
+        },
+    );
+    a.ok("guest-fsfreeze-freeze", json!({}));
+    let now = std::time::Instant::now();
+    assert!(a.d.auto_thaw_deadline().unwrap() <= now);
+    a.fakes
+        .freeze
+        .fail_next
+        .set(OpsError::failed("FITHAW: EIO"));
+    assert!(a.d.auto_thaw().is_err());
+    assert!(a.d.is_frozen());
+    let retry = a.d.auto_thaw_deadline().unwrap();
+    assert!(
+        retry >= now + std::time::Duration::from_millis(900),
+        "retried {:?} after the failure",
+        retry.saturating_duration_since(now)
+    );
+    assert_eq!(a.d.auto_thaw().unwrap(), 0);
+    assert!(a.d.auto_thaw_deadline().is_none());
+    // A new freeze starts a new timer, not the old retry.
+    a.ok("guest-fsfreeze-freeze", json!({}));
+    assert!(a.d.auto_thaw_deadline().unwrap() <= std::time::Instant::now());
+}
+
+#[test]
 fn power_commands_reply_only_on_error() {
     let mut a = Agent::new();
     assert_eq!(a.call(json!({"execute": "guest-shutdown"})), None);
