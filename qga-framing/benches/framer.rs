@@ -1,6 +1,8 @@
 //! Framer throughput against the baseline a user would reach for: serde_json's
-//! `StreamDeserializer` (over `IgnoredAny`) on the same bytes. Each input's message
-//! count is asserted once before timing.
+//! `StreamDeserializer` (over `IgnoredAny`) on the same bytes. Both entry points are
+//! timed: `qga-framing` (`decode`, owned `Bytes` per message) and `qga-framing-slice`
+//! (`decode_slice`, borrowed). Each input's message count is asserted once before
+//! timing, for the framer and the baseline.
 //!
 //! Run: `cargo bench -p qga-framing --bench framer -- --warm-up-time 1 --measurement-time 3`
 
