@@ -57,6 +57,22 @@ fn frame_count(input: &[u8]) -> usize {
     n
 }
 
+fn slice_count(input: &[u8]) -> usize {
+    let mut d = Decoder::new();
+    let mut rest = input;
+    let mut n = 0;
+    loop {
+        let (used, f) = d.decode_slice(rest);
+        match f {
+            None => break,
+            Some(f) => assert!(matches!(f, Frame::Message(_)), "{f:?}"),
+        }
+        rest = &rest[used..];
+        n += 1;
+    }
+    n
+}
+
 fn serde_count(input: &[u8]) -> usize {
     let mut n = 0;
     for r in serde_json::Deserializer::from_slice(input).into_iter::<IgnoredAny>() {
@@ -76,6 +92,7 @@ fn bench(c: &mut Criterion) {
     ];
     for (name, input, messages) in &inputs {
         assert_eq!(frame_count(input), *messages, "{name}: framer");
+        assert_eq!(slice_count(input), *messages, "{name}: framer, slices");
         assert_eq!(serde_count(input), *messages, "{name}: serde_json");
         let mut g = c.benchmark_group(*name);
         g.throughput(Throughput::Bytes(input.len() as u64));
