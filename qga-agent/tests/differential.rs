@@ -282,6 +282,30 @@ fn file_session_on_temp_files() {
     assert_eq!(replies[4].1["return"]["buf-b64"], hello);
 }
 
+/// A write after a read hit the end of the file reports `eof: false`: qemu-ga clears
+/// its stdio EOF flag after every call. (Reading data appended after the end differs
+/// on purpose: see qga-ops's README.)
+#[test]
+fn a_write_after_reading_to_the_end_is_not_at_eof() {
+    if !reference_available() {
+        return;
+    }
+    let script = concat!(
+        r#"{"execute":"guest-file-open","arguments":{"path":"foo","mode":"w+"}}"#,
+        r#"{"execute":"guest-file-write","arguments":{"handle":1000,"buf-b64":"aGVsbG8="}}"#,
+        r#"{"execute":"guest-file-seek","arguments":{"handle":1000,"offset":0,"whence":"set"}}"#,
+        r#"{"execute":"guest-file-read","arguments":{"handle":1000,"count":100}}"#,
+        r#"{"execute":"guest-file-write","arguments":{"handle":1000,"buf-b64":"IQ=="}}"#,
+        r#"{"execute":"guest-file-seek","arguments":{"handle":1000,"offset":0,"whence":"set"}}"#,
+        r#"{"execute":"guest-file-read","arguments":{"handle":1000,"count":3}}"#,
+        r#"{"execute":"guest-file-read","arguments":{"handle":1000,"count":100}}"#,
+        r#"{"execute":"guest-file-write","arguments":{"handle":1000,"buf-b64":"IQ=="}}"#,
+    );
+    let replies = compare(&[], |_| {}, &[script.as_bytes()], 9);
+    let eof: Vec<&Value> = replies.iter().map(|(_, r)| &r["return"]["eof"]).collect();
+    assert_eq!(eof[3..], [true, false, false, false, true, false]);
+}
+
 #[test]
 fn blocked_commands() {
     if !reference_available() {

@@ -92,7 +92,6 @@ impl crate::Files for FakeFiles {
         Ok(Box::new(FakeFile {
             data,
             pos: 0,
-            eof: false,
             mode,
             fail: self.fail_io.clone(),
         }))
@@ -102,7 +101,6 @@ impl crate::Files for FakeFiles {
 struct FakeFile {
     data: Contents,
     pos: usize,
-    eof: bool,
     mode: OpenMode,
     fail: Arc<FailNext>,
 }
@@ -125,10 +123,8 @@ impl GuestFile for FakeFile {
         let end = start.saturating_add(count).min(data.len());
         buf.extend_from_slice(&data[start..end]);
         self.pos = end;
-        if end - start < count {
-            self.eof = true;
-        }
-        Ok(self.eof)
+        // As the Linux file: `eof` describes this read only.
+        Ok(end - start < count)
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<WriteOutcome, OpsError> {
@@ -148,7 +144,7 @@ impl GuestFile for FakeFile {
         self.pos = end;
         Ok(WriteOutcome {
             count: bytes.len(),
-            eof: self.eof,
+            eof: false,
         })
     }
 
@@ -167,7 +163,6 @@ impl GuestFile for FakeFile {
             ));
         };
         self.pos = target as usize;
-        self.eof = false;
         Ok(SeekOutcome {
             position: target as u64,
             eof: false,

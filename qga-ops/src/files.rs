@@ -159,7 +159,7 @@ impl Files for LinuxFiles {
                 .open(path)
                 .map_err(|e| OpsError::os(format!("failed to open file {}", describe()), e))?
         };
-        Ok(Box::new(LinuxFile { file, eof: false }))
+        Ok(Box::new(LinuxFile { file }))
     }
 }
 
@@ -168,7 +168,6 @@ impl Files for LinuxFiles {
 #[derive(Debug)]
 struct LinuxFile {
     file: File,
-    eof: bool,
 }
 
 fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
@@ -188,13 +187,17 @@ impl GuestFile for LinuxFile {
         }
         let start = buf.len();
         buf.reserve(count);
+        // `eof` describes this read only: data appended since an earlier read hit the
+        // end is returned (qemu-ga's stdio handle keeps returning nothing until a
+        // seek), and a read that gets all it asked for is not at the end.
+        let mut eof = false;
         let mut got = 0;
         while got < count {
             let want = count - got;
             let n = retry(|| (&self.file).take(want as u64).read_to_end(buf));
             match n {
                 Ok(0) => {
-                    self.eof = true;
+                    eof = true;
                     break;
                 }
                 Ok(n) => got += n,
@@ -208,7 +211,7 @@ impl GuestFile for LinuxFile {
                 }
             }
         }
-        Ok(self.eof)
+        Ok(eof)
     }
 
     fn write(&mut self, data: &[u8]) -> Result<WriteOutcome, OpsError> {
@@ -221,9 +224,11 @@ impl GuestFile for LinuxFile {
                 Err(e) => return Err(OpsError::os("failed to write to file", e)),
             }
         }
+        // A write never reports the end, even after a read hit it (qemu-ga clears
+        // its stdio EOF flag after every call, and a write does not set it).
         Ok(WriteOutcome {
             count: done,
-            eof: self.eof,
+            eof: false,
         })
     }
 
@@ -245,7 +250,6 @@ impl GuestFile for LinuxFile {
             .file
             .seek(pos)
             .map_err(|e| OpsError::os("failed to seek file", e))?;
-        self.eof = false;
         Ok(SeekOutcome {
             position,
             eof: false,

@@ -56,6 +56,22 @@ fn suite(files: &dyn Files, dir: &Path) {
     );
     f.close().unwrap();
 
+    // `eof` describes each call: a write after a read hit the end says false (as
+    // qemu-ga), and data appended since is read, with eof false if it filled the
+    // request (qemu-ga returns nothing until a seek).
+    let mut f = files.open(&p("eof"), "w+").unwrap();
+    f.write(b"hello").unwrap();
+    f.seek(0, Whence::Set).unwrap();
+    assert_eq!(read_all(&mut *f, 100), (b"hello".to_vec(), true));
+    let w = f.write(b"!").unwrap();
+    assert_eq!((w.count, w.eof), (1, false));
+    let mut g = files.open(&p("eof"), "a").unwrap();
+    g.write(b"world").unwrap();
+    assert_eq!(read_all(&mut *f, 5), (b"world".to_vec(), false));
+    assert_eq!(read_all(&mut *f, 5), (vec![], true));
+    g.close().unwrap();
+    f.close().unwrap();
+
     // "w" truncates, "a" appends whatever the position, "r+" keeps contents.
     let mut f = files.open(&p("foo"), "a").unwrap();
     f.write(b"tail").unwrap();
