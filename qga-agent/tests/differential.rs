@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::Value;
 
 const REFERENCE: &str = "/usr/sbin/qemu-ga";
@@ -108,7 +109,9 @@ fn read_replies(s: &mut UnixStream, expect: usize) -> Vec<(bool, Value)> {
         .filter(|l| !l.is_empty())
         .map(|l| {
             let delimited = l[0] == 0xFF;
-            let v = serde_json::from_slice(&l[usize::from(delimited)..])
+            let mut de = serde_json::Deserializer::from_slice(&l[usize::from(delimited)..]);
+            de.disable_recursion_limit();
+            let v = Value::deserialize(&mut de)
                 .unwrap_or_else(|e| panic!("bad reply {:?}: {e}", String::from_utf8_lossy(l)));
             (delimited, v)
         })
@@ -304,6 +307,46 @@ fn a_write_after_reading_to_the_end_is_not_at_eof() {
     let replies = compare(&[], |_| {}, &[script.as_bytes()], 9);
     let eof: Vec<&Value> = replies.iter().map(|(_, r)| &r["return"]["eof"]).collect();
     assert_eq!(eof[3..], [true, false, false, false, true, false]);
+}
+
+/// JSON that serde_json accepts or words differently from qemu-ga: duplicate keys
+/// at any depth, escapes that are no valid character, deep nesting, keywords.
+#[test]
+fn strict_json_errors_match() {
+    if !reference_available() {
+        return;
+    }
+    let deep = format!(
+        r#"{{"execute":"guest-ping","id":{}{}}}"#,
+        "[".repeat(1000),
+        "]".repeat(1000)
+    );
+    let script: Vec<&[u8]> = vec![
+        br#"{"execute":"guest-ping","id":{"a":1,"a":2}}"#,
+        br#"{"execute":"guest-ping","arguments":{"x":{"a":1,"\u0061":2}}}"#,
+        br#"{"execute":"guest-ping","id":"\uFFFF"}"#,
+        br#"{"execute":"guest-ping","id":"\uFDD0"}"#,
+        br#"{"execute":"guest-ping","id":"\uD800"}"#,
+        br#"{"execute":"guest-ping","id":"\uD800\u0041"}"#,
+        br#"{"execute":"guest-ping","id":"\uDBFF\uDFFF"}"#,
+        br#"{"execute":"guest-ping","id":"\u12"}"#,
+        br#"{"execute":"guest-ping","id":"\u12G4"}"#,
+        br#"{"execute":"guest-ping","id":"\ud83d\ude00"}"#,
+        br#"{"execute":"guest-ping","id":nul}"#,
+        br#"{"execute":"guest-ping","id":{"a":1,"a":"\uFFFF"}}"#,
+        deep.as_bytes(),
+    ];
+    let n = script.len();
+    let replies = compare(&[], |_| {}, &script, n);
+    assert_eq!(
+        replies[0].1["error"]["desc"],
+        "JSON parse error, duplicate key"
+    );
+    assert!(
+        replies[n - 1].1.get("return").is_some(),
+        "{:?}",
+        replies[n - 1]
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::json::{parse_error_text, parse_top_level, BorrowedStr, TopLevel};
+use crate::json::{from_checked_str, parse_error_text, parse_top_level, BorrowedStr, TopLevel};
 use crate::{Command, QgaError};
 
 /// A parsed request whose `arguments` are still raw JSON, borrowed from the message.
@@ -92,7 +92,7 @@ impl<'a> Request<'a> {
         };
         let id = match members.get("id") {
             Some(raw) => Some(
-                serde_json::from_str::<Value>(raw.get())
+                from_checked_str::<Value>(raw.get())
                     .map_err(|e| EnvelopeError::parse(parse_error_text(&e)))?,
             ),
             None => None,

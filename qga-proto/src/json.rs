@@ -129,11 +129,284 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
 
 /// Parses one complete JSON value. Errors come back as the reference's words (the part
 /// after `JSON parse error, `).
+///
+/// serde_json parses; [`strict_issue`] finds what qemu-ga rejects and serde_json does
+/// not (a duplicate key at any depth, a `\u` escape that is no valid character,
+/// nesting past 1024 levels). When both object, the one earlier in the text is
+/// reported, as qemu-ga's parser would.
 pub(crate) fn parse_top_level(text: &str) -> Result<TopLevel<'_>, String> {
+    let strict = strict_issue(text);
+    if let Some((_, Issue::TooDeep)) = strict {
+        return Err(Issue::TooDeep.text(text));
+    }
     let mut de = serde_json::Deserializer::from_str(text);
-    let top = TopLevel::deserialize(&mut de).map_err(|e| parse_error_text(&e))?;
-    de.end().map_err(|e| parse_error_text(&e))?;
-    Ok(top)
+    // Safe: the nesting is at most MAX_DEPTH levels (checked above).
+    de.disable_recursion_limit();
+    let parsed = TopLevel::deserialize(&mut de).and_then(|top| de.end().map(|()| top));
+    match (parsed, strict) {
+        (Ok(top), None) => Ok(top),
+        (Ok(_), Some((_, issue))) => Err(issue.text(text)),
+        (Err(e), Some((at, issue))) if at <= error_offset(text, &e) => Err(issue.text(text)),
+        (Err(e), _) => Err(describe_error(text, &e)),
+    }
+}
+
+/// Deserializes a value that [`parse_top_level`] has already checked (so its nesting
+/// is bounded), without serde_json's 128-level limit.
+pub(crate) fn from_checked_str<'a, T: Deserialize<'a>>(text: &'a str) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// qemu-ga's nesting limit: objects and arrays together.
+pub(crate) const MAX_DEPTH: usize = 1024;
+
+/// Something qemu-ga's parser rejects that serde_json accepts or words differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Issue {
+    /// The same key twice in one object.
+    DuplicateKey,
+    /// A `\u` escape that is no valid character: its byte offset, and its length
+    /// (12 for a surrogate pair).
+    BadEscape(usize, usize),
+    /// More than [`MAX_DEPTH`] levels.
+    TooDeep,
+}
+
+impl Issue {
+    fn text(self, text: &str) -> String {
+        match self {
+            Issue::DuplicateKey => "duplicate key".to_owned(),
+            Issue::TooDeep => "JSON nesting depth limit exceeded".to_owned(),
+            // The escape as written: `\u` and what follows, up to `len` bytes but not
+            // past the string's closing quote.
+            Issue::BadEscape(at, len) => {
+                let escape = text.get(at..).unwrap_or("");
+                let mut end = 0;
+                for (i, c) in escape.char_indices() {
+                    if i >= len {
+                        break;
+                    }
+                    end = i + c.len_utf8();
+                    if c == '"' && i >= 2 {
+                        break;
+                    }
+                }
+                format!("{} is not a valid Unicode character", &escape[..end])
+            }
+        }
+    }
+}
+
+/// One pass over `text` (iterative, so any nesting is safe), in document order, for
+/// what qemu-ga rejects and serde_json does not: a duplicate key at any depth
+/// (reported once the duplicate's value has been read, where qemu-ga notices it), an
+/// escape that is a lone surrogate, a non-character or not four hex digits, and
+/// nesting deeper than [`MAX_DEPTH`]. Returns the first, with its byte offset. Text that
+/// is not JSON is skipped over, not judged: serde_json reports it.
+pub(crate) fn strict_issue(text: &str) -> Option<(usize, Issue)> {
+    enum Level<'a> {
+        Array,
+        Object {
+            keys: Vec<Cow<'a, str>>,
+            key: Option<Cow<'a, str>>,
+        },
+    }
+    /// A value just ended: in an object, its key is now checked and recorded.
+    fn value_done<'a>(levels: &mut [Level<'a>], at: usize) -> Option<(usize, Issue)> {
+        if let Some(Level::Object { keys, key }) = levels.last_mut() {
+            if let Some(key) = key.take() {
+                if keys.contains(&key) {
+                    return Some((at, Issue::DuplicateKey));
+                }
+                keys.push(key);
+            }
+        }
+        None
+    }
+    let bytes = text.as_bytes();
+    let mut levels: Vec<Level<'_>> = Vec::new();
+    let mut expect_key = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' => {
+                if levels.len() == MAX_DEPTH {
+                    return Some((i, Issue::TooDeep));
+                }
+                levels.push(if bytes[i] == b'{' {
+                    Level::Object {
+                        keys: Vec::new(),
+                        key: None,
+                    }
+                } else {
+                    Level::Array
+                });
+                expect_key = bytes[i] == b'{';
+                i += 1;
+            }
+            b'}' | b']' => {
+                levels.pop();
+                i += 1;
+                if let Some(issue) = value_done(&mut levels, i) {
+                    return Some(issue);
+                }
+            }
+            b',' => {
+                expect_key = matches!(levels.last(), Some(Level::Object { .. }));
+                i += 1;
+            }
+            b':' => {
+                expect_key = false;
+                i += 1;
+            }
+            b'"' => {
+                let (decoded, end) = match scan_string(text, i) {
+                    Ok(found) => found,
+                    Err((at, len)) => return Some((at, Issue::BadEscape(at, len))),
+                };
+                i = end;
+                match levels.last_mut() {
+                    Some(Level::Object { key, .. }) if expect_key => {
+                        *key = Some(decoded);
+                        expect_key = false;
+                    }
+                    _ => {
+                        if let Some(issue) = value_done(&mut levels, i) {
+                            return Some(issue);
+                        }
+                    }
+                }
+            }
+            b if b.is_ascii_alphanumeric() || b == b'-' => {
+                // A number or keyword: one value.
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'-' | b'+' | b'.'))
+                {
+                    i += 1;
+                }
+                if let Some(issue) = value_done(&mut levels, i) {
+                    return Some(issue);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Scans the string starting with the quote at `start`: its decoded text (borrowed when
+/// it has no escapes) and the offset just past its closing quote; or the offset of a
+/// `\u` escape that is no valid character, and its length. An unterminated string ends
+/// the text.
+fn scan_string(text: &str, start: usize) -> Result<(Cow<'_, str>, usize), (usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut owned: Option<String> = None;
+    let mut i = start + 1;
+    let mut run = i;
+    loop {
+        let Some(k) = memchr::memchr2(b'"', b'\\', &bytes[i..]) else {
+            return Ok((Cow::Borrowed(""), bytes.len()));
+        };
+        i += k;
+        if bytes[i] == b'"' {
+            let decoded = match owned {
+                Some(mut s) => {
+                    s.push_str(&text[run..i]);
+                    Cow::Owned(s)
+                }
+                None => Cow::Borrowed(&text[run..i]),
+            };
+            return Ok((decoded, i + 1));
+        }
+        let s = owned.get_or_insert_with(String::new);
+        s.push_str(&text[run..i]);
+        let Some(&escaped) = bytes.get(i + 1) else {
+            return Ok((Cow::Borrowed(""), bytes.len()));
+        };
+        if escaped != b'u' {
+            s.push(match escaped {
+                b'n' => '\n',
+                b't' => '\t',
+                b'r' => '\r',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                other => char::from(other),
+            });
+            i += 2;
+            run = i;
+            continue;
+        }
+        let at = i;
+        let mut cp = hex4(bytes, i + 2).ok_or((at, 6))?;
+        i += 6;
+        if (0xD800..0xDC00).contains(&cp) {
+            // A high surrogate must be followed by an escaped low one.
+            let low = (bytes.get(i) == Some(&b'\\') && bytes.get(i + 1) == Some(&b'u'))
+                .then(|| hex4(bytes, i + 2))
+                .flatten()
+                .filter(|low| (0xDC00..0xE000).contains(low))
+                .ok_or((at, 6))?;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            i += 6;
+        }
+        let c = char::from_u32(cp)
+            .filter(|_| !is_noncharacter(cp))
+            .ok_or((at, i - at))?;
+        s.push(c);
+        run = i;
+    }
+}
+
+/// Four hex digits at `at`.
+fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
+    let digits = bytes.get(at..at + 4)?;
+    let text = std::str::from_utf8(digits).ok()?;
+    if !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(text, 16).ok()
+}
+
+/// Unicode's non-characters, which qemu-ga refuses to decode.
+fn is_noncharacter(cp: u32) -> bool {
+    (0xFDD0..=0xFDEF).contains(&cp) || cp & 0xFFFE == 0xFFFE
+}
+
+/// The byte offset serde_json's error points at (its line and column).
+fn error_offset(text: &str, e: &serde_json::Error) -> usize {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(e.line().saturating_sub(1))
+        .map(str::len)
+        .sum();
+    (line_start + e.column().saturating_sub(1)).min(text.len())
+}
+
+/// [`parse_error_text`], with the keyword quoted where qemu-ga quotes it.
+fn describe_error(text: &str, e: &serde_json::Error) -> String {
+    let what = parse_error_text(e);
+    if what != "invalid keyword" {
+        return what;
+    }
+    // qemu-ga's lexer takes a keyword as a run of lower-case letters.
+    let at = error_offset(text, e);
+    let bytes = text.as_bytes();
+    let mut start = at.min(bytes.len());
+    while start > 0 && bytes[start - 1].is_ascii_lowercase() {
+        start -= 1;
+    }
+    let mut end = start;
+    while end < bytes.len() && bytes[end].is_ascii_lowercase() {
+        end += 1;
+    }
+    if end == start {
+        return what;
+    }
+    format!("invalid keyword '{}'", &text[start..end])
 }
 
 /// Maps a serde_json error to the reference's `JSON parse error, <what>` suffix.
@@ -232,6 +505,77 @@ pub fn qdict_bucket(key: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_err(text: &str) -> String {
+        match parse_top_level(text) {
+            Ok(_) => panic!("{text} parsed"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn what_qemu_ga_rejects_and_serde_json_accepts_is_rejected_in_its_words() {
+        // Texts observed from qemu-ga 7.2 for the same inputs.
+        let bad_char = |e: &str| format!("{e} is not a valid Unicode character");
+        for (input, want) in [
+            (r#"{"id":{"a":1,"a":2}}"#, "duplicate key".to_owned()),
+            (
+                r#"{"x":[{"k":{"a":1,"\u0061":2}}]}"#,
+                "duplicate key".to_owned(),
+            ),
+            (r#"{"id":"\uFFFF"}"#, bad_char(r"\uFFFF")),
+            (r#"{"id":"\uFDD0"}"#, bad_char(r"\uFDD0")),
+            (r#"{"id":"\uD800"}"#, bad_char(r"\uD800")),
+            (r#"{"id":"\uDC00"}"#, bad_char(r"\uDC00")),
+            (r#"{"id":"\uD800\u0041"}"#, bad_char(r"\uD800")),
+            (r#"{"id":"\uDBFF\uDFFF"}"#, bad_char(r"\uDBFF\uDFFF")),
+            (r#"{"id":"\u12"}"#, bad_char(r#"\u12""#)),
+            (r#"{"id":"\u12G4"}"#, bad_char(r"\u12G4")),
+            (r#"{"id":nul}"#, "invalid keyword 'nul'".to_owned()),
+            (r#"{"id":tru}"#, "invalid keyword 'tru'".to_owned()),
+        ] {
+            assert_eq!(parse_err(input), want, "{input}");
+        }
+        // Escapes that are valid characters still decode, and compare as keys.
+        let m = Members::parse_object(r#"{"\ud83d\ude00":1,"\u0000":2}"#).unwrap();
+        assert_eq!(m.get("\u{1F600}").unwrap().get(), "1");
+    }
+
+    #[test]
+    fn the_first_problem_in_the_text_is_the_one_reported() {
+        // The duplicate is noticed after its value is read, as qemu-ga does.
+        assert_eq!(
+            parse_err(r#"{"a":1,"a":"\uFFFF"}"#),
+            r"\uFFFF is not a valid Unicode character"
+        );
+        assert_eq!(
+            parse_err(r#"{"a":"\uFFFF","a":1}"#),
+            r"\uFFFF is not a valid Unicode character"
+        );
+        assert_eq!(parse_err(r#"{"a":1,"a":2} junk"#), "duplicate key");
+        // A syntax error before the duplicate wins.
+        assert_eq!(
+            parse_err(r#"{"a":1 "a":2,"a":3}"#),
+            "expected separator in dict"
+        );
+    }
+
+    #[test]
+    fn nesting_is_accepted_to_1024_levels_and_refused_past_them() {
+        let nest = |n: usize| format!("{{\"id\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        // 1 level for the object itself.
+        assert!(parse_top_level(&nest(1023)).is_ok());
+        let id = Members::parse_object(&nest(1023))
+            .unwrap()
+            .get("id")
+            .unwrap()
+            .get()
+            .len();
+        assert_eq!(id, 2046);
+        assert_eq!(parse_err(&nest(1024)), "JSON nesting depth limit exceeded");
+        // serde_json alone stops at 128.
+        assert!(parse_top_level(&nest(200)).is_ok());
+    }
 
     fn order(keys: &[&'static str]) -> Vec<&'static str> {
         let mut v = keys.to_vec();

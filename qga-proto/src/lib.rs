@@ -32,8 +32,15 @@
 //! * Only standard JSON (RFC 8259) is accepted: 7.2 also takes single-quoted strings.
 //! * Numbers too large for a double (`1.5e400`) are a parse error; 7.2 echoes them as
 //!   the invalid token `inf`.
-//! * Malformed `arguments` (e.g. a repeated member) are reported as
-//!   `JSON parse error, ...` with the request's `id`; 7.2 reports them without it.
+//! * A numeric `id` is echoed as serde_json reads it (`1.0` stays `1.0`, `1e2` becomes
+//!   `100.0`); 7.2 re-prints numbers (`1`, `100`). Integers and strings, what clients
+//!   send, are echoed identically.
+//!
+//! What serde_json accepts and 7.2 refuses is refused here too, in 7.2's words: a
+//! duplicate key at any depth (`duplicate key`), a `\u` escape that is a lone
+//! surrogate, a non-character or not four hex digits (`\uFFFF is not a valid Unicode
+//! character`), a misspelt keyword (`invalid keyword 'nul'`); and nesting is allowed to
+//! 7.2's 1024 levels (serde_json alone stops at 128) and refused past them.
 //!
 //! # Example
 //!
