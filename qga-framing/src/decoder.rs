@@ -572,11 +572,10 @@ impl Decoder {
                 continue;
             }
             if p.escape {
-                if buf[i] >= 0xFE {
-                    return Step::Sentinel(i);
+                match string_step(p, buf, i) {
+                    Ok(next) => i = next,
+                    Err(step) => return step,
                 }
-                p.escape = false;
-                i += 1;
                 continue;
             }
             // Past what is classified: classify from `i`, up to the first backslash or
@@ -596,18 +595,9 @@ impl Decoder {
             if p.in_string && masks.quote == 0 && n == 64 {
                 // A long string, such as a base64 payload: find its end with the
                 // leaner string scan.
-                i += 64;
-                match string_special(&buf[i..]) {
-                    None => i = len,
-                    Some(k) => {
-                        i += k;
-                        match buf[i] {
-                            b'"' => p.in_string = false,
-                            b'\\' => p.escape = true,
-                            _ => return Step::Sentinel(i),
-                        }
-                        i += 1;
-                    }
+                match string_step(p, buf, i + 64) {
+                    Ok(next) => i = next,
+                    Err(step) => return step,
                 }
                 continue;
             }
@@ -677,30 +667,39 @@ fn scan_scalar_value(p: &mut Partial, buf: &[u8]) -> Step {
         return Step::NeedMore;
     }
     while i < len {
-        if p.escape {
-            if buf[i] >= 0xFE {
-                return Step::Sentinel(i);
+        match string_step(p, buf, i) {
+            Ok(next) if !p.in_string => {
+                p.scanned = next;
+                return Step::Complete(next);
             }
-            p.escape = false;
-            i += 1;
-            continue;
-        }
-        match string_special(&buf[i..]) {
-            None => i = len,
-            Some(k) => {
-                i += k;
-                match buf[i] {
-                    b'"' => {
-                        p.scanned = i + 1;
-                        return Step::Complete(i + 1);
-                    }
-                    b'\\' => p.escape = true,
-                    _ => return Step::Sentinel(i),
-                }
-                i += 1;
-            }
+            Ok(next) => i = next,
+            Err(step) => return step,
         }
     }
     p.scanned = i;
     Step::NeedMore
+}
+
+/// Inside a string at `i` (below `buf.len()`, or equal to it unless an escape is
+/// pending): steps over an escaped byte, or jumps to the next quote, backslash or
+/// sentinel and acts on it. Returns where scanning goes on, or the sentinel's step.
+#[inline]
+fn string_step(p: &mut Partial, buf: &[u8], i: usize) -> Result<usize, Step> {
+    if p.escape {
+        if buf[i] >= 0xFE {
+            return Err(Step::Sentinel(i));
+        }
+        p.escape = false;
+        return Ok(i + 1);
+    }
+    let Some(k) = string_special(&buf[i..]) else {
+        return Ok(buf.len());
+    };
+    let at = i + k;
+    match buf[at] {
+        b'"' => p.in_string = false,
+        b'\\' => p.escape = true,
+        _ => return Err(Step::Sentinel(at)),
+    }
+    Ok(at + 1)
 }
