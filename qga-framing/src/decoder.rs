@@ -167,13 +167,15 @@ pub struct Decoder {
     /// Bytes ahead that are already classified. Messages are short and each call
     /// returns one, so without it most bytes would be classified twice.
     region: Region,
+    /// The stream position (bytes ever consumed, wrapping) of the buffer's front:
+    /// the region is placed in the stream, so it stays put as the front moves.
+    front: usize,
 }
 
-/// Bytes already classified, with the brackets outside strings resolved. Its
-/// positions are relative to the front of the buffer and move with it.
+/// Bytes already classified, with the brackets outside strings resolved.
 #[derive(Debug, Clone, Copy, Default)]
 struct Region {
-    /// Where it starts.
+    /// Its stream position (see `Decoder::front`).
     at: usize,
     /// How many bytes it covers (0: none, at most 64). It never covers a backslash or
     /// a sentinel, so quotes alone decide what is inside a string.
@@ -187,23 +189,11 @@ struct Region {
 }
 
 impl Region {
-    /// The front of the buffer moved `consumed` bytes on.
+    /// How far into the region stream position `pos` is, if it is in it.
     #[inline]
-    fn advance(&mut self, consumed: usize) {
-        if consumed <= self.at {
-            self.at -= consumed;
-        } else {
-            let gone = consumed - self.at;
-            if gone < self.len {
-                self.open >>= gone;
-                self.close >>= gone;
-                self.in_string >>= gone;
-                self.len -= gone;
-            } else {
-                self.len = 0;
-            }
-            self.at = 0;
-        }
+    fn offset_of(&self, pos: usize) -> Option<usize> {
+        let k = pos.wrapping_sub(self.at);
+        (k < self.len).then_some(k)
     }
 }
 
@@ -226,6 +216,7 @@ impl Decoder {
             partial: None,
             after_sentinel: false,
             region: Region::default(),
+            front: 0,
         }
     }
 
@@ -320,13 +311,13 @@ impl Decoder {
             match self.next_simple_message(buf) {
                 Simple::Message { start, end } => {
                     self.after_sentinel = false;
-                    self.region.advance(end);
+                    self.front = self.front.wrapping_add(end);
                     return (end, Some(Found::Message { start, end }));
                 }
                 Simple::Blank => {
                     if !buf.is_empty() {
                         self.after_sentinel = false;
-                        self.region.advance(buf.len());
+                        self.front = self.front.wrapping_add(buf.len());
                     }
                     return (buf.len(), None);
                 }
@@ -334,7 +325,7 @@ impl Decoder {
             }
         }
         let (consumed, found) = self.step_inner(buf);
-        self.region.advance(consumed);
+        self.front = self.front.wrapping_add(consumed);
         (consumed, found)
     }
 
@@ -358,8 +349,8 @@ impl Decoder {
         let mut in_string = 0u64;
         while i < len {
             let r = self.region;
-            let (open, close, n) = if i >= r.at && i - r.at < r.len {
-                let k = i - r.at;
+            let pos = self.front.wrapping_add(i);
+            let (open, close, n) = if let Some(k) = r.offset_of(pos) {
                 if i == start && r.open >> k & 1 == 0 {
                     // The region disagrees that this opener is outside a string: leave
                     // it to the general path rather than guess.
@@ -376,7 +367,7 @@ impl Decoder {
                 }
                 let inside = prefix_xor(masks.quote & keep) ^ in_string;
                 self.region = Region {
-                    at: i,
+                    at: pos,
                     len: n,
                     open: masks.open & keep & !inside,
                     close: masks.close & keep & !inside,
@@ -386,6 +377,8 @@ impl Decoder {
                 (self.region.open, self.region.close, n)
             };
             let mut brackets = open | close;
+            // At most 64 openers here: only near the limit is it checked at each.
+            let near_limit = depth + 64 > max_depth;
             while brackets != 0 {
                 let at = brackets.trailing_zeros() as usize;
                 brackets &= brackets - 1;
@@ -398,7 +391,7 @@ impl Decoder {
                     }
                     return Simple::Message { start, end };
                 }
-                if depth > max_depth {
+                if near_limit && depth > max_depth {
                     return Simple::No;
                 }
             }
@@ -544,15 +537,14 @@ impl Decoder {
         let mut i = p.scanned;
         while i < len {
             let r = self.region;
-            let abs = base + i;
-            if abs >= r.at && abs - r.at < r.len {
+            let abs = self.front.wrapping_add(base + i);
+            if let Some(from) = r.offset_of(abs) {
                 // Walk the region's brackets from `i`, not past `len`.
-                let from = abs - r.at;
                 let to = r.len.min(from + (len - i));
                 let mut brackets = (r.open | r.close) & !low_bits(from) & low_bits(to);
                 while brackets != 0 {
                     let bit = brackets & brackets.wrapping_neg();
-                    let at = r.at + bit.trailing_zeros() as usize - base;
+                    let at = i + bit.trailing_zeros() as usize - from;
                     brackets &= brackets - 1;
                     // +1 or -1, without a branch to mispredict.
                     p.depth = p.depth + 2 * usize::from(r.open & bit != 0) - 1;
@@ -568,7 +560,7 @@ impl Decoder {
                     }
                 }
                 p.in_string = r.in_string >> (to - 1) & 1 == 1;
-                i = r.at + to - base;
+                i += to - from;
                 continue;
             }
             if p.escape {

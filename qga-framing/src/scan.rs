@@ -111,7 +111,7 @@ pub(crate) fn swar_string_special(hay: &[u8]) -> Option<usize> {
 mod sse2 {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8,
+        _mm_set1_epi8, _mm_setzero_si128,
     };
 
     use super::Masks;
@@ -141,6 +141,10 @@ mod sse2 {
         let len = buf.len();
         let mut short = [b' '; 16];
         let whole = at + 64 <= len;
+        // Backslashes and sentinels are rare: their bits are gathered only if any.
+        let mut stops = [_mm_setzero_si128(); 4];
+        let mut drops = [0u32; 4];
+        let mut any_stop = _mm_setzero_si128();
         for k in 0..4 {
             let p = at + 16 * k;
             if !whole && p >= len {
@@ -164,7 +168,15 @@ mod sse2 {
             m.quote |= bits(_mm_cmpeq_epi8(v, quote));
             m.open |= bits(_mm_cmpeq_epi8(folded, open));
             m.close |= bits(_mm_cmpeq_epi8(folded, close));
-            m.stop |= bits(stop);
+            stops[k] = stop;
+            drops[k] = drop as u32;
+            any_stop = _mm_or_si128(any_stop, stop);
+        }
+        if _mm_movemask_epi8(any_stop) != 0 {
+            for k in 0..4 {
+                let bits = _mm_movemask_epi8(stops[k]) as u16 >> drops[k];
+                m.stop |= u64::from(bits) << (16 * k);
+            }
         }
         m
     }
