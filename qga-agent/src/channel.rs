@@ -552,6 +552,13 @@ fn run_channel(
 mod tests {
     use std::collections::VecDeque;
 
+    impl<'a> Stop<'a> {
+        /// A stop that only a test sets, with no pipe to poll.
+        fn flag_only(flag: &'a AtomicBool) -> Self {
+            Stop { flag, fd: None }
+        }
+    }
+
     use qga_ops::fake::FakeOps;
 
     use super::*;
@@ -649,10 +656,7 @@ mod tests {
     #[test]
     fn a_reply_to_a_port_whose_host_left_is_dropped_without_spinning() {
         let flag = AtomicBool::new(false);
-        let stop = Stop {
-            flag: &flag,
-            fd: None,
-        };
+        let stop = Stop::flag_only(&flag);
         let fakes = FakeOps::new();
         let mut d = dispatcher(&fakes);
         let mut port = Script::new(&flag, &[b"{\"execute\":\"guest-ping\"}"]);
@@ -669,10 +673,7 @@ mod tests {
     #[test]
     fn a_stop_request_ends_a_reply_the_peer_does_not_read() {
         let flag = AtomicBool::new(false);
-        let stop = Stop {
-            flag: &flag,
-            fd: None,
-        };
+        let stop = Stop::flag_only(&flag);
         let fakes = FakeOps::new();
         let mut d = dispatcher(&fakes);
         /// Never has room, never hangs up; a stop arrives while waiting.
