@@ -189,11 +189,42 @@ struct Region {
 }
 
 impl Region {
+    /// Classifies `buf` from `i` (stream position `at`), which is inside a string or
+    /// not as `in_string` says, up to the first backslash or sentinel and at most 64
+    /// bytes. The region is empty when `buf[i]` itself is a backslash or sentinel.
+    /// Also says whether the region holds a quote.
+    #[inline]
+    fn classify(buf: &[u8], i: usize, at: usize, in_string: bool) -> (Region, bool) {
+        let masks = classify(buf, i);
+        let len = (masks.stop.trailing_zeros() as usize)
+            .min(buf.len() - i)
+            .min(64);
+        let keep = low_bits(len);
+        let quotes = masks.quote & keep;
+        // Quote parity from the state at `i` decides what is inside a string.
+        let carry = if in_string { u64::MAX } else { 0 };
+        let in_string = prefix_xor(quotes) ^ carry;
+        let region = Region {
+            at,
+            len,
+            open: masks.open & keep & !in_string,
+            close: masks.close & keep & !in_string,
+            in_string,
+        };
+        (region, quotes != 0)
+    }
+
     /// How far into the region stream position `pos` is, if it is in it.
     #[inline]
     fn offset_of(&self, pos: usize) -> Option<usize> {
         let k = pos.wrapping_sub(self.at);
         (k < self.len).then_some(k)
+    }
+
+    /// Whether the stream is inside a string just after the region (not empty).
+    #[inline]
+    fn ends_in_string(&self) -> bool {
+        self.in_string >> (self.len - 1) & 1 == 1
     }
 }
 
@@ -331,8 +362,9 @@ impl Decoder {
 
     /// The common case, kept lean: between messages, the next is an object or array
     /// that is complete in `buf`, within the limits, with no backslash and no long
-    /// string. Returns where it starts and ends, or `None` for the general path,
-    /// which handles every case (and scans again at most what this scanned).
+    /// string. Returns where it starts and ends, that `buf` is blank, or `No` for the
+    /// general path, which handles every case (and scans again at most what this
+    /// scanned).
     #[inline]
     fn next_simple_message(&mut self, buf: &[u8]) -> Simple {
         let len = buf.len();
@@ -345,37 +377,30 @@ impl Decoder {
         let max_depth = self.limits.max_depth;
         let mut depth = 0usize;
         let mut i = start;
-        // All ones while inside a string at `i`.
-        let mut in_string = 0u64;
+        // Inside a string at `i`.
+        let mut in_string = false;
         while i < len {
-            let r = self.region;
             let pos = self.front.wrapping_add(i);
-            let (open, close, n) = if let Some(k) = r.offset_of(pos) {
-                if i == start && r.open >> k & 1 == 0 {
-                    // The region disagrees that this opener is outside a string: leave
-                    // it to the general path rather than guess.
-                    return Simple::No;
+            let (r, k) = match self.region.offset_of(pos) {
+                Some(k) => {
+                    if i == start && self.region.open >> k & 1 == 0 {
+                        // The region disagrees that this opener is outside a string:
+                        // leave it to the general path rather than guess.
+                        return Simple::No;
+                    }
+                    (self.region, k)
                 }
-                in_string = 0u64.wrapping_sub(r.in_string >> (r.len - 1) & 1);
-                (r.open >> k, r.close >> k, r.len - k)
-            } else {
-                let masks = classify(buf, i);
-                let n = (masks.stop.trailing_zeros() as usize).min(len - i).min(64);
-                let keep = low_bits(n);
-                if n == 0 || (in_string != 0 && masks.quote & keep == 0) {
-                    return Simple::No;
+                None => {
+                    let (region, quoted) = Region::classify(buf, i, pos, in_string);
+                    if region.len == 0 || (in_string && !quoted) {
+                        return Simple::No;
+                    }
+                    self.region = region;
+                    (region, 0)
                 }
-                let inside = prefix_xor(masks.quote & keep) ^ in_string;
-                self.region = Region {
-                    at: pos,
-                    len: n,
-                    open: masks.open & keep & !inside,
-                    close: masks.close & keep & !inside,
-                    in_string: inside,
-                };
-                in_string = 0u64.wrapping_sub(inside >> (n - 1) & 1);
-                (self.region.open, self.region.close, n)
             };
+            in_string = r.ends_in_string();
+            let (open, close, n) = (r.open >> k, r.close >> k, r.len - k);
             let mut brackets = open | close;
             // At most 64 openers here: only near the limit is it checked at each.
             let near_limit = depth + 64 > max_depth;
@@ -572,9 +597,8 @@ impl Decoder {
             }
             // Past what is classified: classify from `i`, up to the first backslash or
             // sentinel.
-            let masks = classify(buf, i);
-            let n = (masks.stop.trailing_zeros() as usize).min(len - i).min(64);
-            if n == 0 {
+            let (region, quoted) = Region::classify(buf, i, abs, p.in_string);
+            if region.len == 0 {
                 if buf[i] >= 0xFE {
                     return Step::Sentinel(i);
                 }
@@ -584,7 +608,7 @@ impl Decoder {
                 i += 1;
                 continue;
             }
-            if p.in_string && masks.quote == 0 && n == 64 {
+            if p.in_string && !quoted && region.len == 64 {
                 // A long string, such as a base64 payload: find its end with the
                 // leaner string scan.
                 match string_step(p, buf, i + 64) {
@@ -593,17 +617,7 @@ impl Decoder {
                 }
                 continue;
             }
-            let keep = low_bits(n);
-            // Quote parity from the state at `i` decides what is inside a string.
-            let carry = if p.in_string { u64::MAX } else { 0 };
-            let in_string = prefix_xor(masks.quote & keep) ^ carry;
-            self.region = Region {
-                at: abs,
-                len: n,
-                open: masks.open & keep & !in_string,
-                close: masks.close & keep & !in_string,
-                in_string,
-            };
+            self.region = region;
         }
         p.scanned = i;
         Step::NeedMore
