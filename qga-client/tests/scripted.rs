@@ -696,23 +696,28 @@ async fn run_qga(args: &[&str]) -> (Option<i32>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_reports_local_file_errors_with_their_own_exit_code() {
     let dir = tempfile::tempdir().unwrap();
+    // Exit code 5, and a message that names the local file.
+    async fn local_error(args: &[&str], what: &str, path: &str) {
+        let (code, stderr) = run_qga(args).await;
+        assert_eq!(code, Some(5), "{stderr}");
+        assert!(stderr.contains(what) && stderr.contains(path), "{stderr}");
+    }
     let missing = dir.path().join("missing.bin");
     let missing = missing.to_str().unwrap();
-    let (code, stderr) = run_qga(&["put", missing, "/tmp/remote.bin"]).await;
-    assert_eq!(code, Some(5), "{stderr}");
-    assert!(
-        stderr.contains("cannot read local file") && stderr.contains(missing),
-        "{stderr}"
-    );
-
+    local_error(
+        &["put", missing, "/tmp/remote.bin"],
+        "cannot read local file",
+        missing,
+    )
+    .await;
     let unwritable = dir.path().join("no/such/dir/out.bin");
     let unwritable = unwritable.to_str().unwrap();
-    let (code, stderr) = run_qga(&["get", "/etc/hostname", unwritable]).await;
-    assert_eq!(code, Some(5), "{stderr}");
-    assert!(
-        stderr.contains("cannot write local file") && stderr.contains(unwritable),
-        "{stderr}"
-    );
+    local_error(
+        &["get", "/etc/hostname", unwritable],
+        "cannot write local file",
+        unwritable,
+    )
+    .await;
 
     // The same transfers with usable local files succeed.
     let local = dir.path().join("local.bin");
