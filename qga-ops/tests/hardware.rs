@@ -615,3 +615,235 @@ fn read_side_equals_qemu_ga_on_this_machine() {
         Err(e) => assert!(reply.contains(&e.to_string()), "{e} vs {reply}"),
     }
 }
+
+// ------------------------------- write-side differential, private namespace
+
+/// The `desc` of an error reply, or the raw `return` value text.
+fn outcome(reply: &str) -> Result<String, String> {
+    if let Some((_, desc)) = reply.split_once("\"desc\": \"") {
+        let desc = desc.trim_end().trim_end_matches("\"}}");
+        return Err(desc.replace("\\\"", "\""));
+    }
+    let (_, ret) = reply
+        .split_once("\"return\": ")
+        .unwrap_or_else(|| panic!("{reply}"));
+    Ok(ret.trim_end().trim_end_matches('}').to_owned())
+}
+
+fn file_tree(root: &Path, rel: &Path, out: &mut Vec<(PathBuf, String)>) {
+    for entry in std::fs::read_dir(root.join(rel)).unwrap() {
+        let entry = entry.unwrap();
+        let rel = rel.join(entry.file_name());
+        let t = entry.file_type().unwrap();
+        if t.is_symlink() {
+            out.push((
+                rel,
+                format!("-> {:?}", std::fs::read_link(entry.path()).unwrap()),
+            ));
+        } else if t.is_dir() {
+            out.push((rel.clone(), "dir".into()));
+            file_tree(root, &rel, out);
+        } else if entry.file_name() != "QGA_FIXTURE_MARKER" {
+            out.push((rel, read(entry.path())));
+        }
+    }
+}
+
+/// The same guest-set-vcpus / guest-set-memory-blocks script sent to qemu-ga 7.2
+/// and to ours, each over its own copy of the fixture tree: qemu-ga runs in a
+/// private mount namespace where the copy is bind-mounted over
+/// /sys/devices/system/{cpu,memory}, and it is asked nothing that writes before
+/// it has proved (by a block size only the copy has) that it sees the copy.
+/// Replies and the files afterwards must be the same.
+#[test]
+fn write_side_equals_qemu_ga_over_the_same_fixture() {
+    let root = tempfile::tempdir().unwrap();
+    let (theirs, ours) = (root.path().join("theirs"), root.path().join("ours"));
+    for tree in [&theirs, &ours] {
+        copy_tree(&fixture(), tree);
+        std::fs::write(tree.join("memory/block_size_bytes"), "1230000\n").unwrap();
+        for d in [
+            "cpu/cpu3",
+            "cpu/cpu4",
+            "memory/memory50",
+            "memory/memory51/state",
+        ] {
+            std::fs::create_dir_all(tree.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink("/dev/full", tree.join("cpu/cpu3/online")).unwrap();
+        std::fs::write(tree.join("cpu/cpu4/online"), "").unwrap();
+        std::os::unix::fs::symlink("/dev/full", tree.join("memory/memory50/state")).unwrap();
+        std::fs::create_dir_all(tree.join("memory/memory52")).unwrap();
+        std::fs::write(tree.join("memory/memory52/state"), "").unwrap();
+        std::fs::write(tree.join("memory/memory53"), "").unwrap();
+    }
+    for d in ["cpu", "memory"] {
+        std::fs::write(theirs.join(d).join("QGA_FIXTURE_MARKER"), "").unwrap();
+    }
+    let sock = root.path().join("sock");
+    let script = "mount --bind \"$1\" /sys/devices/system/cpu && \
+                  mount --bind \"$2\" /sys/devices/system/memory && \
+                  test -f /sys/devices/system/cpu/QGA_FIXTURE_MARKER && \
+                  test -f /sys/devices/system/memory/QGA_FIXTURE_MARKER && \
+                  exec /usr/sbin/qemu-ga -m unix-listen -p \"$3\" -t \"$4\"";
+    if !Path::new("/usr/sbin/qemu-ga").exists() {
+        println!("SKIPPED: /usr/sbin/qemu-ga is not available");
+        return;
+    }
+    let Ok(child) = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(theirs.join("cpu"))
+        .arg(theirs.join("memory"))
+        .arg(&sock)
+        .arg(root.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        println!("SKIPPED: no unshare");
+        return;
+    };
+    let mut stream = None;
+    for _ in 0..200 {
+        if let Ok(s) = UnixStream::connect(&sock) {
+            stream = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(stream) = stream else {
+        println!("SKIPPED: cannot bind-mount in a private namespace (not root?)");
+        return;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut agent = RefAgent {
+        child,
+        stream: BufReader::new(stream),
+        _dir: dir,
+    };
+    // The proof: only the copies have this block size.
+    assert_eq!(
+        agent.ask("guest-get-memory-block-info").trim(),
+        "{\"return\": {\"size\": 19070976}}"
+    );
+    let hw = LinuxHardware {
+        sys_cpu: ours.join("cpu"),
+        sys_memory: ours.join("memory"),
+    };
+    let ours_text = |e: OpsError| {
+        e.to_string()
+            .replace(&ours.display().to_string(), "/sys/devices/system")
+    };
+    let send = |agent: &mut RefAgent, cmd: &str, args: &str| {
+        write!(
+            agent.stream.get_mut(),
+            "{{\"execute\":\"{cmd}\",\"arguments\":{args}}}"
+        )
+        .unwrap();
+        let mut line = String::new();
+        agent.stream.read_line(&mut line).unwrap();
+        line
+    };
+
+    let vcpu_scripts: &[&[(i64, bool)]] = &[
+        &[(2, true), (1, false)],
+        &[(1, false), (2, true)],
+        &[(0, true)],
+        &[],
+        &[(1, true), (0, false), (2, false)],
+        &[(0, false), (1, true)],
+        &[(99, true)],
+        &[(3, false)],
+        &[(1, false), (3, false)],
+        &[(4, true)],
+        &[(3, true), (2, true)],
+    ];
+    for s in vcpu_scripts {
+        let args: Vec<String> = s
+            .iter()
+            .map(|(id, on)| format!("{{\"logical-id\":{id},\"online\":{on}}}"))
+            .collect();
+        let reply = send(
+            &mut agent,
+            "guest-set-vcpus",
+            &format!("{{\"vcpus\":[{}]}}", args.join(",")),
+        );
+        let reqs: Vec<VcpuRequest> = s.iter().map(|(id, on)| req(*id, *on)).collect();
+        let mine = hw
+            .set_vcpus(&reqs)
+            .map(|n| n.to_string())
+            .map_err(ours_text);
+        assert_eq!(mine, outcome(&reply), "script {s:?}");
+    }
+
+    let blocks: &[(u64, bool)] = &[
+        (40, true),
+        (1, false),
+        (0, true),
+        (99999, true),
+        (42, false),
+        (42, true),
+        (50, true),
+        (51, true),
+        (52, false),
+        (53, true),
+        (41, false),
+    ];
+    let args: Vec<String> = blocks
+        .iter()
+        .map(|(i, on)| format!("{{\"phys-index\":{i},\"online\":{on}}}"))
+        .collect();
+    let reply = send(
+        &mut agent,
+        "guest-set-memory-blocks",
+        &format!("{{\"mem-blks\":[{}]}}", args.join(",")),
+    );
+    let theirs_resp: Vec<MemoryBlockResponse> = return_objects(&reply)
+        .iter()
+        .map(|o| MemoryBlockResponse {
+            phys_index: member(o, "phys-index").parse().unwrap(),
+            response: match member(o, "response") {
+                "\"success\"" => MemoryBlockResult::Success,
+                "\"not-found\"" => MemoryBlockResult::NotFound,
+                "\"operation-not-supported\"" => MemoryBlockResult::OperationNotSupported,
+                "\"operation-failed\"" => MemoryBlockResult::OperationFailed,
+                other => panic!("{other}"),
+            },
+            error_code: o
+                .iter()
+                .find(|(k, _)| k == "error-code")
+                .map(|(_, v)| v.parse().unwrap()),
+        })
+        .collect();
+    let reqs: Vec<MemoryBlockRequest> = blocks.iter().map(|(i, on)| mreq(*i, *on)).collect();
+    assert_eq!(
+        hw.set_memory_blocks(&reqs).unwrap(),
+        theirs_resp,
+        "qemu-ga: {reply}"
+    );
+
+    // The read side over the changed trees (errors included).
+    for cmd in ["guest-get-vcpus", "guest-get-memory-blocks"] {
+        let reply = agent.ask(cmd);
+        let mine = if cmd == "guest-get-vcpus" {
+            hw.vcpus().map(|_| ()).map_err(ours_text)
+        } else {
+            hw.memory_blocks().map(|_| ()).map_err(ours_text)
+        };
+        match (mine, outcome(&reply)) {
+            (Err(a), Err(b)) => assert_eq!(a, b, "{cmd}"),
+            (a, b) => panic!("{cmd}: ours {a:?}, qemu-ga {b:?}"),
+        }
+    }
+    drop(agent);
+
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    file_tree(&theirs, Path::new(""), &mut a);
+    file_tree(&ours, Path::new(""), &mut b);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
