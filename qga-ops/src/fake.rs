@@ -318,6 +318,8 @@ impl Power for FakePower {
 pub struct FakeNetwork {
     /// What `interfaces` returns.
     pub interfaces: Mutex<Vec<Interface>>,
+    /// What `routes` returns.
+    pub routes: Mutex<Vec<crate::Route>>,
     /// Fails the next call.
     pub fail_next: FailNext,
 }
@@ -326,6 +328,11 @@ impl Network for FakeNetwork {
     fn interfaces(&self) -> Result<Vec<Interface>, OpsError> {
         self.fail_next.take()?;
         Ok(lock(&self.interfaces).clone())
+    }
+
+    fn routes(&self) -> Result<Vec<crate::Route>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.routes).clone())
     }
 }
 
@@ -343,6 +350,8 @@ pub struct FakeOps {
     pub power: Arc<FakePower>,
     /// Network (`lo` with 127.0.0.1/8 and ::1/128).
     pub network: Arc<FakeNetwork>,
+    /// vCPUs and memory blocks (see [`FakeHardware`]'s default).
+    pub hardware: Arc<FakeHardware>,
 }
 
 impl Default for FakeOps {
@@ -368,6 +377,7 @@ impl Default for FakeOps {
                 interfaces: Mutex::new(vec![lo]),
                 ..Default::default()
             }),
+            hardware: Arc::default(),
         }
     }
 }
@@ -386,6 +396,124 @@ impl FakeOps {
             trim: self.trim.clone(),
             power: self.power.clone(),
             network: self.network.clone(),
+            hardware: self.hardware.clone(),
         }
+    }
+}
+
+/// vCPUs and memory blocks in memory; the set methods change them with the Linux
+/// implementation's rules (the first failing vCPU request stops the list; a
+/// missing memory block is `not-found`).
+#[derive(Debug)]
+pub struct FakeHardware {
+    /// What `vcpus` returns; `set_vcpus` changes `online`.
+    pub vcpus: Mutex<Vec<crate::Vcpu>>,
+    /// What `memory_blocks` returns; `set_memory_blocks` changes `online`.
+    pub memory_blocks: Mutex<Vec<crate::MemoryBlock>>,
+    /// What `memory_block_size` returns.
+    pub block_size: Mutex<u64>,
+    /// Fails the next call.
+    pub fail_next: FailNext,
+}
+
+impl Default for FakeHardware {
+    /// cpu0 (online, cannot be offlined), cpu1 (online); memory blocks 0
+    /// (cannot be offlined) and 1, both online; 128 MiB blocks.
+    fn default() -> Self {
+        let cpu = |id, can_offline| crate::Vcpu {
+            logical_id: id,
+            online: true,
+            can_offline,
+        };
+        let block = |i, can_offline| crate::MemoryBlock {
+            phys_index: i,
+            online: true,
+            can_offline,
+        };
+        FakeHardware {
+            vcpus: Mutex::new(vec![cpu(0, false), cpu(1, true)]),
+            memory_blocks: Mutex::new(vec![block(0, false), block(1, true)]),
+            block_size: Mutex::new(128 << 20),
+            fail_next: FailNext::default(),
+        }
+    }
+}
+
+impl crate::Hardware for FakeHardware {
+    fn vcpus(&self) -> Result<Vec<crate::Vcpu>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.vcpus).clone())
+    }
+
+    fn set_vcpus(&self, req: &[crate::VcpuRequest]) -> Result<i64, OpsError> {
+        self.fail_next.take()?;
+        let mut vcpus = lock(&self.vcpus);
+        let mut processed = 0;
+        for r in req {
+            let err = match vcpus.iter_mut().find(|v| v.logical_id == r.logical_id) {
+                None => Some(OpsError::os(
+                    format!("open(\"/sys/devices/system/cpu/cpu{}/\")", r.logical_id),
+                    io::Error::from_raw_os_error(libc::ENOENT),
+                )),
+                Some(v) if !v.can_offline && !r.online => Some(OpsError::failed(format!(
+                    "logical processor #{} can't be offlined",
+                    r.logical_id
+                ))),
+                Some(v) => {
+                    v.online = r.online;
+                    None
+                }
+            };
+            if let Some(e) = err {
+                if processed == 0 {
+                    return Err(e);
+                }
+                break;
+            }
+            processed += 1;
+        }
+        Ok(processed)
+    }
+
+    fn memory_blocks(&self) -> Result<Vec<crate::MemoryBlock>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.memory_blocks).clone())
+    }
+
+    /// A block that cannot be offlined refuses with `operation-failed` and
+    /// EBUSY, as the kernel does for an unremovable block.
+    fn set_memory_blocks(
+        &self,
+        req: &[crate::MemoryBlockRequest],
+    ) -> Result<Vec<crate::MemoryBlockResponse>, OpsError> {
+        use crate::MemoryBlockResult as R;
+        self.fail_next.take()?;
+        let mut blocks = lock(&self.memory_blocks);
+        Ok(req
+            .iter()
+            .map(|r| {
+                let (response, error_code) =
+                    match blocks.iter_mut().find(|b| b.phys_index == r.phys_index) {
+                        None => (R::NotFound, Some(libc::ENOENT as i64)),
+                        Some(b) if b.online != r.online && !r.online && !b.can_offline => {
+                            (R::OperationFailed, Some(libc::EBUSY as i64))
+                        }
+                        Some(b) => {
+                            b.online = r.online;
+                            (R::Success, None)
+                        }
+                    };
+                crate::MemoryBlockResponse {
+                    phys_index: r.phys_index,
+                    response,
+                    error_code,
+                }
+            })
+            .collect())
+    }
+
+    fn memory_block_size(&self) -> Result<u64, OpsError> {
+        self.fail_next.take()?;
+        Ok(*lock(&self.block_size))
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Everything a guest agent does to the machine lives here: [`Files`] /
 //! [`GuestFile`] (guest-file-*), [`FsFreeze`] (guest-fsfreeze-*), [`Trim`]
-//! (guest-fstrim), [`Power`] (guest-shutdown, guest-suspend-*) and [`Network`]
-//! (guest-network-get-interfaces). Each has a Linux implementation following
+//! (guest-fstrim), [`Power`] (guest-shutdown, guest-suspend-*), [`Network`]
+//! (guest-network-get-interfaces, guest-network-get-route) and [`Hardware`]
+//! (guest-get/set-vcpus, guest-get/set-memory-blocks, guest-get-memory-block-info).
+//! Each has a Linux implementation following
 //! qemu-ga 7.2's semantics, and (feature `fake`) an in-memory one that records
 //! calls and takes injected errors. [`Ops`] bundles one of each as trait objects.
 //!
@@ -58,6 +60,7 @@ mod error;
 pub mod fake;
 mod files;
 mod freeze;
+mod hardware;
 pub mod mounts;
 mod network;
 mod power;
@@ -70,7 +73,14 @@ use std::sync::Arc;
 pub use error::OpsError;
 pub use files::{Files, GuestFile, LinuxFiles, OpenMode, SeekOutcome, Whence, WriteOutcome};
 pub use freeze::{run_hook, FreezeState, FsFreeze, LinuxFsFreeze};
-pub use network::{parse_proc_net_dev, Interface, InterfaceStats, LinuxNetwork, Network};
+pub use hardware::{
+    Hardware, LinuxHardware, MemoryBlock, MemoryBlockRequest, MemoryBlockResponse,
+    MemoryBlockResult, Vcpu, VcpuRequest,
+};
+pub use network::{
+    parse_proc_net_dev, parse_proc_net_ipv6_route, parse_proc_net_route, Interface, InterfaceStats,
+    LinuxNetwork, Network, Route,
+};
 pub use power::{LinuxPower, Power, PowerConfig, ShutdownMode, SuspendMode};
 pub use trim::{LinuxTrim, Trim, TrimResult};
 
@@ -87,6 +97,8 @@ pub struct Ops {
     pub power: Arc<dyn Power>,
     /// guest-network-get-interfaces.
     pub network: Arc<dyn Network>,
+    /// guest-get/set-vcpus, guest-get/set-memory-blocks, guest-get-memory-block-info.
+    pub hardware: Arc<dyn Hardware>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -102,6 +114,8 @@ pub struct LinuxConfig {
     pub fsfreeze_hook: Option<PathBuf>,
     /// Program and sysfs paths for shutdown and suspend.
     pub power: PowerConfig,
+    /// sysfs paths for vCPUs and memory blocks.
+    pub hardware: LinuxHardware,
 }
 
 impl Ops {
@@ -118,6 +132,7 @@ impl Ops {
                 config: config.power,
             }),
             network: Arc::new(LinuxNetwork::default()),
+            hardware: Arc::new(config.hardware),
         }
     }
 }
