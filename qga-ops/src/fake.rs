@@ -343,6 +343,8 @@ pub struct FakeOps {
     pub power: Arc<FakePower>,
     /// Network (`lo` with 127.0.0.1/8 and ::1/128).
     pub network: Arc<FakeNetwork>,
+    /// Storage (`/` on a virtio disk `vda`, see [`FakeStorage::new`]).
+    pub storage: Arc<FakeStorage>,
 }
 
 impl Default for FakeOps {
@@ -368,6 +370,7 @@ impl Default for FakeOps {
                 interfaces: Mutex::new(vec![lo]),
                 ..Default::default()
             }),
+            storage: Arc::new(FakeStorage::new()),
         }
     }
 }
@@ -386,6 +389,72 @@ impl FakeOps {
             trim: self.trim.clone(),
             power: self.power.clone(),
             network: self.network.clone(),
+            storage: self.storage.clone(),
         }
+    }
+}
+
+/// Scripted filesystems and disks.
+#[derive(Debug, Default)]
+pub struct FakeStorage {
+    /// What `fs_info` returns.
+    pub fs_info: Mutex<Vec<crate::FsInfo>>,
+    /// What `disks` returns.
+    pub disks: Mutex<Vec<crate::DiskInfo>>,
+    /// Fails the next call (of either method).
+    pub fail_next: FailNext,
+}
+
+impl FakeStorage {
+    /// One ext4 root filesystem on a virtio-blk disk `vda` at PCI 0000:00:02.0, and
+    /// that disk: what qemu-ga reports in a plain VM.
+    pub fn new() -> Self {
+        let address = crate::DiskAddress {
+            pci: crate::PciAddress {
+                domain: 0,
+                bus: 0,
+                slot: 2,
+                function: 0,
+            },
+            bus_type: crate::BusType::Virtio,
+            bus: 0,
+            target: 0,
+            unit: 0,
+            serial: None,
+            dev: Some("/dev/vda".into()),
+            ccw: None,
+        };
+        FakeStorage {
+            fs_info: Mutex::new(vec![crate::FsInfo {
+                name: "vda".into(),
+                mountpoint: "/".into(),
+                fs_type: "ext4".into(),
+                used_bytes: Some(1 << 30),
+                total_bytes: Some(10 << 30),
+                total_bytes_privileged: Some(11 << 30),
+                disks: vec![address.clone()],
+            }]),
+            disks: Mutex::new(vec![crate::DiskInfo {
+                name: "/dev/vda".into(),
+                partition: false,
+                dependencies: Some(Vec::new()),
+                address: Some(address),
+                alias: None,
+                smart: None,
+            }]),
+            fail_next: FailNext::default(),
+        }
+    }
+}
+
+impl crate::Storage for FakeStorage {
+    fn fs_info(&self) -> Result<Vec<crate::FsInfo>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.fs_info).clone())
+    }
+
+    fn disks(&self) -> Result<Vec<crate::DiskInfo>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.disks).clone())
     }
 }

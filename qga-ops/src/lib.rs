@@ -6,6 +6,7 @@
 //! (guest-network-get-interfaces). Each has a Linux implementation following
 //! qemu-ga 7.2's semantics, and (feature `fake`) an in-memory one that records
 //! calls and takes injected errors. [`Ops`] bundles one of each as trait objects.
+//! [`Storage`] (guest-get-fsinfo, guest-get-disks) reads sysfs and udev's database, no libudev.
 //!
 //! Errors are [`OpsError`], whose `Display` is the reference agent's text
 //! (`failed to open file '/x' (mode: 'r'): No such file or directory`), so an agent
@@ -61,6 +62,7 @@ mod freeze;
 pub mod mounts;
 mod network;
 mod power;
+mod storage;
 mod sys;
 mod trim;
 
@@ -72,6 +74,10 @@ pub use files::{Files, GuestFile, LinuxFiles, OpenMode, SeekOutcome, Whence, Wri
 pub use freeze::{run_hook, FreezeState, FsFreeze, LinuxFsFreeze};
 pub use network::{parse_proc_net_dev, Interface, InterfaceStats, LinuxNetwork, Network};
 pub use power::{LinuxPower, Power, PowerConfig, ShutdownMode, SuspendMode};
+pub use storage::{
+    BusType, CcwAddress, DiskAddress, DiskInfo, FsInfo, FsUsage, LinuxStorage, NvmeSmart,
+    PciAddress, Storage, NVME_SMART_LOG_SIZE,
+};
 pub use trim::{LinuxTrim, Trim, TrimResult};
 
 /// One implementation of each trait, as shared trait objects.
@@ -87,6 +93,8 @@ pub struct Ops {
     pub power: Arc<dyn Power>,
     /// guest-network-get-interfaces.
     pub network: Arc<dyn Network>,
+    /// guest-get-fsinfo, guest-get-disks.
+    pub storage: Arc<dyn Storage>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -102,6 +110,8 @@ pub struct LinuxConfig {
     pub fsfreeze_hook: Option<PathBuf>,
     /// Program and sysfs paths for shutdown and suspend.
     pub power: PowerConfig,
+    /// Paths and calls behind guest-get-fsinfo and guest-get-disks.
+    pub storage: LinuxStorage,
 }
 
 impl Ops {
@@ -118,6 +128,7 @@ impl Ops {
                 config: config.power,
             }),
             network: Arc::new(LinuxNetwork::default()),
+            storage: Arc::new(config.storage),
         }
     }
 }
