@@ -322,7 +322,7 @@ fn synthetic_disks_list_every_device_with_partitions_and_dependencies() {
     let disks = synthetic().disks().unwrap();
     let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
     // loop0 (size 0) is left out; each partition comes right before its disk.
-    assert_eq!(names.len(), 9, "{names:?}");
+    assert_eq!(names.len(), 10, "{names:?}");
     for (part, disk) in [
         ("/dev/sda1", "/dev/sda"),
         ("/dev/nvme0n1p1", "/dev/nvme0n1"),
@@ -371,6 +371,23 @@ fn synthetic_disks_list_every_device_with_partitions_and_dependencies() {
             alias: None,
             smart: None,
         }
+    );
+
+    // IDE: the bus is the index of ata2 among ata1, ata2; the unit the target.
+    assert_eq!(
+        by["/dev/sdc"].address,
+        Some(DiskAddress {
+            bus: 1,
+            unit: 1,
+            ..addr(pci(0, 0, 1, 1), BusType::Ide, "/dev/sdc")
+        })
+    );
+    assert_eq!(
+        by["/dev/sdb"].address,
+        Some(DiskAddress {
+            unit: 2,
+            ..addr(pci(0, 0, 0x1f, 2), BusType::Sata, "/dev/sdb")
+        })
     );
 
     // NVMe: SMART through the injected log reader.
@@ -455,6 +472,35 @@ fn missing_sources_are_errors_with_the_reference_texts() {
     let names: Vec<&str> = fs.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["7:9", "8:16", "8:1", "253:0"]);
     assert!(fs.iter().all(|f| f.disks.is_empty()));
+}
+
+#[test]
+fn a_slaves_cycle_is_an_error_not_a_stack_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = dir.path().join("sys");
+    for (me, other) in [("dm-0", "dm-1"), ("dm-1", "dm-0")] {
+        let d = sys.join("devices/virtual/block").join(me);
+        std::fs::create_dir_all(d.join("slaves")).unwrap();
+        std::os::unix::fs::symlink(format!("../../{other}"), d.join("slaves").join(other)).unwrap();
+    }
+    std::fs::create_dir_all(sys.join("dev/block")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../devices/virtual/block/dm-0",
+        sys.join("dev/block/253:0"),
+    )
+    .unwrap();
+    let mountinfo = dir.path().join("mountinfo");
+    std::fs::write(&mountinfo, "20 1 253:0 / / rw - ext4 /dev/dm-0 rw\n").unwrap();
+    let st = LinuxStorage {
+        sys,
+        mountinfo,
+        ..over("synthetic")
+    };
+    let err = st.fs_info().unwrap_err().to_string();
+    assert!(
+        err.starts_with("block devices stacked deeper than 64"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -65,8 +65,9 @@ pub struct FsInfo {
     /// wire format (added in QEMU 9.1 as `total-bytes-privileged`): a 7.2-compatible
     /// agent leaves it out.
     pub total_bytes_privileged: Option<u64>,
-    /// The disks under the filesystem (through partitions, device-mapper and md
-    /// stacking), in qemu-ga's order.
+    /// The disks under the filesystem, through device-mapper and md stacking, in
+    /// qemu-ga's order. On a partition, as in qemu-ga, the entry is the partition's
+    /// (`dev` `/dev/vda1`) with its disk's hardware address.
     pub disks: Vec<DiskAddress>,
 }
 
@@ -247,7 +248,12 @@ impl Default for LinuxStorage {
 struct Walk {
     name: Option<String>,
     disks: Vec<DiskAddress>,
+    depth: usize,
 }
+
+/// How deep device stacking may go (dm on md on ... ); sysfs has no cycles, a
+/// broken tree might.
+const MAX_STACK_DEPTH: usize = 64;
 
 /// A sysfs path both as it is on disk and as it reads under `/sys` (the form
 /// qemu-ga matches substrings in, whatever root the tree is under).
@@ -322,7 +328,16 @@ impl LinuxStorage {
                 .map(|n| n.to_string_lossy().into_owned());
         }
         if sp.virt.contains("/devices/virtual/block/") {
-            self.walk_slaves(root, &sp, walk)
+            if walk.depth >= MAX_STACK_DEPTH {
+                return Err(OpsError::failed(format!(
+                    "block devices stacked deeper than {MAX_STACK_DEPTH} at '{}'",
+                    sp.real.display()
+                )));
+            }
+            walk.depth += 1;
+            let r = self.walk_slaves(root, &sp, walk);
+            walk.depth -= 1;
+            r
         } else {
             self.real_device(root, &sp, walk)
         }
