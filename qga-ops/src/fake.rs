@@ -352,6 +352,8 @@ pub struct FakeOps {
     pub network: Arc<FakeNetwork>,
     /// vCPUs and memory blocks (see [`FakeHardware`]'s default).
     pub hardware: Arc<FakeHardware>,
+    /// Storage (`/` on a virtio disk `vda`, see [`FakeStorage::new`]).
+    pub storage: Arc<FakeStorage>,
 }
 
 impl Default for FakeOps {
@@ -378,6 +380,7 @@ impl Default for FakeOps {
                 ..Default::default()
             }),
             hardware: Arc::default(),
+            storage: Arc::new(FakeStorage::new()),
         }
     }
 }
@@ -397,6 +400,7 @@ impl FakeOps {
             power: self.power.clone(),
             network: self.network.clone(),
             hardware: self.hardware.clone(),
+            storage: self.storage.clone(),
         }
     }
 }
@@ -515,5 +519,70 @@ impl crate::Hardware for FakeHardware {
     fn memory_block_size(&self) -> Result<u64, OpsError> {
         self.fail_next.take()?;
         Ok(*lock(&self.block_size))
+    }
+}
+
+/// Scripted filesystems and disks.
+#[derive(Debug, Default)]
+pub struct FakeStorage {
+    /// What `fs_info` returns.
+    pub fs_info: Mutex<Vec<crate::FsInfo>>,
+    /// What `disks` returns.
+    pub disks: Mutex<Vec<crate::DiskInfo>>,
+    /// Fails the next call (of either method).
+    pub fail_next: FailNext,
+}
+
+impl FakeStorage {
+    /// One ext4 root filesystem on a virtio-blk disk `vda` at PCI 0000:00:02.0, and
+    /// that disk: what qemu-ga reports in a plain VM.
+    pub fn new() -> Self {
+        let address = crate::DiskAddress {
+            pci: crate::PciAddress {
+                domain: 0,
+                bus: 0,
+                slot: 2,
+                function: 0,
+            },
+            bus_type: crate::BusType::Virtio,
+            bus: 0,
+            target: 0,
+            unit: 0,
+            serial: None,
+            dev: Some("/dev/vda".into()),
+            ccw: None,
+        };
+        FakeStorage {
+            fs_info: Mutex::new(vec![crate::FsInfo {
+                name: "vda".into(),
+                mountpoint: "/".into(),
+                fs_type: "ext4".into(),
+                used_bytes: Some(1 << 30),
+                total_bytes: Some(10 << 30),
+                total_bytes_privileged: Some(11 << 30),
+                disks: vec![address.clone()],
+            }]),
+            disks: Mutex::new(vec![crate::DiskInfo {
+                name: "/dev/vda".into(),
+                partition: false,
+                dependencies: Some(Vec::new()),
+                address: Some(address),
+                alias: None,
+                smart: None,
+            }]),
+            fail_next: FailNext::default(),
+        }
+    }
+}
+
+impl crate::Storage for FakeStorage {
+    fn fs_info(&self) -> Result<Vec<crate::FsInfo>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.fs_info).clone())
+    }
+
+    fn disks(&self) -> Result<Vec<crate::DiskInfo>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.disks).clone())
     }
 }

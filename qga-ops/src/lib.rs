@@ -8,6 +8,7 @@
 //! Each has a Linux implementation following
 //! qemu-ga 7.2's semantics, and (feature `fake`) an in-memory one that records
 //! calls and takes injected errors. [`Ops`] bundles one of each as trait objects.
+//! [`Storage`] (guest-get-fsinfo, guest-get-disks) reads sysfs and udev's database, no libudev.
 //!
 //! Errors are [`OpsError`], whose `Display` is the reference agent's text
 //! (`failed to open file '/x' (mode: 'r'): No such file or directory`), so an agent
@@ -64,6 +65,7 @@ mod hardware;
 pub mod mounts;
 mod network;
 mod power;
+mod storage;
 mod sys;
 mod trim;
 
@@ -82,6 +84,10 @@ pub use network::{
     LinuxNetwork, Network, Route,
 };
 pub use power::{LinuxPower, Power, PowerConfig, ShutdownMode, SuspendMode};
+pub use storage::{
+    BusType, CcwAddress, DiskAddress, DiskInfo, FsInfo, FsUsage, LinuxStorage, NvmeSmart,
+    PciAddress, Storage, NVME_SMART_LOG_SIZE,
+};
 pub use trim::{LinuxTrim, Trim, TrimResult};
 
 /// One implementation of each trait, as shared trait objects.
@@ -99,6 +105,8 @@ pub struct Ops {
     pub network: Arc<dyn Network>,
     /// guest-get/set-vcpus, guest-get/set-memory-blocks, guest-get-memory-block-info.
     pub hardware: Arc<dyn Hardware>,
+    /// guest-get-fsinfo, guest-get-disks.
+    pub storage: Arc<dyn Storage>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -116,6 +124,8 @@ pub struct LinuxConfig {
     pub power: PowerConfig,
     /// sysfs paths for vCPUs and memory blocks.
     pub hardware: LinuxHardware,
+    /// Paths and calls behind guest-get-fsinfo and guest-get-disks.
+    pub storage: LinuxStorage,
 }
 
 impl Ops {
@@ -133,6 +143,7 @@ impl Ops {
             }),
             network: Arc::new(LinuxNetwork::default()),
             hardware: Arc::new(config.hardware),
+            storage: Arc::new(config.storage),
         }
     }
 }
