@@ -3,8 +3,9 @@
 //! Everything a guest agent does to the machine lives here: [`Files`] /
 //! [`GuestFile`] (guest-file-*), [`FsFreeze`] (guest-fsfreeze-*), [`Trim`]
 //! (guest-fstrim), [`Power`] (guest-shutdown, guest-suspend-*) and [`Network`]
-//! (guest-network-get-interfaces). Each has a Linux implementation following
-//! qemu-ga 7.2's semantics, and (feature `fake`) an in-memory one that records
+//! (guest-network-get-interfaces), [`SystemInfo`] (guest-get-time, -host-name,
+//! -timezone, -osinfo, -users, -load, -cpustats, -diskstats). Each has a Linux
+//! implementation following qemu-ga 7.2's semantics, and (feature `fake`) an in-memory one that records
 //! calls and takes injected errors. [`Ops`] bundles one of each as trait objects.
 //!
 //! Errors are [`OpsError`], whose `Display` is the reference agent's text
@@ -61,7 +62,9 @@ mod freeze;
 pub mod mounts;
 mod network;
 mod power;
+mod stats;
 mod sys;
+mod sysinfo;
 mod trim;
 
 use std::path::PathBuf;
@@ -72,6 +75,13 @@ pub use files::{Files, GuestFile, LinuxFiles, OpenMode, SeekOutcome, Whence, Wri
 pub use freeze::{run_hook, FreezeState, FsFreeze, LinuxFsFreeze};
 pub use network::{parse_proc_net_dev, Interface, InterfaceStats, LinuxNetwork, Network};
 pub use power::{LinuxPower, Power, PowerConfig, ShutdownMode, SuspendMode};
+pub use stats::{
+    parse_diskstats, parse_loadavg, parse_proc_stat, CpuStats, DiskCounters, DiskStats, LoadAverage,
+};
+pub use sysinfo::{
+    clock_ticks, parse_os_release, parse_utmp, LinuxSystemInfo, LoggedInUser, OsInfo, OsRelease,
+    SystemInfo, Timezone, USER_PROCESS, UTMP_RECORD_SIZE,
+};
 pub use trim::{LinuxTrim, Trim, TrimResult};
 
 /// One implementation of each trait, as shared trait objects.
@@ -87,6 +97,9 @@ pub struct Ops {
     pub power: Arc<dyn Power>,
     /// guest-network-get-interfaces.
     pub network: Arc<dyn Network>,
+    /// guest-get-time, -host-name, -timezone, -osinfo, -users, -load, -cpustats,
+    /// -diskstats.
+    pub sysinfo: Arc<dyn SystemInfo>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -102,6 +115,8 @@ pub struct LinuxConfig {
     pub fsfreeze_hook: Option<PathBuf>,
     /// Program and sysfs paths for shutdown and suspend.
     pub power: PowerConfig,
+    /// Source paths of the system information (os-release override, `/proc`, utmp).
+    pub sysinfo: LinuxSystemInfo,
 }
 
 impl Ops {
@@ -118,6 +133,7 @@ impl Ops {
                 config: config.power,
             }),
             network: Arc::new(LinuxNetwork::default()),
+            sysinfo: Arc::new(config.sysinfo),
         }
     }
 }
