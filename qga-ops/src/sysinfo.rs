@@ -246,9 +246,14 @@ pub fn clock_ticks() -> u64 {
 /// backslash before any of `$ ' " \ `` ` `` is dropped (other backslashes are
 /// kept); an unquoted value is cut at the first space and at the first `;`.
 ///
-/// Single quotes, on purpose better than 7.2: 7.2 treats a single-quoted value as
-/// unquoted (`NAME='My OS'` gives `'My`, quote included); here it is the text up to
-/// the closing `'` (or the end), literally, as a shell reads it.
+/// On purpose better than 7.2:
+/// - single quotes: 7.2 treats a single-quoted value as unquoted (`NAME='My OS'`
+///   gives `'My`, quote included); here it is the text up to the closing `'` (or the
+///   end), literally, as a shell reads it;
+/// - a double-quoted value without its closing quote: 7.2 unquotes in place and
+///   never terminates the result, so the last characters of the raw value are left
+///   over (`"a\$b` gives `a$b$b`, a lone `"` gives `"`); here it is the unquoted
+///   text to the end of the line (`a$b`, empty).
 pub fn parse_os_release(content: &[u8]) -> Option<OsRelease> {
     let content = match content.iter().position(|b| *b == 0) {
         Some(nul) => &content[..nul],
