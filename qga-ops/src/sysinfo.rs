@@ -135,7 +135,7 @@ impl LinuxSystemInfo {
 
     /// The os-release values, from the override or the first of the search paths
     /// that reads and parses; `None` when none does.
-    pub fn os_release(&self) -> Option<OsRelease> {
+    pub fn os_release_values(&self) -> Option<OsRelease> {
         match &self.os_release {
             Some(p) => read_os_release(p),
             None => self
@@ -171,7 +171,18 @@ impl SystemInfo for LinuxSystemInfo {
         ffi::host_name().map_err(|e| OpsError::os("cannot get hostname", e))
     }
 
+    /// As qemu-ga (GLib's local zone): a `TZ` that names no zone file and is no
+    /// POSIX rule with an offset is UTC (glibc would report its first letters as
+    /// the abbreviation, offset 0).
     fn timezone(&self) -> Result<Timezone, OpsError> {
+        if let Some(tz) = std::env::var_os("TZ") {
+            if !tz_is_usable(&tz) {
+                return Ok(Timezone {
+                    zone: Some("UTC".into()),
+                    offset: 0,
+                });
+            }
+        }
         ffi::local_timezone().ok_or_else(|| {
             OpsError::failed(
                 "Guest agent command failed, error was 'Couldn't retrieve local timezone'",
@@ -181,7 +192,7 @@ impl SystemInfo for LinuxSystemInfo {
 
     fn os_info(&self) -> Result<OsInfo, OpsError> {
         let u = ffi::uname().map_err(|e| OpsError::os("uname failed", e))?;
-        let r = self.os_release().unwrap_or_default();
+        let r = self.os_release_values().unwrap_or_default();
         Ok(OsInfo {
             kernel_release: Some(u.release),
             kernel_version: Some(u.version),
@@ -223,6 +234,42 @@ impl SystemInfo for LinuxSystemInfo {
     fn disk_stats(&self) -> Result<Vec<DiskStats>, OpsError> {
         Ok(parse_diskstats(&self.read_proc("diskstats")?))
     }
+}
+
+/// Whether `TZ` is one GLib understands: empty (UTC), a zone file (absolute, or
+/// under `TZDIR` or `/usr/share/zoneinfo`, after an optional `:`), or a POSIX rule
+/// whose standard-time name is followed by an offset (`CET-1`, `<+0530>-5:30`).
+fn tz_is_usable(tz: &std::ffi::OsStr) -> bool {
+    let Some(tz) = tz.to_str() else {
+        return false;
+    };
+    let id = tz.strip_prefix(':').unwrap_or(tz);
+    if id.is_empty() {
+        return true;
+    }
+    let dir = std::env::var_os("TZDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/share/zoneinfo".into());
+    if Path::new(id).is_absolute() && Path::new(id).is_file() {
+        return true;
+    }
+    if !id.starts_with('/') && !id.split('/').any(|c| c == "..") && dir.join(id).is_file() {
+        return true;
+    }
+    let rest = if let Some(quoted) = id.strip_prefix('<') {
+        match quoted.find('>') {
+            Some(end) if end > 0 => &quoted[end + 1..],
+            _ => return false,
+        }
+    } else {
+        let name_len = id.bytes().take_while(u8::is_ascii_alphabetic).count();
+        if name_len < 3 {
+            return false;
+        }
+        &id[name_len..]
+    };
+    let rest = rest.strip_prefix(['+', '-']).unwrap_or(rest);
+    rest.starts_with(|c: char| c.is_ascii_digit())
 }
 
 /// `sysconf(_SC_CLK_TCK)`: the unit of `/proc/stat` (100 when it cannot be read).
