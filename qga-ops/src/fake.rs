@@ -354,6 +354,8 @@ pub struct FakeOps {
     pub hardware: Arc<FakeHardware>,
     /// Storage (`/` on a virtio disk `vda`, see [`FakeStorage::new`]).
     pub storage: Arc<FakeStorage>,
+    /// System information (see [`FakeSystemInfo::default`]).
+    pub sysinfo: Arc<FakeSystemInfo>,
 }
 
 impl Default for FakeOps {
@@ -381,6 +383,7 @@ impl Default for FakeOps {
             }),
             hardware: Arc::default(),
             storage: Arc::new(FakeStorage::new()),
+            sysinfo: Arc::default(),
         }
     }
 }
@@ -401,6 +404,7 @@ impl FakeOps {
             network: self.network.clone(),
             hardware: self.hardware.clone(),
             storage: self.storage.clone(),
+            sysinfo: self.sysinfo.clone(),
         }
     }
 }
@@ -584,5 +588,149 @@ impl crate::Storage for FakeStorage {
     fn disks(&self) -> Result<Vec<crate::DiskInfo>, OpsError> {
         self.fail_next.take()?;
         Ok(lock(&self.disks).clone())
+    }
+}
+
+/// Scripted system information: each call returns (a clone of) its field, unless
+/// `fail_next` is set. Tests change the fields through their mutexes.
+#[derive(Debug)]
+pub struct FakeSystemInfo {
+    /// What `time_ns` returns.
+    pub time_ns: Mutex<i64>,
+    /// What `host_name` returns.
+    pub host_name: Mutex<String>,
+    /// What `timezone` returns.
+    pub timezone: Mutex<crate::Timezone>,
+    /// What `os_info` returns.
+    pub os_info: Mutex<crate::OsInfo>,
+    /// What `users` returns.
+    pub users: Mutex<Vec<crate::LoggedInUser>>,
+    /// What `load` returns.
+    pub load: Mutex<crate::LoadAverage>,
+    /// What `cpu_stats` returns.
+    pub cpu_stats: Mutex<Vec<crate::CpuStats>>,
+    /// What `disk_stats` returns.
+    pub disk_stats: Mutex<Vec<crate::DiskStats>>,
+    /// Fails the next call, whichever it is.
+    pub fail_next: FailNext,
+}
+
+impl Default for FakeSystemInfo {
+    /// A small Linux guest: host `fake-guest`, UTC, Debian 12 on 6.1.0 x86_64, one
+    /// user `root` logged in at 1700000000.5, two CPUs, one disk `vda` with the
+    /// 20-column counters, load 0.5/0.25/0.125, time 1700000000123456000 ns.
+    fn default() -> Self {
+        let some = |s: &str| Some(s.to_owned());
+        let cpu = |n: i64| crate::CpuStats {
+            cpu: n,
+            user: 1000,
+            nice: 0,
+            system: 500,
+            idle: 9000,
+            iowait: Some(10),
+            irq: Some(0),
+            softirq: Some(20),
+            steal: Some(0),
+            guest: Some(0),
+            guestnice: Some(0),
+        };
+        let all = |v: u64| crate::DiskCounters {
+            read_sectors: Some(v),
+            read_ios: Some(v),
+            read_merges: Some(v),
+            write_sectors: Some(v),
+            write_ios: Some(v),
+            write_merges: Some(v),
+            discard_sectors: Some(v),
+            discard_ios: Some(v),
+            discard_merges: Some(v),
+            flush_ios: Some(v),
+            read_ticks: Some(v),
+            write_ticks: Some(v),
+            discard_ticks: Some(v),
+            flush_ticks: Some(v),
+            ios_pgr: Some(0),
+            total_ticks: Some(v),
+            weight_ticks: Some(v),
+        };
+        FakeSystemInfo {
+            time_ns: Mutex::new(1_700_000_000_123_456_000),
+            host_name: Mutex::new("fake-guest".into()),
+            timezone: Mutex::new(crate::Timezone {
+                zone: some("UTC"),
+                offset: 0,
+            }),
+            os_info: Mutex::new(crate::OsInfo {
+                kernel_release: some("6.1.0-18-amd64"),
+                kernel_version: some("#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 (2024-02-01)"),
+                machine: some("x86_64"),
+                id: some("debian"),
+                name: some("Debian GNU/Linux"),
+                pretty_name: some("Debian GNU/Linux 12 (bookworm)"),
+                version: some("12 (bookworm)"),
+                version_id: some("12"),
+                variant: None,
+                variant_id: None,
+            }),
+            users: Mutex::new(vec![crate::LoggedInUser {
+                user: "root".into(),
+                login_time: 1_700_000_000.5,
+            }]),
+            load: Mutex::new(crate::LoadAverage {
+                load1m: 0.5,
+                load5m: 0.25,
+                load15m: 0.125,
+            }),
+            cpu_stats: Mutex::new(vec![cpu(0), cpu(1)]),
+            disk_stats: Mutex::new(vec![crate::DiskStats {
+                name: "vda".into(),
+                major: 254,
+                minor: 0,
+                counters: all(100),
+            }]),
+            fail_next: FailNext::default(),
+        }
+    }
+}
+
+impl crate::SystemInfo for FakeSystemInfo {
+    fn time_ns(&self) -> Result<i64, OpsError> {
+        self.fail_next.take()?;
+        Ok(*lock(&self.time_ns))
+    }
+
+    fn host_name(&self) -> Result<String, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.host_name).clone())
+    }
+
+    fn timezone(&self) -> Result<crate::Timezone, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.timezone).clone())
+    }
+
+    fn os_info(&self) -> Result<crate::OsInfo, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.os_info).clone())
+    }
+
+    fn users(&self) -> Result<Vec<crate::LoggedInUser>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.users).clone())
+    }
+
+    fn load(&self) -> Result<crate::LoadAverage, OpsError> {
+        self.fail_next.take()?;
+        Ok(*lock(&self.load))
+    }
+
+    fn cpu_stats(&self) -> Result<Vec<crate::CpuStats>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.cpu_stats).clone())
+    }
+
+    fn disk_stats(&self) -> Result<Vec<crate::DiskStats>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.disk_stats).clone())
     }
 }

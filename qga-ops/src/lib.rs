@@ -9,6 +9,8 @@
 //! qemu-ga 7.2's semantics, and (feature `fake`) an in-memory one that records
 //! calls and takes injected errors. [`Ops`] bundles one of each as trait objects.
 //! [`Storage`] (guest-get-fsinfo, guest-get-disks) reads sysfs and udev's database, no libudev.
+//! [`SystemInfo`] answers guest-get-time, -host-name, -timezone, -osinfo, -users,
+//! -load, -cpustats and -diskstats.
 //!
 //! Errors are [`OpsError`], whose `Display` is the reference agent's text
 //! (`failed to open file '/x' (mode: 'r'): No such file or directory`), so an agent
@@ -65,8 +67,10 @@ mod hardware;
 pub mod mounts;
 mod network;
 mod power;
+mod stats;
 mod storage;
 mod sys;
+mod sysinfo;
 mod trim;
 
 use std::path::PathBuf;
@@ -88,6 +92,13 @@ pub use storage::{
     BusType, CcwAddress, DiskAddress, DiskInfo, FsInfo, FsUsage, LinuxStorage, NvmeSmart,
     PciAddress, Storage, NVME_SMART_LOG_SIZE,
 };
+pub use stats::{
+    parse_diskstats, parse_loadavg, parse_proc_stat, CpuStats, DiskCounters, DiskStats, LoadAverage,
+};
+pub use sysinfo::{
+    clock_ticks, parse_os_release, parse_utmp, LinuxSystemInfo, LoggedInUser, OsInfo, OsRelease,
+    SystemInfo, Timezone, USER_PROCESS, UTMP_RECORD_SIZE,
+};
 pub use trim::{LinuxTrim, Trim, TrimResult};
 
 /// One implementation of each trait, as shared trait objects.
@@ -107,6 +118,9 @@ pub struct Ops {
     pub hardware: Arc<dyn Hardware>,
     /// guest-get-fsinfo, guest-get-disks.
     pub storage: Arc<dyn Storage>,
+    /// guest-get-time, -host-name, -timezone, -osinfo, -users, -load, -cpustats,
+    /// -diskstats.
+    pub sysinfo: Arc<dyn SystemInfo>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -126,6 +140,8 @@ pub struct LinuxConfig {
     pub hardware: LinuxHardware,
     /// Paths and calls behind guest-get-fsinfo and guest-get-disks.
     pub storage: LinuxStorage,
+    /// Source paths of the system information (os-release override, `/proc`, utmp).
+    pub sysinfo: LinuxSystemInfo,
 }
 
 impl Ops {
@@ -144,6 +160,7 @@ impl Ops {
             network: Arc::new(LinuxNetwork::default()),
             hardware: Arc::new(config.hardware),
             storage: Arc::new(config.storage),
+            sysinfo: Arc::new(config.sysinfo),
         }
     }
 }
