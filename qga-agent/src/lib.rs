@@ -152,6 +152,11 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
     }
     let ops = qga_ops::Ops::linux(qga_ops::LinuxConfig {
         fsfreeze_hook: config.fsfreeze_hook.clone(),
+        sysinfo: qga_ops::LinuxSystemInfo {
+            // As qemu-ga: the environment may point guest-get-osinfo at another file.
+            os_release: std::env::var_os("QGA_OS_RELEASE").map(Into::into),
+            ..Default::default()
+        },
         ..Default::default()
     });
     let mut dispatcher = Dispatcher::new(
