@@ -558,7 +558,9 @@ fn modern_read_commands_agree_with_the_reference() {
             // reserve included.
             for fs in m["return"].as_array_mut().unwrap() {
                 let all = fs.as_object_mut().unwrap().remove("total-bytes-privileged");
-                let all = all.and_then(|v| v.as_u64()).expect("total-bytes-privileged");
+                let all = all
+                    .and_then(|v| v.as_u64())
+                    .expect("total-bytes-privileged");
                 assert!(all >= fs["total-bytes"].as_u64().unwrap(), "{fs}");
             }
         }

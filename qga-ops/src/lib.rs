@@ -88,12 +88,12 @@ pub use network::{
     LinuxNetwork, Network, Route,
 };
 pub use power::{LinuxPower, Power, PowerConfig, ShutdownMode, SuspendMode};
+pub use stats::{
+    parse_diskstats, parse_loadavg, parse_proc_stat, CpuStats, DiskCounters, DiskStats, LoadAverage,
+};
 pub use storage::{
     BusType, CcwAddress, DiskAddress, DiskInfo, FsInfo, FsUsage, LinuxStorage, NvmeSmart,
     PciAddress, Storage, NVME_SMART_LOG_SIZE,
-};
-pub use stats::{
-    parse_diskstats, parse_loadavg, parse_proc_stat, CpuStats, DiskCounters, DiskStats, LoadAverage,
 };
 pub use sysinfo::{
     clock_ticks, parse_os_release, parse_utmp, LinuxSystemInfo, LoggedInUser, OsInfo, OsRelease,
