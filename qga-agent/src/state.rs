@@ -8,8 +8,11 @@
 //! * the directory must be owned by the user the agent runs as and writable by
 //!   nobody else (a shared directory such as `/tmp`, even sticky, is refused). If the
 //!   path itself is a symbolic link (`/var/run` -> `/run` on Debian) it is followed
-//!   only when the link belongs to root or to that user. Each operation opens the
-//!   directory once, re-checks it, and works relative to that descriptor;
+//!   only when the link belongs to root or to that user. At start, every directory
+//!   above it must belong to root or that user and be writable by nobody else unless
+//!   sticky, so no one else can swap it. Each operation re-checks the directory and
+//!   holds at most one descriptor at a time (a state file or the directory, for its
+//!   fsync), so the agent keeps working with a single free descriptor;
 //! * `qga.state` is read with `O_NOFOLLOW`: a link, or anything but a regular file,
 //!   is an error that names the path and never shows what is behind it;
 //! * `qga.state` is written to a new file with a random name (`O_CREAT|O_EXCL|
@@ -30,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
 /// First file handle qemu-ga hands out.
@@ -90,6 +93,15 @@ pub enum StateError {
         path: PathBuf,
         /// The owner of the link.
         owner: u32,
+    },
+    /// A directory above the state directory could be changed by another user.
+    UnsafeParent {
+        /// The state directory.
+        path: PathBuf,
+        /// The directory above it that is not safe.
+        parent: PathBuf,
+        /// What is wrong with it.
+        problem: &'static str,
     },
     /// A state file (or the state directory) is a symbolic link or of the wrong type.
     WrongType {
@@ -159,6 +171,17 @@ impl fmt::Display for StateError {
                 "state directory {} is a symbolic link owned by uid {owner}: refusing to \
                  follow it; {ADVICE}",
                 path.display()
+            ),
+            StateError::UnsafeParent {
+                path,
+                parent,
+                problem,
+            } => write!(
+                f,
+                "state directory {} is inside {}, which {problem}: refusing to use it; \
+                 {ADVICE}",
+                path.display(),
+                parent.display()
             ),
             StateError::WrongType {
                 path,
@@ -236,42 +259,35 @@ fn temp_name() -> String {
     format!("{TEMP_PREFIX}{:016x}.tmp", h.finish())
 }
 
-/// The state directory, opened and checked for one operation.
+/// The state directory, checked for one operation. Every operation touches at most
+/// one descriptor at a time (an agent out of descriptors still loads its state with
+/// a single free one), by path: that is safe because [`check_ancestors`] made sure at
+/// start that only root or the agent's user can change any directory on the way.
 struct Dir<'a> {
     path: &'a Path,
-    fd: OwnedFd,
 }
 
 impl Dir<'_> {
-    fn open(path: &Path) -> Result<Dir<'_>, StateError> {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let fd = match nix::fcntl::open(path, flags | OFlag::O_NOFOLLOW, Mode::empty()) {
-            Ok(fd) => fd,
-            // The last component is a link (ELOOP), or not a directory (ENOTDIR).
-            Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                let st = nix::sys::stat::lstat(path)
-                    .map_err(|e| StateError::os("inspect state directory", path, e))?;
-                if !is_type(&st, SFlag::S_IFLNK) {
-                    return Err(StateError::WrongType {
-                        path: path.to_owned(),
-                        found: file_type(&st),
-                        expected: "a directory",
-                    });
-                }
-                if st.st_uid != 0 && st.st_uid != nix::unistd::geteuid().as_raw() {
-                    return Err(StateError::UntrustedLink {
-                        path: path.to_owned(),
-                        owner: st.st_uid,
-                    });
-                }
-                nix::fcntl::open(path, flags, Mode::empty())
-                    .map_err(|e| StateError::os("open state directory", path, e))?
-            }
-            Err(e) => return Err(StateError::os("open state directory", path, e)),
-        };
-        let st = nix::sys::stat::fstat(&fd)
-            .map_err(|e| StateError::os("inspect state directory", path, e))?;
+    /// Checks the directory itself (a trusted link to it is followed).
+    fn check(path: &Path) -> Result<Dir<'_>, StateError> {
         let euid = nix::unistd::geteuid().as_raw();
+        let lst = nix::sys::stat::lstat(path)
+            .map_err(|e| StateError::os("inspect state directory", path, e))?;
+        if is_type(&lst, SFlag::S_IFLNK) && lst.st_uid != 0 && lst.st_uid != euid {
+            return Err(StateError::UntrustedLink {
+                path: path.to_owned(),
+                owner: lst.st_uid,
+            });
+        }
+        let st = nix::sys::stat::stat(path)
+            .map_err(|e| StateError::os("inspect state directory", path, e))?;
+        if !is_type(&st, SFlag::S_IFDIR) {
+            return Err(StateError::WrongType {
+                path: path.to_owned(),
+                found: file_type(&st),
+                expected: "a directory",
+            });
+        }
         if st.st_uid != euid {
             return Err(StateError::NotOwner {
                 path: path.to_owned(),
@@ -285,7 +301,7 @@ impl Dir<'_> {
                 mode: st.st_mode & 0o7777,
             });
         }
-        Ok(Dir { path, fd })
+        Ok(Dir { path })
     }
 
     fn join(&self, name: &str) -> PathBuf {
@@ -294,15 +310,16 @@ impl Dir<'_> {
 
     /// `lstat` of `name`; `None` if it does not exist.
     fn lstat(&self, name: &str) -> Result<Option<FileStat>, StateError> {
-        match nix::sys::stat::fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let path = self.join(name);
+        match nix::sys::stat::lstat(&path) {
             Ok(st) => Ok(Some(st)),
             Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(StateError::os("inspect", &self.join(name), e)),
+            Err(e) => Err(StateError::os("inspect", &path, e)),
         }
     }
 
-    /// The error for `name`, which an `O_NOFOLLOW` open refused or found to be of the
-    /// wrong type: says what is there, falling back to the OS error.
+    /// The error for `name`, which an `O_NOFOLLOW` open refused: says what is
+    /// there, falling back to the OS error.
     fn wrong_type(&self, name: &str, err: Errno, op: &'static str) -> StateError {
         match self.lstat(name) {
             Ok(Some(st)) if !is_type(&st, SFlag::S_IFREG) => StateError::WrongType {
@@ -314,14 +331,55 @@ impl Dir<'_> {
         }
     }
 
-    fn sync(&self) -> Result<(), StateError> {
-        nix::unistd::fsync(&self.fd).map_err(|e| StateError::os("sync", self.path, e))
+    /// Opens `name` (never following a link) with `flags`.
+    fn open(&self, name: &str, flags: OFlag) -> Result<OwnedFd, Errno> {
+        nix::fcntl::open(
+            &self.join(name),
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
     }
+
+    /// Makes a rename or unlink in the directory durable.
+    fn sync(&self) -> Result<(), StateError> {
+        let fd = nix::fcntl::open(
+            self.path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StateError::os("open state directory", self.path, e))?;
+        nix::unistd::fsync(&fd).map_err(|e| StateError::os("sync", self.path, e))
+    }
+}
+
+/// Refuses a state directory that someone other than root or the agent's user could
+/// swap: every directory above it (after resolving links) must belong to one of them
+/// and be writable by nobody else, unless it is sticky (like `/tmp`: there only an
+/// entry's owner can rename it).
+fn check_ancestors(path: &Path) -> Result<(), StateError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let real = fs::canonicalize(path).map_err(|e| StateError::os("resolve", path, e))?;
+    for parent in real.ancestors().skip(1) {
+        let st = nix::sys::stat::stat(parent).map_err(|e| StateError::os("inspect", parent, e))?;
+        let problem = if st.st_uid != 0 && st.st_uid != euid {
+            "belongs to another user"
+        } else if st.st_mode & 0o022 != 0 && st.st_mode & 0o1000 == 0 {
+            "is writable by group or others without the sticky bit"
+        } else {
+            continue;
+        };
+        return Err(StateError::UnsafeParent {
+            path: path.to_owned(),
+            parent: parent.to_owned(),
+            problem,
+        });
+    }
+    Ok(())
 }
 
 impl StateDir {
     /// State kept in `dir`, created with mode 0700 if missing. Fails if the
-    /// directory is unsafe (see the module docs) or cannot be opened.
+    /// directory is unsafe (see the module docs) or cannot be used.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, StateError> {
         let dir = dir.into();
         match fs::DirBuilder::new()
@@ -334,7 +392,8 @@ impl StateDir {
             Err(_) if fs::symlink_metadata(&dir).is_ok() => {}
             Err(e) => return Err(StateError::os("create state directory", &dir, e)),
         }
-        Dir::open(&dir)?;
+        Dir::check(&dir)?;
+        check_ancestors(&dir)?;
         Ok(StateDir { dir: Some(dir) })
     }
 
@@ -355,11 +414,10 @@ impl StateDir {
         let Some(path) = &self.dir else {
             return Ok(FIRST_HANDLE);
         };
-        let dir = Dir::open(path)?;
+        let dir = Dir::check(path)?;
         let file_path = dir.join(STATE_FILE);
         // O_NONBLOCK: a named pipe planted here must not hang the open.
-        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-        let fd = match nix::fcntl::openat(&dir.fd, STATE_FILE, flags, Mode::empty()) {
+        let fd = match dir.open(STATE_FILE, OFlag::O_RDONLY | OFlag::O_NONBLOCK) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(FIRST_HANDLE),
             Err(e @ (Errno::ELOOP | Errno::ENXIO)) => {
@@ -402,49 +460,38 @@ impl StateDir {
 
     /// Stores the next handle atomically (new temp file, fsync, rename, fsync of the
     /// directory), so a crash never leaves a counter that would hand out an old
-    /// handle again. Needs two free descriptors; without them the error carries the
+    /// handle again. Needs one free descriptor; without it the error carries the
     /// OS error (see [`StateError::reason`]: `Too many open files`).
     pub fn store_counter(&self, next: i64) -> Result<(), StateError> {
         let Some(path) = &self.dir else {
             return Ok(());
         };
-        let dir = Dir::open(path)?;
+        let dir = Dir::check(path)?;
         let data = format!("[global]\nfd_counter={next}\n");
-        let flags =
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
         let mut attempts = 0;
         let (name, fd) = loop {
             let name = temp_name();
-            match nix::fcntl::openat(
-                &dir.fd,
-                name.as_str(),
-                flags,
-                Mode::from_bits_truncate(0o600),
-            ) {
+            match dir.open(&name, flags) {
                 Ok(fd) => break (name, fd),
                 Err(Errno::EEXIST) if attempts < 16 => attempts += 1,
-                Err(e) => return Err(StateError::os("create a temporary file in", dir.path, e)),
+                Err(e) => return Err(StateError::os("create a temporary file in", path, e)),
             }
         };
+        let temp = dir.join(&name);
         let written = {
             let mut f = fs::File::from(fd);
             f.write_all(data.as_bytes())
-                .map_err(|e| StateError::os("write", &dir.join(&name), e))
-                .and_then(|()| {
-                    f.sync_all()
-                        .map_err(|e| StateError::os("sync", &dir.join(&name), e))
-                })
+                .map_err(|e| StateError::os("write", &temp, e))
+                .and_then(|()| f.sync_all().map_err(|e| StateError::os("sync", &temp, e)))
         };
+        // rename replaces a link at qga.state, never writes through it.
         let renamed = written.and_then(|()| {
-            nix::fcntl::renameat(&dir.fd, name.as_str(), &dir.fd, STATE_FILE)
+            fs::rename(&temp, dir.join(STATE_FILE))
                 .map_err(|e| StateError::os("replace", &dir.join(STATE_FILE), e))
         });
         if let Err(e) = renamed {
-            let _ = nix::unistd::unlinkat(
-                &dir.fd,
-                name.as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
+            let _ = fs::remove_file(&temp);
             return Err(e);
         }
         dir.sync()
@@ -464,7 +511,7 @@ impl StateDir {
         let Some(path) = &self.dir else {
             return Ok(false);
         };
-        let dir = Dir::open(path)?;
+        let dir = Dir::check(path)?;
         match dir.lstat(MARKER_FILE)? {
             None => Ok(false),
             Some(st) if is_type(&st, SFlag::S_IFREG) => Ok(true),
@@ -483,41 +530,31 @@ impl StateDir {
         let Some(path) = &self.dir else {
             return Ok(());
         };
-        let dir = Dir::open(path)?;
+        let dir = Dir::check(path)?;
+        let marker = dir.join(MARKER_FILE);
         if frozen {
-            let flags = OFlag::O_WRONLY
-                | OFlag::O_CREAT
-                | OFlag::O_EXCL
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC;
-            match nix::fcntl::openat(&dir.fd, MARKER_FILE, flags, Mode::from_bits_truncate(0o600)) {
+            match dir.open(
+                MARKER_FILE,
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+            ) {
                 Ok(fd) => {
-                    nix::unistd::fsync(&fd)
-                        .map_err(|e| StateError::os("sync", &dir.join(MARKER_FILE), e))?;
+                    nix::unistd::fsync(&fd).map_err(|e| StateError::os("sync", &marker, e))?;
                 }
                 // O_EXCL reports any existing name, a dangling link included.
                 Err(Errno::EEXIST) => match dir.lstat(MARKER_FILE)? {
-                    Some(st) if is_type(&st, SFlag::S_IFREG) => {}
-                    Some(_) => return Err(dir.wrong_type(MARKER_FILE, Errno::EEXIST, "create")),
-                    None => {
-                        return Err(StateError::os(
-                            "create",
-                            &dir.join(MARKER_FILE),
-                            Errno::EEXIST,
-                        ))
-                    }
+                    Some(st) if is_type(&st, SFlag::S_IFREG) => return Ok(()),
+                    _ => return Err(dir.wrong_type(MARKER_FILE, Errno::EEXIST, "create")),
                 },
-                Err(e) => return Err(StateError::os("create", &dir.join(MARKER_FILE), e)),
+                Err(e) => return Err(StateError::os("create", &marker, e)),
             }
         } else {
-            match nix::unistd::unlinkat(
-                &dir.fd,
-                MARKER_FILE,
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            ) {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e @ Errno::EISDIR) => return Err(dir.wrong_type(MARKER_FILE, e, "remove")),
-                Err(e) => return Err(StateError::os("remove", &dir.join(MARKER_FILE), e)),
+            match fs::remove_file(&marker) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                    return Err(dir.wrong_type(MARKER_FILE, Errno::EISDIR, "remove"))
+                }
+                Err(e) => return Err(StateError::os("remove", &marker, e)),
             }
         }
         dir.sync()
