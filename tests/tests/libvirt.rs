@@ -299,6 +299,15 @@ fn can_run() -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
+    let qemu_driver = Command::new("sh")
+        .args([
+            "-c",
+            "ls /usr/lib/*/libvirt/connection-driver/libvirt_driver_qemu.so",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     let missing: Vec<&str> = [
         LIBVIRTD,
         "virsh",
@@ -318,6 +327,7 @@ fn can_run() -> bool {
         (!Path::new("/usr/share/zoneinfo/Asia/Tokyo").exists())
             .then_some("/usr/share/zoneinfo/Asia/Tokyo (tzdata)"),
     )
+    .chain((!qemu_driver).then_some("libvirt's QEMU driver (libvirt-daemon-driver-qemu)"))
     .chain((!user).then_some("the user libvirt-qemu"))
     .collect();
     if missing.is_empty() {
