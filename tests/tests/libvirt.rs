@@ -5,9 +5,7 @@
 //! the one tests/tests/vm.rs boots (tests/vm), which also knows who it is: its
 //! os-release, hostname, time zone and utmp login are asserted here.
 //!
-//! The reference qemu-ga must pass every check: that proves the harness. Our agent
-//! must pass the checks not listed in [`PENDING_FOR_OURS`]; what it answers to those
-//! is printed.
+//! Both agents must pass every check; the reference passing proves the harness.
 //!
 //! libvirtd runs as root in a private mount namespace (`unshare --mount`) where the
 //! test's temp dir is bind-mounted over /etc/libvirt, /run/libvirt, /var/lib/libvirt,
@@ -35,23 +33,6 @@ const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 const HOSTNAME: &str = "qga-guest";
 const MAC: &str = "52:54:00:12:34:56";
 const IP: &str = "10.0.2.15";
-
-/// Checks our agent cannot pass yet (its commands are being added): they are run for
-/// our agent and their output printed, but not asserted. Remove a name when our agent
-/// implements what it needs; the test prints `NOW PASSES` for such a check.
-const PENDING_FOR_OURS: &[&str] = &[
-    "guestinfo --user",
-    "guestinfo --os",
-    "guestinfo --timezone",
-    "guestinfo --hostname",
-    "guestinfo --filesystem",
-    "guestinfo --disk",
-    "guestinfo (every type)",
-    "domtime",
-    "domfsinfo",
-    "guestvcpus",
-    "domhostname --source agent",
-];
 
 /// A virsh command (its arguments; `--domain NAME` is appended) and what its output
 /// must show. Every check also requires exit status 0.
@@ -640,17 +621,10 @@ impl Drop for Domain<'_> {
     }
 }
 
-/// Runs every check for `agent` (ours | ref); all must pass except, for ours, those in
-/// [`PENDING_FOR_OURS`].
+/// Runs every check for `agent` (ours | ref); all must pass.
 fn run(agent: &str) {
     if !can_run() {
         return;
-    }
-    for p in PENDING_FOR_OURS {
-        assert!(
-            CHECKS.iter().any(|c| c.name == *p),
-            "PENDING_FOR_OURS names no check: {p}"
-        );
     }
     let started = Instant::now();
     guest();
@@ -665,25 +639,15 @@ fn run(agent: &str) {
     );
     let mut failures = Vec::new();
     for check in CHECKS {
-        let pending = agent == "ours" && PENDING_FOR_OURS.contains(&check.name);
         let r = dom.virsh(check.args);
         let verdict = if r.ok {
             (check.expect)(&r.stdout)
         } else {
             Err(format!("exit status not 0: {}", r.stderr.trim()))
         };
-        match (verdict, pending) {
-            (Ok(()), false) => eprintln!("{agent}: {}: ok", check.name),
-            (Ok(()), true) => eprintln!(
-                "{agent}: {}: NOW PASSES: remove it from PENDING_FOR_OURS",
-                check.name
-            ),
-            (Err(e), true) => eprintln!(
-                "{agent}: {}: pending for ours: {e}\n  stdout: {:?}",
-                check.name,
-                r.stdout.trim()
-            ),
-            (Err(e), false) => {
+        match verdict {
+            Ok(()) => eprintln!("{agent}: {}: ok", check.name),
+            Err(e) => {
                 eprintln!(
                     "{agent}: {}: FAILED: {e}\n---- stdout ----\n{}\n---- stderr ----\n{}",
                     check.name, r.stdout, r.stderr
