@@ -1,45 +1,53 @@
 //! `qga`: talk to a QEMU Guest Agent from a shell.
 //!
-//! Exit status: 0 the agent answered; 1 the agent refused (an error reply);
-//! 2 bad command line; 3 the agent was unreachable, closed the connection or timed
-//! out; 4 the agent's answer made no sense; 5 a local file (or stdout) could not be
-//! opened, read or written.
+//! Exit status: 0 the agent answered (or stdout was closed by its reader, as with
+//! `qga ... | head`); 1 the agent refused (an error reply); 2 bad command line;
+//! 3 the agent was unreachable, closed the connection or timed out; 4 the agent's
+//! answer made no sense; 5 a local file (or stdout) could not be opened, read or
+//! written.
 
-use std::io::{IsTerminal, Write};
+use std::fmt::Display;
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use qga_client::proto::{FsfreezeStatus, GuestNetworkInterface};
 use qga_client::{Client, ClientError, Timeouts};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+mod out;
+
+use out::{Out, Table};
+
+const EXIT_STATUS_HELP: &str = "Exit status: 0 answered, 1 refused by the agent, 2 usage error, \
+    3 unreachable or timed out, 4 protocol error, 5 local file error.";
 
 #[derive(Parser)]
 #[command(
     name = "qga",
     about = "Talk to a QEMU Guest Agent",
     version,
-    after_help = "Exit status: 0 answered, 1 refused by the agent, 2 usage error, \
-                  3 unreachable or timed out, 4 protocol error, 5 local file error."
+    after_help = EXIT_STATUS_HELP
 )]
 struct Cli {
     /// Unix socket of the agent (QEMU's chardev socket, or an agent in unix-listen mode).
-    #[arg(long, value_name = "PATH", group = "target")]
+    #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
     /// AF_VSOCK address of the agent.
-    #[arg(long, value_name = "CID:PORT", group = "target")]
+    #[arg(long, value_name = "CID:PORT", global = true)]
     vsock: Option<String>,
     /// Cloud Hypervisor / Firecracker hybrid vsock socket and port.
-    #[arg(long = "hybrid-vsock", value_name = "PATH:PORT", group = "target")]
+    #[arg(long = "hybrid-vsock", value_name = "PATH:PORT", global = true)]
     hybrid_vsock: Option<String>,
-    /// Print replies as JSON.
-    #[arg(long)]
+    /// Print replies as JSON (the agent's raw return value).
+    #[arg(long, global = true)]
     json: bool,
     /// Timeout in seconds for each call (default: by command class).
-    #[arg(long, value_name = "SECONDS")]
-    timeout: Option<f64>,
+    #[arg(long, value_name = "SECONDS", global = true, value_parser = parse_timeout)]
+    timeout: Option<Duration>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -55,21 +63,22 @@ enum Cmd {
     /// Send any command: `qga exec-raw '{"execute":"guest-ping"}'`.
     ExecRaw {
         /// The request, with `execute` and optional `arguments`.
-        json: String,
+        #[arg(value_name = "JSON")]
+        request: String,
     },
     /// Print a guest file to stdout.
     Cat {
         /// Path in the guest.
         guest_file: String,
     },
-    /// Copy a guest file to a local file.
+    /// Copy a guest file to a local file (a progress bar when stderr is a terminal).
     Get {
         /// Path in the guest.
         guest_file: String,
         /// Local destination.
         local: PathBuf,
     },
-    /// Copy a local file to the guest.
+    /// Copy a local file to the guest (a progress bar when stderr is a terminal).
     Put {
         /// Local source.
         local: PathBuf,
@@ -88,6 +97,7 @@ enum Cmd {
         minimum: Option<i64>,
     },
     /// List network interfaces.
+    #[command(visible_alias = "interfaces")]
     Ifconfig,
     /// Shut the guest down.
     Shutdown {
@@ -101,6 +111,14 @@ enum Cmd {
         #[arg(value_enum)]
         mode: SuspendMode,
     },
+    /// Print a shell completion script: `qga completions bash > /etc/bash_completion.d/qga`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `qga man | man -l -`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -133,11 +151,30 @@ enum SuspendMode {
 
 const CHUNK: usize = 4 * 1024 * 1024;
 
-/// Why `qga` failed: the agent side, or the local side of a file copy.
+/// `--timeout`: seconds, positive and finite.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err(format!("{s:?}: the timeout must be positive"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Why `qga` failed: the agent side, the command line, or the local side.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
+    /// Connecting failed: the client's error names the socket or address.
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Connect(ClientError),
+    /// A call failed: `what` names the command (and guest path) and the agent.
+    #[error("{what}: {source}")]
+    Client {
+        what: String,
+        #[source]
+        source: ClientError,
+    },
     /// The command line made no sense (clap's own errors exit 2 too).
     #[error("{0}")]
     Usage(String),
@@ -146,12 +183,15 @@ enum CliError {
     Local {
         action: &'static str,
         what: PathBuf,
-        source: std::io::Error,
+        source: io::Error,
     },
+    /// stdout's reader went away (`qga ... | head`): stop quietly, as other tools do.
+    #[error("stdout closed")]
+    StdoutClosed,
 }
 
 impl CliError {
-    fn local(action: &'static str, what: &Path) -> impl FnOnce(std::io::Error) -> Self {
+    fn local(action: &'static str, what: &Path) -> impl FnOnce(io::Error) -> Self {
         let what = what.to_owned();
         move |source| CliError::Local {
             action,
@@ -160,33 +200,58 @@ impl CliError {
         }
     }
 
+    /// A failed write to stdout.
+    fn stdout(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            CliError::StdoutClosed
+        } else {
+            CliError::Local {
+                action: "write",
+                what: PathBuf::from("stdout"),
+                source: e,
+            }
+        }
+    }
+
     fn exit_code(&self) -> u8 {
-        match self {
-            CliError::Client(ClientError::Agent(_)) => 1,
-            CliError::Client(ClientError::Protocol(_)) => 4,
-            CliError::Client(_) => 3,
-            CliError::Usage(_) => 2,
-            CliError::Local { .. } => 5,
+        let client = match self {
+            CliError::Connect(e) | CliError::Client { source: e, .. } => e,
+            CliError::Usage(_) => return 2,
+            CliError::Local { .. } => return 5,
+            CliError::StdoutClosed => return 0,
+        };
+        match client {
+            ClientError::Agent(_) => 1,
+            ClientError::Protocol(_) => 4,
+            _ => 3,
         }
     }
 }
 
 fn main() -> ExitCode {
+    // clap prints its own errors and help, ignoring a closed stdout, and exits 2
+    // (or 0 for --help and --version).
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
+        .map_err(|e| CliError::Local {
+            action: "start the runtime for",
+            what: PathBuf::from("qga"),
+            source: e,
+        })
+        .and_then(|rt| {
+            let mut out = Out::stdout();
+            let result = rt.block_on(run(cli, &mut out));
+            // What was printed goes out even when a later step failed.
+            let flushed = out.flush();
+            result.and(flushed)
+        });
+    match result {
+        Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qga: {e}");
-            return ExitCode::from(3);
-        }
-    };
-    match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qga: {e}");
+            // Not eprintln!: it panics when stderr is closed.
+            let _ = writeln!(io::stderr(), "qga: {e}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -212,39 +277,69 @@ fn parse_raw(json: &str) -> Result<(String, Option<Value>), CliError> {
     Ok((name.to_owned(), v.get("arguments").cloned()))
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
-    // Refuse a bad request before connecting.
-    if let Cmd::ExecRaw { json } = &cli.command {
-        parse_raw(json)?;
+async fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
+    // Commands that need no agent.
+    match &cli.command {
+        Cmd::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "qga", &mut script);
+            return out.bytes(&script);
+        }
+        Cmd::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(CliError::stdout)?;
+            return out.bytes(&page);
+        }
+        // Refuse a bad request before connecting.
+        Cmd::ExecRaw { request } => {
+            parse_raw(request)?;
+        }
+        _ => {}
+    }
+    let targets = [
+        cli.socket.is_some(),
+        cli.vsock.is_some(),
+        cli.hybrid_vsock.is_some(),
+    ];
+    if targets.iter().filter(|t| **t).count() != 1 {
+        return Err(CliError::Usage(
+            "give exactly one of --socket, --vsock or --hybrid-vsock".into(),
+        ));
     }
     if let Some(path) = &cli.socket {
-        let c = qga_client::connect_unix(path).await?;
-        return drive(c, &cli).await;
+        let c = qga_client::connect_unix(path)
+            .await
+            .map_err(CliError::Connect)?;
+        let target = format!("unix socket {}", path.display());
+        return drive(c, &cli, &target, out).await;
     }
     if let Some(v) = &cli.vsock {
         let (cid, port) = split_port(v)?;
         let cid = cid
             .parse()
             .map_err(|_| CliError::Usage(format!("bad cid in {v:?}")))?;
-        let c = qga_client::connect_vsock(cid, port).await?;
-        return drive(c, &cli).await;
+        let c = qga_client::connect_vsock(cid, port)
+            .await
+            .map_err(CliError::Connect)?;
+        return drive(c, &cli, &format!("vsock {cid}:{port}"), out).await;
     }
     if let Some(h) = &cli.hybrid_vsock {
         let (path, port) = split_port(h)?;
-        let c = qga_client::connect_hybrid_vsock(path, port).await?;
-        return drive(c, &cli).await;
+        let c = qga_client::connect_hybrid_vsock(path, port)
+            .await
+            .map_err(CliError::Connect)?;
+        let target = format!("hybrid vsock {path} port {port}");
+        return drive(c, &cli, &target, out).await;
     }
-    Err(CliError::Usage(
-        "give one of --socket, --vsock or --hybrid-vsock".into(),
-    ))
+    unreachable!("exactly one target was checked above")
 }
 
-fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
-
+/// A progress bar on stderr, only when stderr is a terminal: pipes and logs stay
+/// quiet.
 fn progress_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() {
+    if !io::stderr().is_terminal() {
         return None;
     }
     let bar = match total {
@@ -260,13 +355,22 @@ fn progress_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+/// Clears the bar and, on the terminal it was drawn on, says what was copied.
+fn finish_bar(bar: Option<indicatif::ProgressBar>, summary: impl Display) {
+    if let Some(b) = bar {
+        b.finish_and_clear();
+        let _ = writeln!(io::stderr(), "{summary}");
+    }
+}
+
 async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
     client: Client<S>,
     cli: &Cli,
+    target: &str,
+    out: &mut Out,
 ) -> Result<(), CliError> {
     let mut timeouts = Timeouts::default();
-    if let Some(t) = cli.timeout {
-        let d = Duration::from_secs_f64(t.max(0.001));
+    if let Some(d) = cli.timeout {
         timeouts = Timeouts {
             quick: d,
             file: d,
@@ -275,49 +379,59 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
         };
     }
     let mut c = client.with_timeouts(timeouts);
+    // Names what failed: the command (and guest path), and the agent.
+    let failed = |what: &str| {
+        let what = format!("{what} on {target}");
+        move |source| CliError::Client { what, source }
+    };
+    let json = cli.json;
     match &cli.command {
         Cmd::Ping => {
-            c.ping().await?;
-            if cli.json {
-                print_json(&serde_json::json!({}));
+            c.ping().await.map_err(failed("guest-ping"))?;
+            if json {
+                out.json(&serde_json::json!({}))?;
             } else {
-                println!("pong");
+                out.line("pong")?;
             }
         }
         Cmd::Sync => {
-            c.sync().await?;
-            if !cli.json {
-                println!("in sync");
+            c.sync().await.map_err(failed("guest-sync-delimited"))?;
+            if !json {
+                out.line("in sync")?;
             }
         }
         Cmd::Info => {
-            let info = c.info().await?;
-            if cli.json {
-                print_json(&info);
+            let info = c.info().await.map_err(failed("guest-info"))?;
+            if json {
+                out.json(&info)?;
             } else {
-                println!("version {}", info.version);
-                println!("{:<36} {:<8} success-response", "command", "enabled");
+                out.line(format_args!("version {}", info.version))?;
+                let mut t = Table::new(["command", "enabled", "success-response"]);
+                let yes = |b: bool| if b { "yes" } else { "no" };
                 for cmd in &info.supported_commands {
-                    println!(
-                        "{:<36} {:<8} {}",
-                        cmd.name,
-                        if cmd.enabled { "yes" } else { "no" },
-                        if cmd.success_response { "yes" } else { "no" }
-                    );
+                    t.row([
+                        cmd.name.clone(),
+                        yes(cmd.enabled).into(),
+                        yes(cmd.success_response).into(),
+                    ]);
                 }
+                out.table(&t)?;
             }
         }
-        Cmd::ExecRaw { json } => {
-            let (name, arguments) = parse_raw(json)?;
-            let r = c.execute_raw(&name, arguments).await?;
-            print_json(&r);
+        Cmd::ExecRaw { request } => {
+            let (name, arguments) = parse_raw(request)?;
+            let r = c
+                .execute_raw(&name, arguments)
+                .await
+                .map_err(failed(&name))?;
+            out.json(&r)?;
         }
         Cmd::Cat { guest_file } => {
-            let data = c.read_file(guest_file, CHUNK, None).await?;
-            std::io::stdout()
-                .write_all(&data)
-                .and_then(|()| std::io::stdout().flush())
-                .map_err(CliError::local("write", Path::new("stdout")))?;
+            let data = c
+                .read_file(guest_file, CHUNK, None)
+                .await
+                .map_err(failed(&format!("reading guest file {guest_file}")))?;
+            out.bytes(&data)?;
         }
         Cmd::Get { guest_file, local } => {
             let bar = progress_bar(None);
@@ -326,14 +440,15 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     b.set_position(done);
                 }
             };
-            let data = c.read_file(guest_file, CHUNK, Some(&mut cb)).await?;
-            if let Some(b) = &bar {
-                b.finish_and_clear();
-            }
+            let data = c
+                .read_file(guest_file, CHUNK, Some(&mut cb))
+                .await
+                .map_err(failed(&format!("reading guest file {guest_file}")))?;
             std::fs::write(local, &data).map_err(CliError::local("write local file", local))?;
-            if !cli.json {
-                println!("{} bytes", data.len());
-            }
+            finish_bar(
+                bar,
+                format_args!("{} bytes copied to {}", data.len(), local.display()),
+            );
         }
         Cmd::Put { local, guest_file } => {
             let data = std::fs::read(local).map_err(CliError::local("read local file", local))?;
@@ -344,67 +459,79 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 }
             };
             c.write_file(guest_file, &data, CHUNK, Some(&mut cb))
-                .await?;
-            if let Some(b) = &bar {
-                b.finish_and_clear();
-            }
-            if !cli.json {
-                println!("{} bytes", data.len());
-            }
+                .await
+                .map_err(failed(&format!("writing guest file {guest_file}")))?;
+            finish_bar(
+                bar,
+                format_args!("{} bytes copied to {guest_file}", data.len()),
+            );
         }
         Cmd::Fsfreeze { action } => match action {
             FreezeAction::Status => {
-                let s = c.fsfreeze_status().await?;
-                if cli.json {
-                    print_json(&s);
+                let s = c
+                    .fsfreeze_status()
+                    .await
+                    .map_err(failed("guest-fsfreeze-status"))?;
+                if json {
+                    out.json(&s)?;
                 } else {
-                    println!(
-                        "{}",
-                        match s {
-                            FsfreezeStatus::Frozen => "frozen",
-                            FsfreezeStatus::Thawed => "thawed",
-                        }
-                    );
+                    out.line(match s {
+                        FsfreezeStatus::Frozen => "frozen",
+                        FsfreezeStatus::Thawed => "thawed",
+                    })?;
                 }
             }
             FreezeAction::Freeze { mountpoints } => {
                 let list = (!mountpoints.is_empty()).then(|| mountpoints.clone());
-                let n = c.fsfreeze_freeze(list).await?;
-                if cli.json {
-                    print_json(&n);
+                let what = if list.is_some() {
+                    "guest-fsfreeze-freeze-list"
                 } else {
-                    println!("{n} filesystems frozen");
+                    "guest-fsfreeze-freeze"
+                };
+                let n = c.fsfreeze_freeze(list).await.map_err(failed(what))?;
+                if json {
+                    out.json(&n)?;
+                } else {
+                    out.line(format_args!("{n} filesystems frozen"))?;
                 }
             }
             FreezeAction::Thaw => {
-                let n = c.fsfreeze_thaw().await?;
-                if cli.json {
-                    print_json(&n);
+                let n = c
+                    .fsfreeze_thaw()
+                    .await
+                    .map_err(failed("guest-fsfreeze-thaw"))?;
+                if json {
+                    out.json(&n)?;
                 } else {
-                    println!("{n} filesystems thawed");
+                    out.line(format_args!("{n} filesystems thawed"))?;
                 }
             }
         },
         Cmd::Fstrim { minimum } => {
-            let r = c.fstrim(*minimum).await?;
-            if cli.json {
-                print_json(&r);
+            let r = c.fstrim(*minimum).await.map_err(failed("guest-fstrim"))?;
+            if json {
+                out.json(&r)?;
             } else {
                 for p in &r.paths {
                     match (&p.error, p.trimmed) {
-                        (Some(e), _) => println!("{}: {e}", p.path),
-                        (None, Some(t)) => println!("{}: {t} bytes trimmed", p.path),
-                        (None, None) => println!("{}: done", p.path),
+                        (Some(e), _) => out.line(format_args!("{}: {e}", p.path))?,
+                        (None, Some(t)) => {
+                            out.line(format_args!("{}: {t} bytes trimmed", p.path))?
+                        }
+                        (None, None) => out.line(format_args!("{}: done", p.path))?,
                     }
                 }
             }
         }
         Cmd::Ifconfig => {
-            let ifs = c.network_interfaces().await?;
-            if cli.json {
-                print_json(&ifs);
+            let ifs = c
+                .network_interfaces()
+                .await
+                .map_err(failed("guest-network-get-interfaces"))?;
+            if json {
+                out.json(&ifs)?;
             } else {
-                print_interfaces(&ifs);
+                out.table(&interfaces_table(&ifs))?;
             }
         }
         Cmd::Shutdown { mode } => {
@@ -413,25 +540,34 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 ShutdownMode::Powerdown => "powerdown",
                 ShutdownMode::Reboot => "reboot",
             };
-            c.shutdown(Some(m)).await?;
+            c.shutdown(Some(m))
+                .await
+                .map_err(failed("guest-shutdown"))?;
         }
         Cmd::Suspend { mode } => match mode {
-            SuspendMode::Disk => c.suspend_disk().await?,
-            SuspendMode::Ram => c.suspend_ram().await?,
-            SuspendMode::Hybrid => c.suspend_hybrid().await?,
+            SuspendMode::Disk => c
+                .suspend_disk()
+                .await
+                .map_err(failed("guest-suspend-disk"))?,
+            SuspendMode::Ram => c.suspend_ram().await.map_err(failed("guest-suspend-ram"))?,
+            SuspendMode::Hybrid => c
+                .suspend_hybrid()
+                .await
+                .map_err(failed("guest-suspend-hybrid"))?,
         },
+        Cmd::Completions { .. } | Cmd::Man => unreachable!("handled before connecting"),
     }
     Ok(())
 }
 
-fn print_interfaces(ifs: &[GuestNetworkInterface]) {
-    println!("{:<16} {:<18} {:<40} rx/tx bytes", "name", "mac", "address");
+fn interfaces_table(ifs: &[GuestNetworkInterface]) -> Table {
+    let mut t = Table::new(["name", "mac", "address", "rx/tx bytes"]);
     for i in ifs {
         let stats = i
             .statistics
             .map(|s| format!("{}/{}", s.rx_bytes, s.tx_bytes))
             .unwrap_or_default();
-        let mac = i.hardware_address.as_deref().unwrap_or("-");
+        let mac = i.hardware_address.clone().unwrap_or_else(|| "-".into());
         let addrs: Vec<String> = i
             .ip_addresses
             .iter()
@@ -439,14 +575,36 @@ fn print_interfaces(ifs: &[GuestNetworkInterface]) {
             .map(|a| format!("{}/{}", a.ip_address, a.prefix))
             .collect();
         if addrs.is_empty() {
-            println!("{:<16} {:<18} {:<40} {stats}", i.name, mac, "-");
+            t.row([i.name.clone(), mac, "-".into(), stats]);
+            continue;
         }
-        for (n, a) in addrs.iter().enumerate() {
+        for (n, a) in addrs.into_iter().enumerate() {
             if n == 0 {
-                println!("{:<16} {:<18} {:<40} {stats}", i.name, mac, a);
+                t.row([i.name.clone(), mac.clone(), a, stats.clone()]);
             } else {
-                println!("{:<16} {:<18} {:<40}", "", "", a);
+                t.row([String::new(), String::new(), a, String::new()]);
             }
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap's own checks (clashing names, such as a positional named like a
+        // global option) run lazily per subcommand; this runs them all.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeouts_must_be_positive_and_finite() {
+        assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["0", "-1", "NaN", "inf", "1e300", "soon"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
         }
     }
 }

@@ -659,3 +659,37 @@ async fn write_file_keeps_every_request_within_the_agents_limit() {
     let total = Some(data.len() as u64);
     assert_eq!(seen.last(), Some(&(data.len() as u64, total)));
 }
+
+#[tokio::test]
+async fn connection_errors_name_what_could_not_be_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    let err = qga_client::connect_unix(&missing).await.unwrap_err();
+    assert!(err.is_unreachable());
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("unix socket {}", missing.display())),
+        "{text}"
+    );
+    assert!(text.contains("No such file or directory"), "{text}");
+
+    // A hybrid vsock socket whose VMM refuses the port: both are named.
+    let sock = dir.path().join("vm.vsock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    tokio::spawn(async move {
+        let (mut vmm, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64];
+        let _ = vmm.read(&mut buf).await;
+        vmm.write_all(b"ERROR no listener\n").await.unwrap();
+    });
+    let err = qga_client::connect_hybrid_vsock(&sock, 1234)
+        .await
+        .unwrap_err();
+    assert!(err.is_unreachable());
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("hybrid vsock {} port 1234", sock.display()))
+            && text.contains("ERROR no listener"),
+        "{text}"
+    );
+}
