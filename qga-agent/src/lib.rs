@@ -37,9 +37,11 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+mod commands;
 mod config;
 mod dispatcher;
 mod log;
+mod registry;
 mod state;
 
 use std::ffi::OsString;
@@ -50,8 +52,9 @@ use clap::Parser;
 pub use config::{
     Cli, Config, Method, DEFAULT_FSFREEZE_HOOK, DEFAULT_ISA_PATH, DEFAULT_VIRTIO_PATH,
 };
-pub use dispatcher::{Dispatcher, DispatcherConfig, MAX_READ_COUNT};
+pub use dispatcher::{Context, Dispatcher, DispatcherConfig, MAX_READ_COUNT};
 pub use log::Log;
+pub use registry::{RawHandler, Registry};
 pub use state::{StateDir, FIRST_HANDLE};
 
 /// Why the agent could not start or stopped.
@@ -87,8 +90,8 @@ pub fn main_with(args: impl IntoIterator<Item = OsString>) -> i32 {
     }
     if cli.block_rpcs.iter().any(|b| b == "help" || b == "?") {
         let mut stdout = std::io::stdout().lock();
-        for c in qga_proto::COMMANDS {
-            let _ = writeln!(stdout, "{}", c.name);
+        for name in Registry::stock().names() {
+            let _ = writeln!(stdout, "{name}");
         }
         return 0;
     }

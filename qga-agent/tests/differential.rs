@@ -151,7 +151,7 @@ fn normalise(replies: Vec<(bool, Value)>, ours: &[&str]) -> Vec<(bool, Value)> {
 }
 
 fn our_commands() -> Vec<&'static str> {
-    qga_proto::COMMANDS.iter().map(|c| c.name).collect()
+    qga_agent::Registry::stock().names().collect()
 }
 
 /// Runs `script` against both agents (fresh ones, started with `extra` and

@@ -14,7 +14,7 @@ pub trait ArgType: Sized {
     fn from_raw(name: &str, raw: &RawValue) -> Result<Self, ArgumentError>;
 }
 
-fn invalid_type(name: &str, expected: &'static str) -> ArgumentError {
+pub(crate) fn invalid_type(name: &str, expected: &'static str) -> ArgumentError {
     ArgumentError::InvalidType {
         name: name.to_owned(),
         expected,
@@ -60,7 +60,7 @@ impl ArgType for String {
     }
 }
 
-impl ArgType for Vec<String> {
+impl<T: ArgType> ArgType for Vec<T> {
     fn from_raw(name: &str, raw: &RawValue) -> Result<Self, ArgumentError> {
         if !raw.get().starts_with('[') {
             return Err(invalid_type(name, "array"));
@@ -70,8 +70,28 @@ impl ArgType for Vec<String> {
         items
             .iter()
             .enumerate()
-            .map(|(i, item)| String::from_raw(&format!("{name}[{i}]"), item))
+            .map(|(i, item)| T::from_raw(&format!("{name}[{i}]"), item))
             .collect()
+    }
+}
+
+/// QAPI `uint64`: any integer in the uint64 range, and, as qemu-ga accepts for
+/// backward compatibility, a negative int64 taken modulo 2^64 (`-1` is
+/// 18446744073709551615). Anything else: `Parameter 'x' expects uint64`.
+impl ArgType for u64 {
+    fn from_raw(name: &str, raw: &RawValue) -> Result<Self, ArgumentError> {
+        let text = raw.get();
+        let expects = || ArgumentError::Expects {
+            name: name.to_owned(),
+            expected: "uint64",
+        };
+        if !is_integer_token(text) {
+            return Err(expects());
+        }
+        match text.parse::<u64>() {
+            Ok(v) => Ok(v),
+            Err(_) => text.parse::<i64>().map(|v| v as u64).map_err(|_| expects()),
+        }
     }
 }
 

@@ -29,6 +29,10 @@ pub trait Command: Serialize + for<'de> Deserialize<'de> + Send + Sync + 'static
     /// False for commands that send no reply on success (guest-shutdown,
     /// guest-suspend-*): a reply to them is always an error.
     const SUCCESS_RESPONSE: bool = true;
+    /// Whether the command still runs while the agent has filesystems frozen (qemu-ga's
+    /// allow list: guest-ping, guest-info, guest-sync, guest-sync-delimited,
+    /// guest-fsfreeze-status, guest-fsfreeze-thaw). False for everything else.
+    const ALLOWED_WHILE_FROZEN: bool = false;
     /// Whether the command declares any argument members. Requests for commands
     /// without members are sent without `arguments`.
     const HAS_ARGUMENTS: bool;
@@ -39,14 +43,17 @@ pub trait Command: Serialize + for<'de> Deserialize<'de> + Send + Sync + 'static
     fn from_arguments(args: Option<&RawValue>) -> Result<Self, ArgumentError>;
 }
 
-fn members(args: Option<&RawValue>) -> Result<Members<'_>, ArgumentError> {
+pub(crate) fn members(args: Option<&RawValue>) -> Result<Members<'_>, ArgumentError> {
     match args {
         Some(raw) => Members::parse_object(raw.get()).map_err(ArgumentError::Json),
         None => Ok(Members(Vec::new())),
     }
 }
 
-fn reject_unexpected(members: &Members<'_>, declared: &[&str]) -> Result<(), ArgumentError> {
+pub(crate) fn reject_unexpected(
+    members: &Members<'_>,
+    declared: &[&str],
+) -> Result<(), ArgumentError> {
     match members
         .names_in_visitor_order()
         .into_iter()
@@ -62,11 +69,12 @@ macro_rules! command {
         $(#[$meta:meta])*
         $ty:ident = $wire:literal -> $ret:ty;
         success_response: $sr:expr;
+        $(allowed_while_frozen: $fz:expr;)?
         required { $( $(#[$rmeta:meta])* $rf:ident : $rty:ty = $rwire:literal ),* $(,)? }
         optional { $( $(#[$ometa:meta])* $of:ident : $oty:ty = $owire:literal ),* $(,)? }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Default, ::serde::Serialize, ::serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct $ty {
             $( $(#[$rmeta])* #[serde(rename = $rwire)] pub $rf: $rty, )*
@@ -75,28 +83,29 @@ macro_rules! command {
                pub $of: Option<$oty>, )*
         }
 
-        impl Command for $ty {
+        impl $crate::Command for $ty {
             const NAME: &'static str = $wire;
             type Returns = $ret;
             const SUCCESS_RESPONSE: bool = $sr;
+            $(const ALLOWED_WHILE_FROZEN: bool = $fz;)?
             const HAS_ARGUMENTS: bool = command!(@any $($rwire)* $($owire)*);
 
             #[allow(unused_variables)]
-            fn from_arguments(args: Option<&RawValue>) -> Result<Self, ArgumentError> {
-                let m = members(args)?;
+            fn from_arguments(args: Option<&$crate::RawValue>) -> Result<Self, $crate::ArgumentError> {
+                let m = $crate::commands::members(args)?;
                 $(
                     let $rf = match m.get($rwire) {
-                        Some(raw) => <$rty as ArgType>::from_raw($rwire, raw)?,
-                        None => return Err(ArgumentError::Missing($rwire.to_owned())),
+                        Some(raw) => <$rty as $crate::ArgType>::from_raw($rwire, raw)?,
+                        None => return Err($crate::ArgumentError::Missing($rwire.to_owned())),
                     };
                 )*
                 $(
                     let $of = match m.get($owire) {
-                        Some(raw) => Some(<$oty as ArgType>::from_raw($owire, raw)?),
+                        Some(raw) => Some(<$oty as $crate::ArgType>::from_raw($owire, raw)?),
                         None => None,
                     };
                 )*
-                reject_unexpected(&m, &[$($rwire,)* $($owire,)*])?;
+                $crate::commands::reject_unexpected(&m, &[$($rwire,)* $($owire,)*])?;
                 Ok($ty { $($rf,)* $($of,)* })
             }
         }
@@ -104,6 +113,7 @@ macro_rules! command {
     (@any) => { false };
     (@any $($t:tt)+) => { true };
 }
+pub(crate) use command;
 
 /// The empty object `{}`: what commands without a return type answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -114,6 +124,7 @@ command! {
     /// client can find it in a dirty stream. Clients send a 0xFF before it.
     GuestSyncDelimited = "guest-sync-delimited" -> i64;
     success_response: true;
+    allowed_while_frozen: true;
     required {
         /// A fresh random number the reply must carry back.
         id: i64 = "id",
@@ -125,6 +136,7 @@ command! {
     /// `guest-sync`: echo `id` (no sentinel; for agents without the delimited form).
     GuestSync = "guest-sync" -> i64;
     success_response: true;
+    allowed_while_frozen: true;
     required {
         /// A fresh random number the reply must carry back.
         id: i64 = "id",
@@ -136,6 +148,7 @@ command! {
     /// `guest-ping`: is the agent alive?
     GuestPing = "guest-ping" -> Empty;
     success_response: true;
+    allowed_while_frozen: true;
     required {}
     optional {}
 }
@@ -144,6 +157,7 @@ command! {
     /// `guest-info`: agent version and its commands.
     GuestInfo = "guest-info" -> GuestAgentInfo;
     success_response: true;
+    allowed_while_frozen: true;
     required {}
     optional {}
 }
@@ -249,6 +263,7 @@ command! {
     /// `guest-fsfreeze-status`: the agent's frozen flag (7.2 has no `error` state).
     GuestFsfreezeStatus = "guest-fsfreeze-status" -> FsfreezeStatus;
     success_response: true;
+    allowed_while_frozen: true;
     required {}
     optional {}
 }
@@ -278,6 +293,7 @@ command! {
     /// `guest-fsfreeze-thaw`: thaw all filesystems; returns how many were thawed.
     GuestFsfreezeThaw = "guest-fsfreeze-thaw" -> i64;
     success_response: true;
+    allowed_while_frozen: true;
     required {}
     optional {}
 }
@@ -567,39 +583,66 @@ pub struct CommandSpec {
     pub allowed_while_frozen: bool,
 }
 
-macro_rules! spec {
-    ($ty:ty, $frozen:expr) => {
+impl CommandSpec {
+    /// The facts of command `C`, from its [`Command`] constants.
+    pub const fn of<C: Command>() -> Self {
         CommandSpec {
-            name: <$ty as Command>::NAME,
-            success_response: <$ty as Command>::SUCCESS_RESPONSE,
-            allowed_while_frozen: $frozen,
+            name: C::NAME,
+            success_response: C::SUCCESS_RESPONSE,
+            allowed_while_frozen: C::ALLOWED_WHILE_FROZEN,
         }
-    };
+    }
 }
 
-/// The commands this crate types, in qemu-ga 7.2's registration order (the order
-/// of `qemu-ga -b help`; guest-info lists them reversed).
+/// Every command this crate types, in qemu-ga 7.2's registration order (the order
+/// of `qemu-ga -b help`; guest-info lists them reversed), followed by the two that
+/// current QEMU added after 7.2, where it puts them: guest-get-load (10.0) and
+/// guest-network-get-route (9.1).
 pub const COMMANDS: &[CommandSpec] = &[
-    spec!(GuestSyncDelimited, true),
-    spec!(GuestSync, true),
-    spec!(GuestPing, true),
-    spec!(GuestInfo, true),
-    spec!(GuestShutdown, false),
-    spec!(GuestFileOpen, false),
-    spec!(GuestFileClose, false),
-    spec!(GuestFileRead, false),
-    spec!(GuestFileWrite, false),
-    spec!(GuestFileSeek, false),
-    spec!(GuestFileFlush, false),
-    spec!(GuestFsfreezeStatus, true),
-    spec!(GuestFsfreezeFreeze, false),
-    spec!(GuestFsfreezeFreezeList, false),
-    spec!(GuestFsfreezeThaw, true),
-    spec!(GuestFstrim, false),
-    spec!(GuestSuspendDisk, false),
-    spec!(GuestSuspendRam, false),
-    spec!(GuestSuspendHybrid, false),
-    spec!(GuestNetworkGetInterfaces, false),
+    CommandSpec::of::<crate::GuestSyncDelimited>(),
+    CommandSpec::of::<crate::GuestSync>(),
+    CommandSpec::of::<crate::GuestPing>(),
+    CommandSpec::of::<crate::GuestGetTime>(),
+    CommandSpec::of::<crate::GuestSetTime>(),
+    CommandSpec::of::<crate::GuestInfo>(),
+    CommandSpec::of::<crate::GuestShutdown>(),
+    CommandSpec::of::<crate::GuestFileOpen>(),
+    CommandSpec::of::<crate::GuestFileClose>(),
+    CommandSpec::of::<crate::GuestFileRead>(),
+    CommandSpec::of::<crate::GuestFileWrite>(),
+    CommandSpec::of::<crate::GuestFileSeek>(),
+    CommandSpec::of::<crate::GuestFileFlush>(),
+    CommandSpec::of::<crate::GuestFsfreezeStatus>(),
+    CommandSpec::of::<crate::GuestFsfreezeFreeze>(),
+    CommandSpec::of::<crate::GuestFsfreezeFreezeList>(),
+    CommandSpec::of::<crate::GuestFsfreezeThaw>(),
+    CommandSpec::of::<crate::GuestFstrim>(),
+    CommandSpec::of::<crate::GuestSuspendDisk>(),
+    CommandSpec::of::<crate::GuestSuspendRam>(),
+    CommandSpec::of::<crate::GuestSuspendHybrid>(),
+    CommandSpec::of::<crate::GuestNetworkGetInterfaces>(),
+    CommandSpec::of::<crate::GuestGetVcpus>(),
+    CommandSpec::of::<crate::GuestSetVcpus>(),
+    CommandSpec::of::<crate::GuestGetDisks>(),
+    CommandSpec::of::<crate::GuestGetFsinfo>(),
+    CommandSpec::of::<crate::GuestSetUserPassword>(),
+    CommandSpec::of::<crate::GuestGetMemoryBlocks>(),
+    CommandSpec::of::<crate::GuestSetMemoryBlocks>(),
+    CommandSpec::of::<crate::GuestGetMemoryBlockInfo>(),
+    CommandSpec::of::<crate::GuestExecStatus>(),
+    CommandSpec::of::<crate::GuestExec>(),
+    CommandSpec::of::<crate::GuestGetHostName>(),
+    CommandSpec::of::<crate::GuestGetUsers>(),
+    CommandSpec::of::<crate::GuestGetTimezone>(),
+    CommandSpec::of::<crate::GuestGetOsinfo>(),
+    CommandSpec::of::<crate::GuestGetDevices>(),
+    CommandSpec::of::<crate::GuestSshGetAuthorizedKeys>(),
+    CommandSpec::of::<crate::GuestSshAddAuthorizedKeys>(),
+    CommandSpec::of::<crate::GuestSshRemoveAuthorizedKeys>(),
+    CommandSpec::of::<crate::GuestGetDiskstats>(),
+    CommandSpec::of::<crate::GuestGetCpustats>(),
+    CommandSpec::of::<crate::GuestGetLoad>(),
+    CommandSpec::of::<crate::GuestNetworkGetRoute>(),
 ];
 
 /// Looks a command up by wire name.

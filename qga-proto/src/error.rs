@@ -132,6 +132,15 @@ pub enum ArgumentError {
         /// The value given.
         value: String,
     },
+    /// A member outside the range of an unsigned QAPI type:
+    /// `Parameter 'phys-index' expects uint64` (what qemu-ga says for any bad uint64).
+    #[error("Parameter '{name}' expects {expected}")]
+    Expects {
+        /// The member's path.
+        name: String,
+        /// The QAPI type name.
+        expected: &'static str,
+    },
     /// A `buf-b64` member with characters outside the base64 alphabet.
     #[error("Base64 data contains invalid characters")]
     InvalidBase64,

@@ -78,6 +78,7 @@ mod commands;
 mod envelope;
 mod error;
 mod json;
+mod modern;
 
 pub use args::ArgType;
 pub use b64::Base64;
@@ -85,6 +86,7 @@ pub use commands::*;
 pub use envelope::{EnvelopeError, Execute, RawResponse, Request, Response};
 pub use error::{ArgumentError, ErrorClass, QgaError};
 pub use json::{qdict_bucket, qdict_order};
+pub use modern::*;
 
 /// Re-exported so callers can name raw argument values without depending on
 /// serde_json's feature set themselves.

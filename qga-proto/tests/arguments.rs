@@ -193,3 +193,171 @@ fn bare_words_are_invalid_keywords_as_in_the_reference() {
     let err = Request::parse(b"true").unwrap_err();
     assert_eq!(err.error.desc, "QMP input must be a JSON object");
 }
+
+/// The texts below were captured from qemu-ga 7.2.22 (invalid arguments only: no
+/// command ran).
+#[test]
+fn nested_argument_structs_name_their_path_as_qemu_ga() {
+    let err = |args: &str| {
+        GuestSetVcpus::from_arguments(Some(&raw(args)))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err(r#"{"vcpus":[{"logical-id":0}]}"#),
+        "Parameter 'vcpus[0].online' is missing"
+    );
+    assert_eq!(
+        err(r#"{"vcpus":[5]}"#),
+        "Invalid parameter type for 'vcpus[0]', expected: object"
+    );
+    assert_eq!(
+        err(r#"{"vcpus":[{"logical-id":0,"online":true,"x":1}]}"#),
+        "Parameter 'vcpus[0].x' is unexpected"
+    );
+    assert_eq!(
+        err(r#"{"vcpus":[{"logical-id":0,"online":true},{"logical-id":"a","online":true}]}"#),
+        "Invalid parameter type for 'vcpus[1].logical-id', expected: integer"
+    );
+    assert_eq!(
+        err(r#"{"vcpus":{}}"#),
+        "Invalid parameter type for 'vcpus', expected: array"
+    );
+    let ok = GuestSetVcpus::from_arguments(Some(&raw(
+        r#"{"vcpus":[{"logical-id":1,"online":false,"can-offline":true}]}"#,
+    )))
+    .unwrap();
+    assert_eq!(
+        ok.vcpus,
+        [GuestLogicalProcessor {
+            logical_id: 1,
+            online: false,
+            can_offline: Some(true)
+        }]
+    );
+}
+
+#[test]
+fn uint64_members_take_qemu_ga_range_and_text() {
+    let parse = |v: &str| {
+        GuestSetMemoryBlocks::from_arguments(Some(&raw(&format!(
+            r#"{{"mem-blks":[{{"phys-index":{v},"online":true}}]}}"#
+        ))))
+        .map(|c| c.mem_blks[0].phys_index)
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(parse("18446744073709551615"), Ok(u64::MAX));
+    // Negative int64 values wrap, as qemu-ga accepts them "for backward compatibility".
+    assert_eq!(parse("-1"), Ok(u64::MAX));
+    for bad in [
+        "\"x\"",
+        "1.5",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "null",
+    ] {
+        assert_eq!(
+            parse(bad),
+            Err("Parameter 'mem-blks[0].phys-index' expects uint64".to_owned()),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn capture_output_is_a_boolean_or_a_mode() {
+    let parse = |v: &str| {
+        GuestExec::from_arguments(Some(&raw(&format!(
+            r#"{{"path":"/bin/true","capture-output":{v}}}"#
+        ))))
+        .map(|c| c.capture_output.unwrap().mode())
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(parse("true"), Ok(GuestExecCaptureOutputMode::Separated));
+    assert_eq!(parse("false"), Ok(GuestExecCaptureOutputMode::None));
+    assert_eq!(parse("\"merged\""), Ok(GuestExecCaptureOutputMode::Merged));
+    assert_eq!(parse("\"stderr\""), Ok(GuestExecCaptureOutputMode::Stderr));
+    assert_eq!(
+        parse("\"both\""),
+        Err("Parameter 'capture-output' does not accept value 'both'".to_owned())
+    );
+    assert_eq!(
+        parse("1"),
+        Err(
+            "Invalid parameter type for 'capture-output', expected: GuestExecCaptureOutput"
+                .to_owned()
+        )
+    );
+}
+
+#[test]
+fn the_command_table_is_qemu_ga_72_order_then_current_qemu_additions() {
+    let names: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
+    assert_eq!(names.len(), 44);
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "a command is listed twice");
+    assert_eq!(
+        &names[..3],
+        ["guest-sync-delimited", "guest-sync", "guest-ping"]
+    );
+    assert_eq!(
+        &names[40..],
+        [
+            "guest-get-diskstats",
+            "guest-get-cpustats",
+            "guest-get-load",
+            "guest-network-get-route"
+        ]
+    );
+    let frozen: Vec<&str> = COMMANDS
+        .iter()
+        .filter(|c| c.allowed_while_frozen)
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(
+        frozen,
+        [
+            "guest-sync-delimited",
+            "guest-sync",
+            "guest-ping",
+            "guest-info",
+            "guest-fsfreeze-status",
+            "guest-fsfreeze-thaw"
+        ]
+    );
+    let silent: Vec<&str> = COMMANDS
+        .iter()
+        .filter(|c| !c.success_response)
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(
+        silent,
+        [
+            "guest-shutdown",
+            "guest-suspend-disk",
+            "guest-suspend-ram",
+            "guest-suspend-hybrid"
+        ]
+    );
+}
+
+#[test]
+fn union_replies_carry_their_type_tag() {
+    let stats = GuestCpuStats::Linux(GuestLinuxCpuStats {
+        cpu: 1,
+        user: 2,
+        iowait: Some(3),
+        ..Default::default()
+    });
+    let json = serde_json::to_value(stats).unwrap();
+    assert_eq!(json["type"], "linux");
+    assert_eq!(json["iowait"], 3);
+    assert!(json.get("steal").is_none());
+    let back: GuestCpuStats = serde_json::from_value(json).unwrap();
+    assert_eq!(back, stats);
+    let reply = r#"{"type":"nvme","critical-warning":0,"temperature":300,"available-spare":100,"available-spare-threshold":10,"percentage-used":0,"data-units-read-lo":1,"data-units-read-hi":0,"data-units-written-lo":2,"data-units-written-hi":0,"host-read-commands-lo":3,"host-read-commands-hi":0,"host-write-commands-lo":4,"host-write-commands-hi":0,"controller-busy-time-lo":0,"controller-busy-time-hi":0,"power-cycles-lo":5,"power-cycles-hi":0,"power-on-hours-lo":6,"power-on-hours-hi":0,"unsafe-shutdowns-lo":0,"unsafe-shutdowns-hi":0,"media-errors-lo":0,"media-errors-hi":0,"number-of-error-log-entries-lo":0,"number-of-error-log-entries-hi":0}"#;
+    let GuestDiskSmart::Nvme(s) = serde_json::from_str(reply).unwrap();
+    assert_eq!((s.temperature, s.power_on_hours_lo), (300, 6));
+}

@@ -1,0 +1,43 @@
+//! Command handlers, one module per area. Each maps wire arguments to an ops call
+//! and the ops result to wire types; what every command shares (envelope, enabled
+//! checks, replies) is the dispatcher's.
+//!
+//! [`stock`] registers them all in qemu-ga 7.2's registration order, then the
+//! commands current QEMU added. The order is what guest-info (reversed) and
+//! `-b help` show, and a test compares it with `qga_proto::COMMANDS`.
+
+mod control;
+mod files;
+mod freeze;
+mod network;
+mod power;
+
+use qga_ops::OpsError;
+use qga_proto::*;
+
+use crate::registry::Registry;
+
+pub(crate) fn ops_err(e: OpsError) -> QgaError {
+    QgaError::generic(e.to_string())
+}
+
+/// Every command of this agent.
+pub(crate) fn stock() -> Registry {
+    let mut r = Registry::new();
+    r.register(control::sync_delimited)
+        .register(control::sync)
+        .register(control::ping)
+        .register(control::info)
+        .register(power::shutdown);
+    files::register(&mut r);
+    r.register(freeze::status)
+        .register(freeze::freeze_all)
+        .register(freeze::freeze_list)
+        .register(freeze::thaw)
+        .register(freeze::fstrim)
+        .register(power::suspend_disk)
+        .register(power::suspend_ram)
+        .register(power::suspend_hybrid)
+        .register(network::interfaces);
+    r
+}
