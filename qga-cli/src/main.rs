@@ -13,12 +13,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use qga_client::proto::{FsfreezeStatus, GuestNetworkInterface};
+use qga_client::proto::{self as proto, Command, FsfreezeStatus};
 use qga_client::{Client, ClientError, Timeouts};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 mod out;
+mod views;
 
 use out::{Out, Table};
 
@@ -96,9 +97,39 @@ enum Cmd {
         #[arg(long)]
         minimum: Option<i64>,
     },
-    /// List network interfaces.
+    /// Network interfaces and their addresses (guest-network-get-interfaces).
     #[command(visible_alias = "interfaces")]
     Ifconfig,
+    /// Kernel and distribution (guest-get-osinfo).
+    Osinfo,
+    /// The guest's clock, in UTC (guest-get-time).
+    Time,
+    /// The guest's host name (guest-get-host-name).
+    Hostname,
+    /// The guest's time zone and UTC offset (guest-get-timezone).
+    Timezone,
+    /// Logged-in users (guest-get-users).
+    Users,
+    /// Mounted filesystems, their usage and disks (guest-get-fsinfo).
+    Fsinfo,
+    /// Disks and partitions (guest-get-disks).
+    Disks,
+    /// Devices and their drivers; Windows agents (guest-get-devices).
+    Devices,
+    /// Logical CPUs and whether they are online (guest-get-vcpus).
+    Vcpus,
+    /// Memory blocks and whether they are online (guest-get-memory-blocks).
+    MemoryBlocks,
+    /// The size of a memory block (guest-get-memory-block-info).
+    MemoryBlockInfo,
+    /// CPU times per CPU, in milliseconds (guest-get-cpustats).
+    Cpustats,
+    /// I/O counters per block device (guest-get-diskstats).
+    Diskstats,
+    /// Load averages (guest-get-load; QEMU 10.0 agents and ours).
+    Load,
+    /// Routing tables (guest-network-get-route; QEMU 9.1 agents and ours).
+    Routes,
     /// Shut the guest down.
     Shutdown {
         /// halt, powerdown or reboot.
@@ -150,6 +181,31 @@ enum SuspendMode {
 }
 
 const CHUNK: usize = 4 * 1024 * 1024;
+
+/// The command behind a read-only verb without arguments: with `--json`, its raw
+/// return value is printed as the agent sent it.
+fn query_command(cmd: &Cmd) -> Option<&'static str> {
+    Some(match cmd {
+        Cmd::Info => proto::GuestInfo::NAME,
+        Cmd::Ifconfig => proto::GuestNetworkGetInterfaces::NAME,
+        Cmd::Osinfo => proto::GuestGetOsinfo::NAME,
+        Cmd::Time => proto::GuestGetTime::NAME,
+        Cmd::Hostname => proto::GuestGetHostName::NAME,
+        Cmd::Timezone => proto::GuestGetTimezone::NAME,
+        Cmd::Users => proto::GuestGetUsers::NAME,
+        Cmd::Fsinfo => proto::GuestGetFsinfo::NAME,
+        Cmd::Disks => proto::GuestGetDisks::NAME,
+        Cmd::Devices => proto::GuestGetDevices::NAME,
+        Cmd::Vcpus => proto::GuestGetVcpus::NAME,
+        Cmd::MemoryBlocks => proto::GuestGetMemoryBlocks::NAME,
+        Cmd::MemoryBlockInfo => proto::GuestGetMemoryBlockInfo::NAME,
+        Cmd::Cpustats => proto::GuestGetCpustats::NAME,
+        Cmd::Diskstats => proto::GuestGetDiskstats::NAME,
+        Cmd::Load => proto::GuestGetLoad::NAME,
+        Cmd::Routes => proto::GuestNetworkGetRoute::NAME,
+        _ => return None,
+    })
+}
 
 /// `--timeout`: seconds, positive and finite.
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -385,6 +441,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
         move |source| CliError::Client { what, source }
     };
     let json = cli.json;
+    if json {
+        if let Some(name) = query_command(&cli.command) {
+            let v = c.execute_raw(name, None).await.map_err(failed(name))?;
+            return out.json(&v);
+        }
+    }
+    // The human-readable forms; the error names the command as query_command does.
+    let what = query_command(&cli.command).unwrap_or_default();
     match &cli.command {
         Cmd::Ping => {
             c.ping().await.map_err(failed("guest-ping"))?;
@@ -401,22 +465,18 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
             }
         }
         Cmd::Info => {
-            let info = c.info().await.map_err(failed("guest-info"))?;
-            if json {
-                out.json(&info)?;
-            } else {
-                out.line(format_args!("version {}", info.version))?;
-                let mut t = Table::new(["command", "enabled", "success-response"]);
-                let yes = |b: bool| if b { "yes" } else { "no" };
-                for cmd in &info.supported_commands {
-                    t.row([
-                        cmd.name.clone(),
-                        yes(cmd.enabled).into(),
-                        yes(cmd.success_response).into(),
-                    ]);
-                }
-                out.table(&t)?;
+            let info = c.info().await.map_err(failed(what))?;
+            out.line(format_args!("version {}", info.version))?;
+            let mut t = Table::new(["command", "enabled", "success-response"]);
+            let yes = |b: bool| if b { "yes" } else { "no" };
+            for cmd in &info.supported_commands {
+                t.row([
+                    cmd.name.clone(),
+                    yes(cmd.enabled).into(),
+                    yes(cmd.success_response).into(),
+                ]);
             }
+            out.table(&t)?;
         }
         Cmd::ExecRaw { request } => {
             let (name, arguments) = parse_raw(request)?;
@@ -524,15 +584,72 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
             }
         }
         Cmd::Ifconfig => {
-            let ifs = c
-                .network_interfaces()
-                .await
-                .map_err(failed("guest-network-get-interfaces"))?;
-            if json {
-                out.json(&ifs)?;
-            } else {
-                out.table(&interfaces_table(&ifs))?;
-            }
+            let ifs = c.network_interfaces().await.map_err(failed(what))?;
+            out.table(&views::interfaces(&ifs))?;
+        }
+        Cmd::Osinfo => {
+            let os = c.get_osinfo().await.map_err(failed(what))?;
+            out.table(&views::osinfo(&os))?;
+        }
+        Cmd::Time => {
+            let ns = c.get_time().await.map_err(failed(what))?;
+            out.line(views::utc_ns(ns))?;
+        }
+        Cmd::Hostname => {
+            let name = c.get_host_name().await.map_err(failed(what))?;
+            out.line(name)?;
+        }
+        Cmd::Timezone => {
+            let tz = c.get_timezone().await.map_err(failed(what))?;
+            out.line(views::timezone(&tz))?;
+        }
+        Cmd::Users => {
+            let users = c.get_users().await.map_err(failed(what))?;
+            out.table(&views::users(&users))?;
+        }
+        Cmd::Fsinfo => {
+            let fss = c.get_fsinfo().await.map_err(failed(what))?;
+            out.table(&views::fsinfo(&fss))?;
+        }
+        Cmd::Disks => {
+            let disks = c.get_disks().await.map_err(failed(what))?;
+            out.table(&views::disks(&disks))?;
+        }
+        Cmd::Devices => {
+            let devs = c.get_devices().await.map_err(failed(what))?;
+            out.table(&views::devices(&devs))?;
+        }
+        Cmd::Vcpus => {
+            let cpus = c.get_vcpus().await.map_err(failed(what))?;
+            out.table(&views::vcpus(&cpus))?;
+        }
+        Cmd::MemoryBlocks => {
+            let blocks = c.get_memory_blocks().await.map_err(failed(what))?;
+            out.table(&views::memory_blocks(&blocks))?;
+        }
+        Cmd::MemoryBlockInfo => {
+            let info = c.get_memory_block_info().await.map_err(failed(what))?;
+            out.line(format_args!(
+                "block size {} ({} bytes)",
+                views::size(info.size),
+                info.size
+            ))?;
+        }
+        Cmd::Cpustats => {
+            let stats = c.get_cpustats().await.map_err(failed(what))?;
+            out.table(&views::cpustats(&stats))?;
+        }
+        Cmd::Diskstats => {
+            let stats = c.get_diskstats().await.map_err(failed(what))?;
+            out.table(&views::diskstats(&stats))?;
+        }
+        Cmd::Load => {
+            let load = c.get_load().await.map_err(failed(what))?;
+            out.table(&views::load(&load))?;
+        }
+        Cmd::Routes => {
+            let routes = c.get_routes().await.map_err(failed(what))?;
+            out.table(&views::routes(&routes))?;
         }
         Cmd::Shutdown { mode } => {
             let m = match mode {
@@ -558,35 +675,6 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
         Cmd::Completions { .. } | Cmd::Man => unreachable!("handled before connecting"),
     }
     Ok(())
-}
-
-fn interfaces_table(ifs: &[GuestNetworkInterface]) -> Table {
-    let mut t = Table::new(["name", "mac", "address", "rx/tx bytes"]);
-    for i in ifs {
-        let stats = i
-            .statistics
-            .map(|s| format!("{}/{}", s.rx_bytes, s.tx_bytes))
-            .unwrap_or_default();
-        let mac = i.hardware_address.clone().unwrap_or_else(|| "-".into());
-        let addrs: Vec<String> = i
-            .ip_addresses
-            .iter()
-            .flatten()
-            .map(|a| format!("{}/{}", a.ip_address, a.prefix))
-            .collect();
-        if addrs.is_empty() {
-            t.row([i.name.clone(), mac, "-".into(), stats]);
-            continue;
-        }
-        for (n, a) in addrs.into_iter().enumerate() {
-            if n == 0 {
-                t.row([i.name.clone(), mac.clone(), a, stats.clone()]);
-            } else {
-                t.row([String::new(), String::new(), a, String::new()]);
-            }
-        }
-    }
-    t
 }
 
 #[cfg(test)]

@@ -52,7 +52,9 @@ impl Out {
 /// A table of text: a header row and rows of cells, printed with each column as wide
 /// as its widest cell, two spaces between columns.
 pub struct Table {
-    header: Vec<String>,
+    /// Column names; `None` for a table of key/value lines.
+    header: Option<Vec<String>>,
+    columns: usize,
     rows: Vec<Vec<String>>,
 }
 
@@ -60,27 +62,37 @@ impl Table {
     /// A table with these column names.
     pub fn new<const N: usize>(header: [&str; N]) -> Self {
         Table {
-            header: header.iter().map(|h| h.to_string()).collect(),
+            header: Some(header.iter().map(|h| h.to_string()).collect()),
+            columns: N,
+            rows: Vec::new(),
+        }
+    }
+
+    /// A table of `columns` columns without a header line.
+    pub fn without_header(columns: usize) -> Self {
+        Table {
+            header: None,
+            columns,
             rows: Vec::new(),
         }
     }
 
     /// Adds a row (as many cells as columns).
     pub fn row<const N: usize>(&mut self, cells: [String; N]) {
-        debug_assert_eq!(N, self.header.len());
+        debug_assert_eq!(N, self.columns);
         self.rows.push(cells.into());
     }
 
     /// The table as text, one line per row, no trailing blanks.
     pub fn render(&self) -> String {
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
+        let mut widths = vec![0; self.columns];
+        for row in self.header.iter().chain(&self.rows) {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());
             }
         }
         let mut text = String::new();
-        for row in std::iter::once(&self.header).chain(&self.rows) {
+        for row in self.header.iter().chain(&self.rows) {
             let mut line = String::new();
             for (cell, w) in row.iter().zip(&widths) {
                 line.push_str(cell);
@@ -108,5 +120,9 @@ mod tests {
             t.render(),
             "name         value\na            1\nlonger-name\né            22\n"
         );
+        let mut t = Table::without_header(2);
+        t.row(["id".into(), "debian".into()]);
+        t.row(["pretty-name".into(), "Debian 12".into()]);
+        assert_eq!(t.render(), "id           debian\npretty-name  Debian 12\n");
     }
 }
