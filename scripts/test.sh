@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs the Debian packages the
-# tests use (the reference agent, QEMU, busybox, e2fsprogs), then runs every test.
+# tests use (the reference agent, QEMU, busybox, e2fsprogs, libvirt), then runs every test.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,12 @@ packages=(
     util-linux         # losetup, mount
     cpio               # packs the guest's initramfs
     kmod               # modprobe/depmod data for the guest kernel
+    tzdata             # the guest's time zone (Asia/Tokyo)
+    # libvirt for tests/tests/libvirt.rs, which starts its own libvirtd (no systemd
+    # needed: not libvirt-daemon-system, which pulls it in)
+    libvirt-daemon
+    libvirt-daemon-driver-qemu
+    libvirt-clients
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -26,6 +32,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# libvirt's QEMU driver does not load without the user it was built to run QEMU as,
+# even when its qemu.conf says root (as the libvirt test's does). Debian's
+# libvirt-daemon-system would create it; we create the same system account.
+if ! getent passwd libvirt-qemu >/dev/null; then
+    echo "test.sh: creating the system user libvirt-qemu (libvirt's QEMU driver needs it)"
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
+        --shell /usr/sbin/nologin libvirt-qemu
 fi
 
 # The packages above are installed, so tests that use them must run, not skip.

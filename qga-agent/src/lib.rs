@@ -55,7 +55,7 @@ pub use config::{
 pub use dispatcher::{Context, Dispatcher, DispatcherConfig, MAX_READ_COUNT};
 pub use log::Log;
 pub use registry::{RawHandler, Registry};
-pub use state::{StateDir, FIRST_HANDLE};
+pub use state::{StateDir, StateError, FIRST_HANDLE};
 
 /// Why the agent could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -141,17 +141,20 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         process::write_pid(p)?;
     }
     channel::install_signal_handlers()?;
-    let state = StateDir::new(&config.statedir).map_err(|e| {
-        AgentError::Io(format!(
-            "unable to use state directory {}: {e}",
-            config.statedir.display()
-        ))
-    })?;
-    if state.is_frozen() {
-        log.warning("previous instance appears to have exited with frozen filesystems: starting in frozen state");
+    // The error names the directory and says what to do.
+    let state = StateDir::new(&config.statedir).map_err(|e| AgentError::Io(e.to_string()))?;
+    match state.frozen() {
+        Ok(true) => log.warning("previous instance appears to have exited with frozen filesystems: starting in frozen state"),
+        Ok(false) => {}
+        Err(e) => log.warning(&format!("{e}; starting thawed")),
     }
     let ops = qga_ops::Ops::linux(qga_ops::LinuxConfig {
         fsfreeze_hook: config.fsfreeze_hook.clone(),
+        sysinfo: qga_ops::LinuxSystemInfo {
+            // As qemu-ga: the environment may point guest-get-osinfo at another file.
+            os_release: std::env::var_os("QGA_OS_RELEASE").map(Into::into),
+            ..Default::default()
+        },
         ..Default::default()
     });
     let mut dispatcher = Dispatcher::new(

@@ -34,30 +34,13 @@ fn version_and_block_help() {
     // Commands qga-proto types that the agent does not serve yet (shrinks to empty
     // as they are implemented).
     const NOT_YET: &[&str] = &[
-        "guest-get-time",
         "guest-set-time",
-        "guest-get-vcpus",
-        "guest-set-vcpus",
-        "guest-get-disks",
-        "guest-get-fsinfo",
         "guest-set-user-password",
-        "guest-get-memory-blocks",
-        "guest-set-memory-blocks",
-        "guest-get-memory-block-info",
         "guest-exec-status",
         "guest-exec",
-        "guest-get-host-name",
-        "guest-get-users",
-        "guest-get-timezone",
-        "guest-get-osinfo",
-        "guest-get-devices",
         "guest-ssh-get-authorized-keys",
         "guest-ssh-add-authorized-keys",
         "guest-ssh-remove-authorized-keys",
-        "guest-get-diskstats",
-        "guest-get-cpustats",
-        "guest-get-load",
-        "guest-network-get-route",
     ];
     let ours: Vec<&str> = qga_proto::COMMANDS
         .iter()

@@ -130,7 +130,12 @@ fn info_lists_every_command_with_enabled_and_success_response() {
     assert_eq!(cmds.last().unwrap()["name"], "guest-sync-delimited");
     for c in cmds {
         let name = c["name"].as_str().unwrap();
-        assert_eq!(c["enabled"], name != "guest-ping", "{name}");
+        // guest-get-devices is Windows-only: registered disabled, as 7.2 on Linux.
+        assert_eq!(
+            c["enabled"],
+            name != "guest-ping" && name != "guest-get-devices",
+            "{name}"
+        );
         let no_reply = name == "guest-shutdown" || name.starts_with("guest-suspend-");
         assert_eq!(c["success-response"], !no_reply, "{name}");
     }
@@ -547,4 +552,144 @@ fn thousands_of_handles_stay_addressable() {
         a.ok("guest-file-close", json!({"handle": 1000 + i}));
     }
     assert_eq!(a.d.open_handles(), 0);
+}
+
+/// Each read-side command maps the ops' values to the wire's members (names,
+/// optional members left out, unions tagged), and an ops failure becomes a
+/// GenericError with the ops' text.
+#[test]
+fn read_side_commands_map_the_ops_values() {
+    let mut a = Agent::new();
+    assert_eq!(
+        a.ok("guest-get-time", json!({})),
+        1_700_000_000_123_456_000i64
+    );
+    assert_eq!(
+        a.ok("guest-get-host-name", json!({})),
+        json!({"host-name": "fake-guest"})
+    );
+    assert_eq!(
+        a.ok("guest-get-timezone", json!({})),
+        json!({"zone": "UTC", "offset": 0})
+    );
+    let os = a.ok("guest-get-osinfo", json!({}));
+    assert_eq!(os["pretty-name"], "Debian GNU/Linux 12 (bookworm)");
+    assert_eq!(os["kernel-release"], "6.1.0-18-amd64");
+    assert!(
+        os.get("variant").is_none(),
+        "absent members are left out: {os}"
+    );
+    assert_eq!(
+        a.ok("guest-get-users", json!({})),
+        json!([{"user": "root", "login-time": 1_700_000_000.5}])
+    );
+    assert_eq!(
+        a.ok("guest-get-load", json!({})),
+        json!({"load1m": 0.5, "load5m": 0.25, "load15m": 0.125})
+    );
+    let cpus = a.ok("guest-get-cpustats", json!({}));
+    assert_eq!(cpus.as_array().unwrap().len(), 2);
+    assert_eq!(cpus[1]["type"], "linux");
+    assert_eq!(
+        (cpus[1]["cpu"].as_i64(), cpus[1]["softirq"].as_u64()),
+        (Some(1), Some(20))
+    );
+    let disks = a.ok("guest-get-diskstats", json!({}));
+    assert_eq!(disks[0]["name"], "vda");
+    assert_eq!(disks[0]["stats"]["weight-ticks"], 100);
+    assert_eq!(disks[0]["stats"].as_object().unwrap().len(), 17);
+
+    let vcpus = a.ok("guest-get-vcpus", json!({}));
+    assert_eq!(
+        vcpus,
+        json!([
+            {"logical-id": 0, "online": true, "can-offline": false},
+            {"logical-id": 1, "online": true, "can-offline": true}
+        ])
+    );
+    assert_eq!(
+        a.ok("guest-get-memory-block-info", json!({})),
+        json!({"size": 128u64 << 20})
+    );
+    assert_eq!(
+        a.ok("guest-get-memory-blocks", json!({}))[1]["phys-index"],
+        1
+    );
+
+    let fs = a.ok("guest-get-fsinfo", json!({}));
+    assert_eq!(fs[0]["mountpoint"], "/");
+    assert_eq!(fs[0]["disk"][0]["bus-type"], "virtio");
+    assert_eq!(
+        fs[0]["disk"][0]["pci-controller"],
+        json!({"domain": 0, "bus": 0, "slot": 2, "function": 0})
+    );
+    assert!(fs[0]["disk"][0].get("serial").is_none());
+    let disks = a.ok("guest-get-disks", json!({}));
+    assert_eq!(disks[0]["name"], "/dev/vda");
+    assert_eq!(disks[0]["dependencies"], json!([]));
+
+    a.fakes
+        .sysinfo
+        .fail_next
+        .set(OpsError::failed("cannot get hostname: boom"));
+    assert_eq!(
+        a.err("guest-get-host-name", json!({})),
+        ("GenericError".into(), "cannot get hostname: boom".into())
+    );
+    assert_eq!(
+        a.err("guest-get-devices", json!({})),
+        (
+            "CommandNotFound".into(),
+            "Command guest-get-devices has been disabled".into()
+        )
+    );
+}
+
+#[test]
+fn set_vcpus_and_memory_blocks_change_the_fake_and_report_as_7_2() {
+    let mut a = Agent::new();
+    let n = a.ok(
+        "guest-set-vcpus",
+        json!({"vcpus": [{"logical-id": 1, "online": false}]}),
+    );
+    assert_eq!(n, 1);
+    assert_eq!(a.ok("guest-get-vcpus", json!({}))[1]["online"], false);
+    let r = a.ok(
+        "guest-set-memory-blocks",
+        json!({"mem-blks": [{"phys-index": 1, "online": false}, {"phys-index": 77, "online": true}]}),
+    );
+    assert_eq!(r[0], json!({"phys-index": 1, "response": "success"}));
+    assert_eq!(r[1]["response"], "not-found");
+    assert_eq!(
+        a.ok("guest-get-memory-blocks", json!({}))[1]["online"],
+        false
+    );
+}
+
+/// A nested argument error names its path, and the frozen mode disables the new
+/// commands like the old ones.
+#[test]
+fn new_commands_follow_the_shared_rules() {
+    let mut a = Agent::new();
+    assert_eq!(
+        a.err("guest-set-vcpus", json!({"vcpus": [{"online": true}]}))
+            .1,
+        "Parameter 'vcpus[0].logical-id' is missing"
+    );
+    a.ok("guest-fsfreeze-freeze", json!({}));
+    for cmd in [
+        "guest-get-osinfo",
+        "guest-get-fsinfo",
+        "guest-network-get-route",
+    ] {
+        assert_eq!(
+            a.err(cmd, json!({})),
+            (
+                "CommandNotFound".into(),
+                format!("Command {cmd} has been disabled: the agent is in frozen state")
+            )
+        );
+    }
+    a.ok("guest-fsfreeze-thaw", json!({}));
+    a.ok("guest-get-osinfo", json!({}));
 }

@@ -318,6 +318,8 @@ impl Power for FakePower {
 pub struct FakeNetwork {
     /// What `interfaces` returns.
     pub interfaces: Mutex<Vec<Interface>>,
+    /// What `routes` returns.
+    pub routes: Mutex<Vec<crate::Route>>,
     /// Fails the next call.
     pub fail_next: FailNext,
 }
@@ -326,6 +328,11 @@ impl Network for FakeNetwork {
     fn interfaces(&self) -> Result<Vec<Interface>, OpsError> {
         self.fail_next.take()?;
         Ok(lock(&self.interfaces).clone())
+    }
+
+    fn routes(&self) -> Result<Vec<crate::Route>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.routes).clone())
     }
 }
 
@@ -343,6 +350,12 @@ pub struct FakeOps {
     pub power: Arc<FakePower>,
     /// Network (`lo` with 127.0.0.1/8 and ::1/128).
     pub network: Arc<FakeNetwork>,
+    /// vCPUs and memory blocks (see [`FakeHardware`]'s default).
+    pub hardware: Arc<FakeHardware>,
+    /// Storage (`/` on a virtio disk `vda`, see [`FakeStorage::new`]).
+    pub storage: Arc<FakeStorage>,
+    /// System information (see [`FakeSystemInfo::default`]).
+    pub sysinfo: Arc<FakeSystemInfo>,
 }
 
 impl Default for FakeOps {
@@ -368,6 +381,9 @@ impl Default for FakeOps {
                 interfaces: Mutex::new(vec![lo]),
                 ..Default::default()
             }),
+            hardware: Arc::default(),
+            storage: Arc::new(FakeStorage::new()),
+            sysinfo: Arc::default(),
         }
     }
 }
@@ -386,6 +402,335 @@ impl FakeOps {
             trim: self.trim.clone(),
             power: self.power.clone(),
             network: self.network.clone(),
+            hardware: self.hardware.clone(),
+            storage: self.storage.clone(),
+            sysinfo: self.sysinfo.clone(),
         }
+    }
+}
+
+/// vCPUs and memory blocks in memory; the set methods change them with the Linux
+/// implementation's rules (the first failing vCPU request stops the list; a
+/// missing memory block is `not-found`).
+#[derive(Debug)]
+pub struct FakeHardware {
+    /// What `vcpus` returns; `set_vcpus` changes `online`.
+    pub vcpus: Mutex<Vec<crate::Vcpu>>,
+    /// What `memory_blocks` returns; `set_memory_blocks` changes `online`.
+    pub memory_blocks: Mutex<Vec<crate::MemoryBlock>>,
+    /// What `memory_block_size` returns.
+    pub block_size: Mutex<u64>,
+    /// Fails the next call.
+    pub fail_next: FailNext,
+}
+
+impl Default for FakeHardware {
+    /// cpu0 (online, cannot be offlined), cpu1 (online); memory blocks 0
+    /// (cannot be offlined) and 1, both online; 128 MiB blocks.
+    fn default() -> Self {
+        let cpu = |id, can_offline| crate::Vcpu {
+            logical_id: id,
+            online: true,
+            can_offline,
+        };
+        let block = |i, can_offline| crate::MemoryBlock {
+            phys_index: i,
+            online: true,
+            can_offline,
+        };
+        FakeHardware {
+            vcpus: Mutex::new(vec![cpu(0, false), cpu(1, true)]),
+            memory_blocks: Mutex::new(vec![block(0, false), block(1, true)]),
+            block_size: Mutex::new(128 << 20),
+            fail_next: FailNext::default(),
+        }
+    }
+}
+
+impl crate::Hardware for FakeHardware {
+    fn vcpus(&self) -> Result<Vec<crate::Vcpu>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.vcpus).clone())
+    }
+
+    fn set_vcpus(&self, req: &[crate::VcpuRequest]) -> Result<i64, OpsError> {
+        self.fail_next.take()?;
+        let mut vcpus = lock(&self.vcpus);
+        let mut processed = 0;
+        for r in req {
+            let err = match vcpus.iter_mut().find(|v| v.logical_id == r.logical_id) {
+                None => Some(OpsError::os(
+                    format!("open(\"/sys/devices/system/cpu/cpu{}/\")", r.logical_id),
+                    io::Error::from_raw_os_error(libc::ENOENT),
+                )),
+                Some(v) if !v.can_offline && !r.online => Some(OpsError::failed(format!(
+                    "logical processor #{} can't be offlined",
+                    r.logical_id
+                ))),
+                Some(v) => {
+                    v.online = r.online;
+                    None
+                }
+            };
+            if let Some(e) = err {
+                if processed == 0 {
+                    return Err(e);
+                }
+                break;
+            }
+            processed += 1;
+        }
+        Ok(processed)
+    }
+
+    fn memory_blocks(&self) -> Result<Vec<crate::MemoryBlock>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.memory_blocks).clone())
+    }
+
+    /// A block that cannot be offlined refuses with `operation-failed` and
+    /// EBUSY, as the kernel does for an unremovable block.
+    fn set_memory_blocks(
+        &self,
+        req: &[crate::MemoryBlockRequest],
+    ) -> Result<Vec<crate::MemoryBlockResponse>, OpsError> {
+        use crate::MemoryBlockResult as R;
+        self.fail_next.take()?;
+        let mut blocks = lock(&self.memory_blocks);
+        Ok(req
+            .iter()
+            .map(|r| {
+                let (response, error_code) =
+                    match blocks.iter_mut().find(|b| b.phys_index == r.phys_index) {
+                        None => (R::NotFound, Some(libc::ENOENT as i64)),
+                        Some(b) if b.online != r.online && !r.online && !b.can_offline => {
+                            (R::OperationFailed, Some(libc::EBUSY as i64))
+                        }
+                        Some(b) => {
+                            b.online = r.online;
+                            (R::Success, None)
+                        }
+                    };
+                crate::MemoryBlockResponse {
+                    phys_index: r.phys_index,
+                    response,
+                    error_code,
+                }
+            })
+            .collect())
+    }
+
+    fn memory_block_size(&self) -> Result<u64, OpsError> {
+        self.fail_next.take()?;
+        Ok(*lock(&self.block_size))
+    }
+}
+
+/// Scripted filesystems and disks.
+#[derive(Debug, Default)]
+pub struct FakeStorage {
+    /// What `fs_info` returns.
+    pub fs_info: Mutex<Vec<crate::FsInfo>>,
+    /// What `disks` returns.
+    pub disks: Mutex<Vec<crate::DiskInfo>>,
+    /// Fails the next call (of either method).
+    pub fail_next: FailNext,
+}
+
+impl FakeStorage {
+    /// One ext4 root filesystem on a virtio-blk disk `vda` at PCI 0000:00:02.0, and
+    /// that disk: what qemu-ga reports in a plain VM.
+    pub fn new() -> Self {
+        let address = crate::DiskAddress {
+            pci: crate::PciAddress {
+                domain: 0,
+                bus: 0,
+                slot: 2,
+                function: 0,
+            },
+            bus_type: crate::BusType::Virtio,
+            bus: 0,
+            target: 0,
+            unit: 0,
+            serial: None,
+            dev: Some("/dev/vda".into()),
+            ccw: None,
+        };
+        FakeStorage {
+            fs_info: Mutex::new(vec![crate::FsInfo {
+                name: "vda".into(),
+                mountpoint: "/".into(),
+                fs_type: "ext4".into(),
+                used_bytes: Some(1 << 30),
+                total_bytes: Some(10 << 30),
+                total_bytes_privileged: Some(11 << 30),
+                disks: vec![address.clone()],
+            }]),
+            disks: Mutex::new(vec![crate::DiskInfo {
+                name: "/dev/vda".into(),
+                partition: false,
+                dependencies: Some(Vec::new()),
+                address: Some(address),
+                alias: None,
+                smart: None,
+            }]),
+            fail_next: FailNext::default(),
+        }
+    }
+}
+
+impl crate::Storage for FakeStorage {
+    fn fs_info(&self) -> Result<Vec<crate::FsInfo>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.fs_info).clone())
+    }
+
+    fn disks(&self) -> Result<Vec<crate::DiskInfo>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.disks).clone())
+    }
+}
+
+/// Scripted system information: each call returns (a clone of) its field, unless
+/// `fail_next` is set. Tests change the fields through their mutexes.
+#[derive(Debug)]
+pub struct FakeSystemInfo {
+    /// What `time_ns` returns.
+    pub time_ns: Mutex<i64>,
+    /// What `host_name` returns.
+    pub host_name: Mutex<String>,
+    /// What `timezone` returns.
+    pub timezone: Mutex<crate::Timezone>,
+    /// What `os_info` returns.
+    pub os_info: Mutex<crate::OsInfo>,
+    /// What `users` returns.
+    pub users: Mutex<Vec<crate::LoggedInUser>>,
+    /// What `load` returns.
+    pub load: Mutex<crate::LoadAverage>,
+    /// What `cpu_stats` returns.
+    pub cpu_stats: Mutex<Vec<crate::CpuStats>>,
+    /// What `disk_stats` returns.
+    pub disk_stats: Mutex<Vec<crate::DiskStats>>,
+    /// Fails the next call, whichever it is.
+    pub fail_next: FailNext,
+}
+
+impl Default for FakeSystemInfo {
+    /// A small Linux guest: host `fake-guest`, UTC, Debian 12 on 6.1.0 x86_64, one
+    /// user `root` logged in at 1700000000.5, two CPUs, one disk `vda` with the
+    /// 20-column counters, load 0.5/0.25/0.125, time 1700000000123456000 ns.
+    fn default() -> Self {
+        let some = |s: &str| Some(s.to_owned());
+        let cpu = |n: i64| crate::CpuStats {
+            cpu: n,
+            user: 1000,
+            nice: 0,
+            system: 500,
+            idle: 9000,
+            iowait: Some(10),
+            irq: Some(0),
+            softirq: Some(20),
+            steal: Some(0),
+            guest: Some(0),
+            guestnice: Some(0),
+        };
+        let all = |v: u64| crate::DiskCounters {
+            read_sectors: Some(v),
+            read_ios: Some(v),
+            read_merges: Some(v),
+            write_sectors: Some(v),
+            write_ios: Some(v),
+            write_merges: Some(v),
+            discard_sectors: Some(v),
+            discard_ios: Some(v),
+            discard_merges: Some(v),
+            flush_ios: Some(v),
+            read_ticks: Some(v),
+            write_ticks: Some(v),
+            discard_ticks: Some(v),
+            flush_ticks: Some(v),
+            ios_pgr: Some(0),
+            total_ticks: Some(v),
+            weight_ticks: Some(v),
+        };
+        FakeSystemInfo {
+            time_ns: Mutex::new(1_700_000_000_123_456_000),
+            host_name: Mutex::new("fake-guest".into()),
+            timezone: Mutex::new(crate::Timezone {
+                zone: some("UTC"),
+                offset: 0,
+            }),
+            os_info: Mutex::new(crate::OsInfo {
+                kernel_release: some("6.1.0-18-amd64"),
+                kernel_version: some("#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 (2024-02-01)"),
+                machine: some("x86_64"),
+                id: some("debian"),
+                name: some("Debian GNU/Linux"),
+                pretty_name: some("Debian GNU/Linux 12 (bookworm)"),
+                version: some("12 (bookworm)"),
+                version_id: some("12"),
+                variant: None,
+                variant_id: None,
+            }),
+            users: Mutex::new(vec![crate::LoggedInUser {
+                user: "root".into(),
+                login_time: 1_700_000_000.5,
+            }]),
+            load: Mutex::new(crate::LoadAverage {
+                load1m: 0.5,
+                load5m: 0.25,
+                load15m: 0.125,
+            }),
+            cpu_stats: Mutex::new(vec![cpu(0), cpu(1)]),
+            disk_stats: Mutex::new(vec![crate::DiskStats {
+                name: "vda".into(),
+                major: 254,
+                minor: 0,
+                counters: all(100),
+            }]),
+            fail_next: FailNext::default(),
+        }
+    }
+}
+
+impl crate::SystemInfo for FakeSystemInfo {
+    fn time_ns(&self) -> Result<i64, OpsError> {
+        self.fail_next.take()?;
+        Ok(*lock(&self.time_ns))
+    }
+
+    fn host_name(&self) -> Result<String, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.host_name).clone())
+    }
+
+    fn timezone(&self) -> Result<crate::Timezone, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.timezone).clone())
+    }
+
+    fn os_info(&self) -> Result<crate::OsInfo, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.os_info).clone())
+    }
+
+    fn users(&self) -> Result<Vec<crate::LoggedInUser>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.users).clone())
+    }
+
+    fn load(&self) -> Result<crate::LoadAverage, OpsError> {
+        self.fail_next.take()?;
+        Ok(*lock(&self.load))
+    }
+
+    fn cpu_stats(&self) -> Result<Vec<crate::CpuStats>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.cpu_stats).clone())
+    }
+
+    fn disk_stats(&self) -> Result<Vec<crate::DiskStats>, OpsError> {
+        self.fail_next.take()?;
+        Ok(lock(&self.disk_stats).clone())
     }
 }

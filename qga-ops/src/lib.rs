@@ -2,10 +2,15 @@
 //!
 //! Everything a guest agent does to the machine lives here: [`Files`] /
 //! [`GuestFile`] (guest-file-*), [`FsFreeze`] (guest-fsfreeze-*), [`Trim`]
-//! (guest-fstrim), [`Power`] (guest-shutdown, guest-suspend-*) and [`Network`]
-//! (guest-network-get-interfaces). Each has a Linux implementation following
+//! (guest-fstrim), [`Power`] (guest-shutdown, guest-suspend-*), [`Network`]
+//! (guest-network-get-interfaces, guest-network-get-route) and [`Hardware`]
+//! (guest-get/set-vcpus, guest-get/set-memory-blocks, guest-get-memory-block-info).
+//! Each has a Linux implementation following
 //! qemu-ga 7.2's semantics, and (feature `fake`) an in-memory one that records
 //! calls and takes injected errors. [`Ops`] bundles one of each as trait objects.
+//! [`Storage`] (guest-get-fsinfo, guest-get-disks) reads sysfs and udev's database, no libudev.
+//! [`SystemInfo`] answers guest-get-time, -host-name, -timezone, -osinfo, -users,
+//! -load, -cpustats and -diskstats.
 //!
 //! Errors are [`OpsError`], whose `Display` is the reference agent's text
 //! (`failed to open file '/x' (mode: 'r'): No such file or directory`), so an agent
@@ -58,10 +63,14 @@ mod error;
 pub mod fake;
 mod files;
 mod freeze;
+mod hardware;
 pub mod mounts;
 mod network;
 mod power;
+mod stats;
+mod storage;
 mod sys;
+mod sysinfo;
 mod trim;
 
 use std::path::PathBuf;
@@ -70,8 +79,26 @@ use std::sync::Arc;
 pub use error::OpsError;
 pub use files::{Files, GuestFile, LinuxFiles, OpenMode, SeekOutcome, Whence, WriteOutcome};
 pub use freeze::{run_hook, FreezeState, FsFreeze, LinuxFsFreeze};
-pub use network::{parse_proc_net_dev, Interface, InterfaceStats, LinuxNetwork, Network};
+pub use hardware::{
+    Hardware, LinuxHardware, MemoryBlock, MemoryBlockRequest, MemoryBlockResponse,
+    MemoryBlockResult, Vcpu, VcpuRequest,
+};
+pub use network::{
+    parse_proc_net_dev, parse_proc_net_ipv6_route, parse_proc_net_route, Interface, InterfaceStats,
+    LinuxNetwork, Network, Route,
+};
 pub use power::{LinuxPower, Power, PowerConfig, ShutdownMode, SuspendMode};
+pub use stats::{
+    parse_diskstats, parse_loadavg, parse_proc_stat, CpuStats, DiskCounters, DiskStats, LoadAverage,
+};
+pub use storage::{
+    BusType, CcwAddress, DiskAddress, DiskInfo, FsInfo, FsUsage, LinuxStorage, NvmeSmart,
+    PciAddress, Storage, NVME_SMART_LOG_SIZE,
+};
+pub use sysinfo::{
+    clock_ticks, parse_os_release, parse_utmp, LinuxSystemInfo, LoggedInUser, OsInfo, OsRelease,
+    SystemInfo, Timezone, USER_PROCESS, UTMP_RECORD_SIZE,
+};
 pub use trim::{LinuxTrim, Trim, TrimResult};
 
 /// One implementation of each trait, as shared trait objects.
@@ -87,6 +114,13 @@ pub struct Ops {
     pub power: Arc<dyn Power>,
     /// guest-network-get-interfaces.
     pub network: Arc<dyn Network>,
+    /// guest-get/set-vcpus, guest-get/set-memory-blocks, guest-get-memory-block-info.
+    pub hardware: Arc<dyn Hardware>,
+    /// guest-get-fsinfo, guest-get-disks.
+    pub storage: Arc<dyn Storage>,
+    /// guest-get-time, -host-name, -timezone, -osinfo, -users, -load, -cpustats,
+    /// -diskstats.
+    pub sysinfo: Arc<dyn SystemInfo>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -102,6 +136,12 @@ pub struct LinuxConfig {
     pub fsfreeze_hook: Option<PathBuf>,
     /// Program and sysfs paths for shutdown and suspend.
     pub power: PowerConfig,
+    /// sysfs paths for vCPUs and memory blocks.
+    pub hardware: LinuxHardware,
+    /// Paths and calls behind guest-get-fsinfo and guest-get-disks.
+    pub storage: LinuxStorage,
+    /// Source paths of the system information (os-release override, `/proc`, utmp).
+    pub sysinfo: LinuxSystemInfo,
 }
 
 impl Ops {
@@ -118,6 +158,9 @@ impl Ops {
                 config: config.power,
             }),
             network: Arc::new(LinuxNetwork::default()),
+            hardware: Arc::new(config.hardware),
+            storage: Arc::new(config.storage),
+            sysinfo: Arc::new(config.sysinfo),
         }
     }
 }

@@ -15,6 +15,9 @@ pub struct Mount {
     pub major: u32,
     /// Device minor number.
     pub minor: u32,
+    /// Mount source (`/dev/vda1`), octal escapes decoded; btrfs mounts (major 0)
+    /// are looked up by it.
+    pub source: String,
 }
 
 /// Decodes the `\NNN` octal escapes the kernel uses for space, tab, newline and `\`.
@@ -71,6 +74,10 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             fstype,
             major,
             minor,
+            source: fields
+                .get(sep + 2)
+                .map(|f| decode_octal(f))
+                .unwrap_or_default(),
         });
     }
     mounts
@@ -104,6 +111,8 @@ garbage line
         assert_eq!(dirs, ["/", "/mnt/with space", "/srv", "/tab\tdir"]);
         assert_eq!(mounts[1].fstype, "ext4");
         assert_eq!((mounts[1].major, mounts[1].minor), (7, 0));
+        assert_eq!(mounts[1].source, "/dev/loop0");
+        assert_eq!(mounts[2].source, "/dev/vdb");
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Network interfaces: names, MAC, addresses with prefix, counters.
+//! Network interfaces (names, MAC, addresses with prefix, counters) and the
+//! routing table.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use crate::OpsError;
@@ -40,10 +41,57 @@ pub struct InterfaceStats {
     pub tx_dropped: u64,
 }
 
-/// Lists network interfaces.
+/// One routing table entry (guest-network-get-route, QEMU 9.1+). IPv4 entries
+/// carry `gateway`, `mask`, `irtt`, `window` and `mtu`; IPv6 entries
+/// `desprefixlen`, `source`, `srcprefixlen` and `nexthop`; both carry `flags`,
+/// `refcnt` and `use`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Route {
+    /// Egress interface.
+    pub iface: String,
+    /// Destination network or host.
+    pub destination: String,
+    /// Route metric (IPv6: the 32-bit hex field read as a signed int, as QEMU
+    /// does, so `ffffffff` is -1).
+    pub metric: i64,
+    /// Next hop router (IPv4).
+    pub gateway: Option<String>,
+    /// Destination netmask (IPv4).
+    pub mask: Option<String>,
+    /// Initial round-trip time (IPv4).
+    pub irtt: Option<i64>,
+    /// `RTF_*` flags as the kernel prints them. QEMU master sign-extends IPv6
+    /// flags with the high bit set (`80200001` becomes 18446744071564165121);
+    /// here they keep their 32-bit value (2149580801).
+    pub flags: Option<u64>,
+    /// Reference count.
+    pub refcnt: Option<i64>,
+    /// Usage count (wire member `use`).
+    pub r#use: Option<i64>,
+    /// TCP window (IPv4).
+    pub window: Option<i64>,
+    /// MTU (IPv4).
+    pub mtu: Option<i64>,
+    /// Destination prefix length, decimal (IPv6).
+    pub desprefixlen: Option<String>,
+    /// Source address (IPv6).
+    pub source: Option<String>,
+    /// Source prefix length, decimal (IPv6).
+    pub srcprefixlen: Option<String>,
+    /// Next hop (IPv6).
+    pub nexthop: Option<String>,
+    /// 4 or 6.
+    pub version: i64,
+}
+
+/// Lists network interfaces and routes.
 pub trait Network: Send + Sync {
     /// The interfaces in first-seen (interface index) order.
     fn interfaces(&self) -> Result<Vec<Interface>, OpsError>;
+
+    /// guest-network-get-route (QEMU 9.1+): the IPv4 routes, then the IPv6 ones,
+    /// in table order.
+    fn routes(&self) -> Result<Vec<Route>, OpsError>;
 }
 
 /// Linux implementation: getifaddrs for names and addresses, sysfs for MACs,
@@ -54,6 +102,10 @@ pub struct LinuxNetwork {
     pub sys_class_net: PathBuf,
     /// `/proc/net/dev`.
     pub proc_net_dev: PathBuf,
+    /// `/proc/net/route`.
+    pub proc_net_route: PathBuf,
+    /// `/proc/net/ipv6_route`.
+    pub proc_net_ipv6_route: PathBuf,
 }
 
 impl Default for LinuxNetwork {
@@ -61,6 +113,8 @@ impl Default for LinuxNetwork {
         LinuxNetwork {
             sys_class_net: "/sys/class/net".into(),
             proc_net_dev: "/proc/net/dev".into(),
+            proc_net_route: "/proc/net/route".into(),
+            proc_net_ipv6_route: "/proc/net/ipv6_route".into(),
         }
     }
 }
@@ -94,6 +148,186 @@ pub fn parse_proc_net_dev(text: &str) -> HashMap<String, InterfaceStats> {
         );
     }
     out
+}
+
+/// A `%x` conversion of a whole token: hex digits (an optional `0x`), the value
+/// cut to 32 bits as C's scanf stores it in an `unsigned int`.
+fn scan_hex(tok: &str) -> Option<u32> {
+    let digits = tok
+        .strip_prefix("0x")
+        .or_else(|| tok.strip_prefix("0X"))
+        .unwrap_or(tok);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let v = u64::from_str_radix(digits, 16).unwrap_or(u64::MAX);
+    Some(v as u32)
+}
+
+/// A `%d` conversion of a whole token, stored in an `int`.
+fn scan_int(tok: &str) -> Option<i32> {
+    let digits = tok.strip_prefix(['-', '+']).unwrap_or(tok);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let v = tok.parse::<i64>().unwrap_or(if tok.starts_with('-') {
+        i64::MIN
+    } else {
+        i64::MAX
+    });
+    Some(v as i32)
+}
+
+/// An IPv4 address as `/proc/net/route` prints it: the in-memory (network
+/// order) bytes read as a little-endian hex number, so `0100A8C0` is 192.168.0.1.
+fn route_ipv4(v: u32) -> String {
+    Ipv4Addr::from(v.to_le_bytes()).to_string()
+}
+
+/// An IPv6 address of 32 hex digits, formatted as glibc's `inet_ntop` does
+/// (the first longest run of two or more zero groups is `::`; an address with
+/// 96 leading zero bits, or `::ffff:0:0/96`, ends in dotted IPv4, e.g.
+/// `::1.2.3.4`). `None` when the text is not 32 hex digits.
+fn route_ipv6(hex: &str) -> Option<String> {
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut words = [0u16; 8];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = u16::from_str_radix(&hex[i * 4..i * 4 + 4], 16).ok()?;
+    }
+    Some(format_ipv6_like_glibc(&words))
+}
+
+fn format_ipv6_like_glibc(words: &[u16; 8]) -> String {
+    // First longest run of zero words, if at least two long.
+    // (base, len) of a run of zero words.
+    let mut best: Option<(usize, usize)> = None;
+    let mut cur: Option<(usize, usize)> = None;
+    for (i, w) in words.iter().enumerate() {
+        if *w == 0 {
+            cur = Some(match cur {
+                Some((base, len)) => (base, len + 1),
+                None => (i, 1),
+            });
+            if let Some((base, len)) = cur {
+                if best.is_none_or(|(_, blen)| len > blen) {
+                    best = Some((base, len));
+                }
+            }
+        } else {
+            cur = None;
+        }
+    }
+    let best = best.filter(|(_, len)| *len >= 2);
+    let mut out = String::new();
+    let mut i = 0;
+    while i < 8 {
+        if let Some((base, len)) = best {
+            if i >= base && i < base + len {
+                if i == base {
+                    out.push(':');
+                }
+                i += 1;
+                continue;
+            }
+        }
+        if i != 0 {
+            out.push(':');
+        }
+        if i == 6
+            && best.is_some_and(|(base, len)| {
+                base == 0 && (len == 6 || (len == 5 && words[5] == 0xffff))
+            })
+        {
+            let [a, b] = words[6].to_be_bytes();
+            let [c, d] = words[7].to_be_bytes();
+            out.push_str(&format!("{a}.{b}.{c}.{d}"));
+            return out;
+        }
+        out.push_str(&format!("{:x}", words[i]));
+        i += 1;
+    }
+    if best.is_some_and(|(base, len)| base + len == 8) {
+        out.push(':');
+    }
+    out
+}
+
+/// Parses `/proc/net/route` text as QEMU does: the first line (the header) is
+/// skipped, and so is any line without 11 fields of the right kinds
+/// (`Iface Destination Gateway Flags RefCnt Use Metric Mask MTU Window IRTT`,
+/// addresses and flags in hex, the rest decimal).
+pub fn parse_proc_net_route(text: &str) -> Vec<Route> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let t: Vec<&str> = line.split_whitespace().collect();
+            if t.len() < 11 {
+                return None;
+            }
+            Some(Route {
+                iface: t[0].to_owned(),
+                destination: route_ipv4(scan_hex(t[1])?),
+                gateway: Some(route_ipv4(scan_hex(t[2])?)),
+                flags: Some(scan_hex(t[3])?.into()),
+                refcnt: Some(scan_int(t[4])?.into()),
+                r#use: Some(scan_int(t[5])?.into()),
+                metric: scan_int(t[6])?.into(),
+                mask: Some(route_ipv4(scan_hex(t[7])?)),
+                mtu: Some(scan_int(t[8])?.into()),
+                window: Some(scan_int(t[9])?.into()),
+                irtt: Some(scan_int(t[10])?.into()),
+                version: 4,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// Parses `/proc/net/ipv6_route` text as QEMU does (no header line): lines
+/// without 10 fields (`destination prefixlen source prefixlen nexthop metric
+/// refcnt use flags iface`, all numbers in hex) or whose destination is not 32
+/// hex digits are skipped; a malformed source or next hop is left out.
+pub fn parse_proc_net_ipv6_route(text: &str) -> Vec<Route> {
+    text.lines()
+        .filter_map(|line| {
+            let t: Vec<&str> = line.split_whitespace().collect();
+            if t.len() < 10 || [t[0], t[2], t[4]].iter().any(|a| a.len() > 32) {
+                return None;
+            }
+            let des_prefixlen = scan_hex(t[1])? as i32;
+            let src_prefixlen = scan_hex(t[3])? as i32;
+            let metric = scan_hex(t[5])? as i32;
+            let refcnt = scan_hex(t[6])? as i32;
+            let used = scan_hex(t[7])? as i32;
+            let flags = scan_hex(t[8])?;
+            Some(Route {
+                iface: t[9].to_owned(),
+                destination: route_ipv6(t[0])?,
+                metric: metric.into(),
+                flags: Some(flags.into()),
+                refcnt: Some(refcnt.into()),
+                r#use: Some(used.into()),
+                desprefixlen: Some(des_prefixlen.to_string()),
+                source: route_ipv6(t[2]),
+                srcprefixlen: Some(src_prefixlen.to_string()),
+                nexthop: route_ipv6(t[4]),
+                version: 6,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+fn read_route_file(path: &std::path::Path) -> Result<String, OpsError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| OpsError::os(format!("open(\"{}\")", path.display()), e))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| OpsError::os(format!("read(\"{}\")", path.display()), e))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn prefix_len(mask: IpAddr) -> u8 {
@@ -154,5 +388,14 @@ impl Network for LinuxNetwork {
             }
         }
         Ok(list)
+    }
+    /// Both files must open: QEMU reports `open("/proc/net/route"): ...` for
+    /// either one (and answers with the error even when the other was read).
+    fn routes(&self) -> Result<Vec<Route>, OpsError> {
+        let v4 = read_route_file(&self.proc_net_route)?;
+        let v6 = read_route_file(&self.proc_net_ipv6_route)?;
+        let mut routes = parse_proc_net_route(&v4);
+        routes.extend(parse_proc_net_ipv6_route(&v6));
+        Ok(routes)
     }
 }

@@ -1,8 +1,9 @@
-//! Every `unsafe` block of the crate: the filesystem ioctls.
+//! Every `unsafe` block of the crate: the filesystem ioctls and the NVMe admin ioctl.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 
 /// `_IOWR('X', 119, int)`: freeze a filesystem.
 const FIFREEZE: libc::c_ulong = 0xC004_5877;
@@ -49,4 +50,73 @@ pub(crate) fn trim(dir: &File, range: &mut FstrimRange) -> io::Result<()> {
     // SAFETY: a valid fd, and `range` is a properly laid out `struct fstrim_range`
     // that the kernel reads and writes only within its size during the call.
     check(unsafe { libc::ioctl(dir.as_raw_fd(), FITRIM as _, range as *mut FstrimRange) })
+}
+
+/// `struct nvme_passthru_cmd` (`struct nvme_admin_cmd`) from `<linux/nvme_ioctl.h>`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct NvmeAdminCmd {
+    opcode: u8,
+    flags: u8,
+    rsvd1: u16,
+    nsid: u32,
+    cdw2: u32,
+    cdw3: u32,
+    metadata: u64,
+    addr: u64,
+    metadata_len: u32,
+    data_len: u32,
+    cdw10: u32,
+    cdw11: u32,
+    cdw12: u32,
+    cdw13: u32,
+    cdw14: u32,
+    cdw15: u32,
+    timeout_ms: u32,
+    result: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<NvmeAdminCmd>() == 72);
+
+/// `_IOWR('N', 0x41, struct nvme_admin_cmd)`.
+const NVME_IOCTL_ADMIN_CMD: libc::c_ulong = 0xC048_4E41;
+/// Admin opcode Get Log Page.
+const NVME_ADM_CMD_GET_LOG_PAGE: u8 = 0x02;
+/// Log identifier of the SMART / health information log.
+const NVME_LOG_SMART_INFO: u32 = 0x02;
+
+/// Reads the SMART / health log (512 bytes) of the NVMe device node `dev` with the
+/// admin Get Log Page command on the broadcast namespace, retaining asynchronous
+/// events (RAE), as qemu-ga does. Read-only: the command changes nothing on the
+/// device.
+pub(crate) fn nvme_smart_log(dev: &Path) -> io::Result<[u8; crate::NVME_SMART_LOG_SIZE]> {
+    let file = File::open(dev)?;
+    let mut log = [0u8; crate::NVME_SMART_LOG_SIZE];
+    let dwords = (crate::NVME_SMART_LOG_SIZE / 4 - 1) as u32;
+    let mut cmd = NvmeAdminCmd {
+        opcode: NVME_ADM_CMD_GET_LOG_PAGE,
+        nsid: 0xFFFF_FFFF,
+        addr: log.as_mut_ptr() as u64,
+        data_len: crate::NVME_SMART_LOG_SIZE as u32,
+        cdw10: NVME_LOG_SMART_INFO | (1 << 15) | (dwords << 16),
+        ..Default::default()
+    };
+    // SAFETY: `file` is an open descriptor for the whole call; `cmd` is a properly
+    // laid out `struct nvme_admin_cmd` (size checked above) that the kernel reads and
+    // writes (`result`) within its size; `cmd.addr` points at `log`, which is
+    // `data_len` bytes long, writable, and lives across the call. A device that is
+    // not NVMe rejects the unknown ioctl (ENOTTY) without touching either.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            NVME_IOCTL_ADMIN_CMD as _,
+            &mut cmd as *mut NvmeAdminCmd,
+        )
+    };
+    check(ret)?;
+    if ret > 0 {
+        // A positive value is the NVMe status of a command the device refused.
+        return Err(io::Error::other(format!("NVMe status {ret:#x}")));
+    }
+    Ok(log)
 }

@@ -3,6 +3,9 @@
 //! [`OurAgent`] runs `qga-agent`'s library in this process on a unix socket in a
 //! temp dir; [`ReferenceAgent`] runs `/usr/sbin/qemu-ga` (Debian's
 //! `qemu-guest-agent`) the same way and kills it by pid when dropped.
+//!
+//! For the tests that boot a real guest, [`build_guest`] makes its kernel and
+//! initramfs (tests/vm) and [`have`] tells whether a program is on the `PATH`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -117,4 +120,30 @@ impl Drop for ReferenceAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether `program` is found on the `PATH` (or is an existing path).
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Builds the end-to-end test guest into `out` (`vmlinuz` and `initrd.gz`) with
+/// tests/vm/build-initramfs.sh: a Debian kernel, fetched once with `apt-get download`
+/// into target/qga-vm-cache, and an initramfs holding busybox, `agent` (our agent's
+/// binary) and the reference agent. Panics if the build fails.
+pub fn build_guest(agent: &Path, out: &Path) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = manifest.join("../target/qga-vm-cache");
+    let status = Command::new("bash")
+        .arg(manifest.join("vm/build-initramfs.sh"))
+        .arg(&cache)
+        .arg(agent)
+        .arg(out)
+        .status()
+        .expect("run bash");
+    assert!(status.success(), "building the guest failed");
 }

@@ -20,18 +20,10 @@ use serde_json::{json, Value};
 
 const QEMU: &str = "qemu-system-x86_64";
 
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn can_run() -> bool {
     let missing: Vec<&str> = [QEMU, "busybox", "cpio", "mkfs.ext4", "apt-get", "depmod"]
         .into_iter()
-        .filter(|p| !have(p))
+        .filter(|p| !qga_tests::have(p))
         .chain((!Path::new(qga_tests::REFERENCE).exists()).then_some("qemu-ga"))
         .collect();
     if missing.is_empty() {
@@ -50,16 +42,7 @@ fn can_run() -> bool {
 
 /// Kernel and initramfs, built once per test run.
 fn build_guest(out: &Path) {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cache = manifest.join("../target/qga-vm-cache");
-    let status = Command::new("bash")
-        .arg(manifest.join("vm/build-initramfs.sh"))
-        .arg(&cache)
-        .arg(env!("CARGO_BIN_EXE_qga-agent-e2e"))
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the guest failed");
+    qga_tests::build_guest(Path::new(env!("CARGO_BIN_EXE_qga-agent-e2e")), out);
 }
 
 /// A running VM; killed by pid (only this QEMU) when dropped, printing the tail of

@@ -75,5 +75,44 @@ for path in "${order[@]}"; do
     esac
     echo "$name" >> "$root/etc/modules.load"
 done
+# 3. What the guest tells about itself through the agent (libvirt's guestinfo,
+# domhostname, domtime read these): os-release, hostname, time zone, a logged-in user.
+cat > "$root/etc/os-release" <<'OS'
+NAME="qga-rs Test Guest"
+ID=qgatest
+VERSION="1.0 (busybox)"
+VERSION_ID=1.0
+PRETTY_NAME="qga-rs Test Guest 1.0"
+OS
+echo qga-guest > "$root/etc/hostname"
+# Asia/Tokyo: a fixed offset (+09:00, "JST") all year, so the test can assert it. Laid
+# out as Debian does (GLib, hence qemu-ga, wants /etc/localtime to be a symlink into
+# the zoneinfo tree or /etc/timezone to name the zone, and falls back to UTC).
+if [ -e /usr/share/zoneinfo/Asia/Tokyo ]; then
+    mkdir -p "$root/usr/share/zoneinfo/Asia"
+    cp /usr/share/zoneinfo/Asia/Tokyo "$root/usr/share/zoneinfo/Asia/Tokyo"
+    ln -s ../usr/share/zoneinfo/Asia/Tokyo "$root/etc/localtime"
+    echo Asia/Tokyo > "$root/etc/timezone"
+else
+    echo "vm: /usr/share/zoneinfo/Asia/Tokyo missing (Debian package tzdata); guest has no time zone" >&2
+fi
+# /var/run/utmp with one USER_PROCESS record (glibc x86_64 struct utmp, 384 bytes):
+# user "qgauser" on tty1 from "10.0.2.2", logged in at 1700000000.5.
+mkdir -p "$root/var"
+ln -s ../run "$root/var/run"
+le32() { local v=$1; printf '\\x%02x\\x%02x\\x%02x\\x%02x' $((v & 255)) $((v >> 8 & 255)) $((v >> 16 & 255)) $((v >> 24 & 255)); }
+str() { printf '%s' "$1"; head -c $(($2 - ${#1})) /dev/zero; }
+{
+    printf '\x07\x00\x00\x00'                  # ut_type USER_PROCESS, padding
+    printf "$(le32 4242)"                       # ut_pid
+    str tty1 32                                 # ut_line
+    str 1 4                                     # ut_id
+    str qgauser 32                              # ut_user
+    str 10.0.2.2 256                            # ut_host
+    head -c 8 /dev/zero                         # ut_exit, ut_session
+    printf "$(le32 1700000000)$(le32 500000)"   # ut_tv
+    head -c 36 /dev/zero                        # ut_addr_v6, reserved
+} > "$root/run/utmp"
+[ "$(stat -c %s "$root/run/utmp")" = 384 ] || { echo "vm: utmp record is not 384 bytes" >&2; exit 1; }
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initrd.gz"
 echo "vm: kernel $kver, initramfs $(du -h "$out/initrd.gz" | cut -f1)" >&2

@@ -1,6 +1,6 @@
 #!/bin/busybox sh
 # /init of the end-to-end test guest: pseudo filesystems, modules, the agent port,
-# network, the data disk, then the agent chosen on the kernel command line
+# hostname, network, the data disk, then the agent chosen on the kernel command line
 # (qga=ours | qga=ref), restarted if it exits.
 /bin/busybox --install -s
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
@@ -20,6 +20,7 @@ for p in /sys/class/virtio-ports/*; do
     name=$(cat "$p/name" 2>/dev/null)
     [ -n "$name" ] && [ ! -e "/dev/virtio-ports/$name" ] && ln -s "/dev/$(basename "$p")" "/dev/virtio-ports/$name"
 done
+hostname -F /etc/hostname
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 mount -t ext4 -o discard /dev/vda /mnt/data || echo "init: mounting /mnt/data failed"

@@ -50,11 +50,14 @@ fn open(ctx: &mut Context, c: GuestFileOpen) -> Result<i64, QgaError> {
         return Err(QgaError::generic("no file handles left"));
     };
     // Persist before replying, so a restarted agent never reuses this handle.
-    if ctx.state.store_counter(next).is_err() {
+    if let Err(e) = ctx.state.store_counter(next) {
         let _ = file.close();
-        return Err(QgaError::generic(
-            "failed to commit persistent state to disk",
-        ));
+        // The real cause, e.g. `Too many open files` when the open took the last
+        // descriptor (7.2 says only the first half).
+        return Err(QgaError::generic(format!(
+            "failed to commit persistent state to disk: {}",
+            e.reason()
+        )));
     }
     ctx.next_handle = next;
     ctx.handles.insert(handle, file);

@@ -9,8 +9,11 @@
 mod control;
 mod files;
 mod freeze;
+mod hardware;
 mod network;
 mod power;
+mod storage;
+mod system;
 
 use qga_ops::OpsError;
 use qga_proto::*;
@@ -21,12 +24,14 @@ pub(crate) fn ops_err(e: OpsError) -> QgaError {
     QgaError::generic(e.to_string())
 }
 
-/// Every command of this agent.
+/// Every command of this agent, in qemu-ga 7.2's registration order, then the
+/// commands current QEMU added after it.
 pub(crate) fn stock() -> Registry {
     let mut r = Registry::new();
     r.register(control::sync_delimited)
         .register(control::sync)
         .register(control::ping)
+        .register(system::get_time)
         .register(control::info)
         .register(power::shutdown);
     files::register(&mut r);
@@ -38,6 +43,23 @@ pub(crate) fn stock() -> Registry {
         .register(power::suspend_disk)
         .register(power::suspend_ram)
         .register(power::suspend_hybrid)
-        .register(network::interfaces);
+        .register(network::interfaces)
+        .register(hardware::get_vcpus)
+        .register(hardware::set_vcpus)
+        .register(storage::disks)
+        .register(storage::fsinfo)
+        .register(hardware::get_memory_blocks)
+        .register(hardware::set_memory_blocks)
+        .register(hardware::memory_block_info)
+        .register(system::host_name)
+        .register(system::users)
+        .register(system::timezone)
+        .register(system::osinfo)
+        // Windows only: registered disabled on Linux, as 7.2 does.
+        .register_unsupported::<GuestGetDevices>()
+        .register(system::diskstats)
+        .register(system::cpustats)
+        .register(system::load)
+        .register(network::routes);
     r
 }

@@ -42,3 +42,31 @@ pub(super) fn interfaces(
         })
         .collect())
 }
+
+pub(super) fn routes(
+    ctx: &mut Context,
+    _: GuestNetworkGetRoute,
+) -> Result<Vec<GuestNetworkRoute>, QgaError> {
+    let routes = ctx.ops.network.routes().map_err(ops_err)?;
+    Ok(routes
+        .into_iter()
+        .map(|r| GuestNetworkRoute {
+            iface: r.iface,
+            destination: r.destination,
+            metric: r.metric,
+            gateway: r.gateway,
+            mask: r.mask,
+            irtt: r.irtt,
+            flags: r.flags,
+            refcnt: r.refcnt,
+            r#use: r.r#use,
+            window: r.window,
+            mtu: r.mtu,
+            desprefixlen: r.desprefixlen,
+            source: r.source,
+            srcprefixlen: r.srcprefixlen,
+            nexthop: r.nexthop,
+            version: r.version,
+        })
+        .collect())
+}

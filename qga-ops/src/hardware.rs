@@ -1,0 +1,528 @@
+//! vCPUs and memory blocks: listing and onlining/offlining them through sysfs
+//! (guest-get-vcpus, guest-set-vcpus, guest-get-memory-blocks,
+//! guest-set-memory-blocks, guest-get-memory-block-info), with qemu-ga 7.2's
+//! semantics and error texts.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::OpsError;
+
+/// One logical processor (guest-get-vcpus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vcpu {
+    /// N of `cpuN`.
+    pub logical_id: i64,
+    /// Whether it is online.
+    pub online: bool,
+    /// Whether it has an `online` file, i.e. the kernel lets it be offlined
+    /// (on x86 cpu0 usually has none).
+    pub can_offline: bool,
+}
+
+/// One entry of guest-set-vcpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuRequest {
+    /// N of `cpuN`.
+    pub logical_id: i64,
+    /// The state wanted.
+    pub online: bool,
+}
+
+/// One memory block (guest-get-memory-blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBlock {
+    /// N of `memoryN`.
+    pub phys_index: u64,
+    /// `state` starts with `online`; true when there is no `state` file.
+    pub online: bool,
+    /// The first byte of `removable` is not `0`; false when there is no
+    /// `removable` file (or no `state` file).
+    pub can_offline: bool,
+}
+
+/// One entry of guest-set-memory-blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBlockRequest {
+    /// N of `memoryN`.
+    pub phys_index: u64,
+    /// The state wanted.
+    pub online: bool,
+}
+
+/// What happened to one memory block request (`GuestMemoryBlockResponseType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryBlockResult {
+    /// `success`.
+    Success,
+    /// `not-found`: no `memoryN` directory.
+    NotFound,
+    /// `operation-not-supported`: no memory directory at all, or offlining a
+    /// block that has no `state` file.
+    OperationNotSupported,
+    /// `operation-failed`: the block's directory or `state` file could not be
+    /// opened, read or written.
+    OperationFailed,
+}
+
+/// The reply for one memory block request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBlockResponse {
+    /// The block asked for.
+    pub phys_index: u64,
+    /// What happened.
+    pub response: MemoryBlockResult,
+    /// The errno behind a failure, as 7.2 reports it (note that 7.2 also sets
+    /// it, to ENOENT, on the `success` it pretends when onlining a block that
+    /// has no `state` file).
+    pub error_code: Option<i64>,
+}
+
+/// vCPU and memory block hotplug state.
+pub trait Hardware: Send + Sync {
+    /// guest-get-vcpus: every `cpuN` entry of the cpu directory, in directory
+    /// (readdir) order as 7.2; no `online` file => online true, can_offline false.
+    fn vcpus(&self) -> Result<Vec<Vcpu>, OpsError>;
+
+    /// guest-set-vcpus: processes requests in order, stops at the first failure;
+    /// returns how many were processed; an error only when the FIRST one fails
+    /// (7.2 semantics). A request for the state a vCPU is already in writes nothing.
+    fn set_vcpus(&self, req: &[VcpuRequest]) -> Result<i64, OpsError>;
+
+    /// guest-get-memory-blocks: every `memoryN` directory, in directory order;
+    /// no memory directory at all => empty list (7.2), an empty one => error.
+    fn memory_blocks(&self) -> Result<Vec<MemoryBlock>, OpsError>;
+
+    /// guest-set-memory-blocks: one response per request (7.2 semantics); a
+    /// request for the state a block is already in writes nothing.
+    fn set_memory_blocks(
+        &self,
+        req: &[MemoryBlockRequest],
+    ) -> Result<Vec<MemoryBlockResponse>, OpsError>;
+
+    /// guest-get-memory-block-info: `block_size_bytes`, parsed as hex.
+    fn memory_block_size(&self) -> Result<u64, OpsError>;
+}
+
+/// Linux implementation over sysfs; every path is configurable so that tests
+/// (and the write side above all) run against a fixture tree.
+#[derive(Debug, Clone)]
+pub struct LinuxHardware {
+    /// `/sys/devices/system/cpu`.
+    pub sys_cpu: PathBuf,
+    /// `/sys/devices/system/memory`.
+    pub sys_memory: PathBuf,
+}
+
+impl Default for LinuxHardware {
+    fn default() -> Self {
+        LinuxHardware {
+            sys_cpu: "/sys/devices/system/cpu".into(),
+            sys_memory: "/sys/devices/system/memory".into(),
+        }
+    }
+}
+
+/// `N` of a `cpuN` entry, as 7.2's `sscanf("cpu%ld")`: digits after `cpu`,
+/// anything after them ignored; `cpufreq`, `cpuidle` are no vCPUs.
+fn cpu_id(name: &str) -> Option<i64> {
+    let rest = name.strip_prefix("cpu")?;
+    let end = rest
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// `N` of a `memoryN` entry, as 7.2's `strtoul(name + 6)`: leading digits, 0
+/// when there are none.
+fn memory_index(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("memory")?;
+    let end = rest
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    Some(
+        rest[..end]
+            .parse()
+            .unwrap_or(if end == 0 { 0 } else { u64::MAX }),
+    )
+}
+
+/// `strtol(text, NULL, 16)` on at most the first 20 bytes (7.2 reads 20), as an
+/// unsigned 64-bit value: leading blanks, a sign, an optional `0x`, then hex
+/// digits; no digits => 0, overflow saturates.
+fn parse_hex_size(bytes: &[u8]) -> u64 {
+    let bytes = &bytes[..bytes.len().min(20)];
+    let mut i = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let negative = match bytes.get(i) {
+        Some(b'-') => {
+            i += 1;
+            true
+        }
+        Some(b'+') => {
+            i += 1;
+            false
+        }
+        _ => false,
+    };
+    if bytes.get(i) == Some(&b'0')
+        && matches!(bytes.get(i + 1), Some(b'x' | b'X'))
+        && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+    {
+        i += 2;
+    }
+    let mut value: i64 = 0;
+    let mut overflow = false;
+    for b in &bytes[i..] {
+        let Some(d) = (*b as char).to_digit(16) else {
+            break;
+        };
+        match value.checked_mul(16).and_then(|v| v.checked_add(d as i64)) {
+            Some(v) => value = v,
+            None => overflow = true,
+        }
+    }
+    let signed = match (overflow, negative) {
+        (true, false) => i64::MAX,
+        (true, true) => i64::MIN,
+        (false, false) => value,
+        (false, true) => value.wrapping_neg(),
+    };
+    signed as u64
+}
+
+fn open_dir(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+}
+
+fn errno(e: &io::Error) -> i64 {
+    e.raw_os_error().unwrap_or(0) as i64
+}
+
+/// Reads up to `size` bytes at offset 0, with 7.2's texts for
+/// `ga_read_sysfs_file` (`open sysfs file "state": ...`).
+fn read_sysfs(dir: &Path, name: &str, size: usize) -> Result<Vec<u8>, (OpsError, i64)> {
+    let file = File::open(dir.join(name)).map_err(|e| {
+        let code = errno(&e);
+        (OpsError::os(format!("open sysfs file \"{name}\""), e), code)
+    })?;
+    let mut buf = vec![0; size];
+    match file.read_at(&mut buf, 0) {
+        Ok(0) => Err((
+            OpsError::failed(format!("pread sysfs file \"{name}\": unexpected EOF")),
+            0,
+        )),
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Err(e) => {
+            let code = errno(&e);
+            Err((
+                OpsError::os(format!("pread sysfs file \"{name}\""), e),
+                code,
+            ))
+        }
+    }
+}
+
+fn is_online_state(state: &[u8]) -> bool {
+    state.starts_with(b"online")
+}
+
+impl LinuxHardware {
+    /// `<sys_cpu>/cpuN/`, with the trailing slash 7.2 puts in its error texts.
+    fn cpu_dir(&self, id: i64) -> String {
+        format!("{}/cpu{id}/", self.sys_cpu.display())
+    }
+
+    /// `<sys_memory>/memoryN/` (7.2 prints the index as signed).
+    fn memory_dir(&self, index: u64) -> String {
+        format!("{}/memory{}/", self.sys_memory.display(), index as i64)
+    }
+
+    fn read_vcpu(&self, id: i64) -> Result<Vcpu, OpsError> {
+        let dir = self.cpu_dir(id);
+        open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
+        let online_path = format!("{dir}/online");
+        let file = match File::open(&online_path) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(Vcpu {
+                    logical_id: id,
+                    online: true,
+                    can_offline: false,
+                })
+            }
+            Err(e) => return Err(OpsError::os(format!("open(\"{online_path}\")"), e)),
+        };
+        let status = read_status_byte(&file, &online_path)?;
+        Ok(Vcpu {
+            logical_id: id,
+            online: status != b'0',
+            can_offline: true,
+        })
+    }
+
+    fn write_vcpu(&self, req: &VcpuRequest) -> Result<(), OpsError> {
+        let dir = self.cpu_dir(req.logical_id);
+        open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
+        let online_path = format!("{dir}/online");
+        let file = match OpenOptions::new().read(true).write(true).open(&online_path) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                if req.online {
+                    // No `online` file: the vCPU is always online.
+                    return Ok(());
+                }
+                return Err(OpsError::failed(format!(
+                    "logical processor #{} can't be offlined",
+                    req.logical_id
+                )));
+            }
+            Err(e) => return Err(OpsError::os(format!("open(\"{online_path}\")"), e)),
+        };
+        let status = read_status_byte(&file, &online_path)?;
+        if req.online != (status != b'0') {
+            let new = if req.online { b"1" } else { b"0" };
+            file.write_at(new, 0)
+                .map_err(|e| OpsError::os(format!("pwrite(\"{online_path}\")"), e))?;
+        }
+        Ok(())
+    }
+
+    fn read_memory_block(&self, index: u64) -> Result<MemoryBlock, OpsError> {
+        let dir = self.memory_dir(index);
+        open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
+        let dir = Path::new(&dir);
+        let state = match read_sysfs(dir, "state", 10) {
+            Ok(s) => s,
+            // An old kernel without `state`: always online.
+            Err((_, code)) if code == libc::ENOENT as i64 => {
+                return Ok(MemoryBlock {
+                    phys_index: index,
+                    online: true,
+                    can_offline: false,
+                })
+            }
+            Err((e, _)) => return Err(e),
+        };
+        let can_offline = match read_sysfs(dir, "removable", 1) {
+            Ok(r) => r[0] != b'0',
+            Err((_, code)) if code == libc::ENOENT as i64 => false,
+            Err((e, _)) => return Err(e),
+        };
+        Ok(MemoryBlock {
+            phys_index: index,
+            online: is_online_state(&state),
+            can_offline,
+        })
+    }
+
+    fn write_memory_block(&self, req: &MemoryBlockRequest) -> MemoryBlockResponse {
+        let reply = |response, error_code| MemoryBlockResponse {
+            phys_index: req.phys_index,
+            response,
+            error_code,
+        };
+        // 7.2 first checks the memory directory itself; an error other than
+        // ENOENT leaves the response at its zero value, `success`, with the errno.
+        if let Err(e) = std::fs::read_dir(&self.sys_memory) {
+            let code = errno(&e);
+            return if code == libc::ENOENT as i64 {
+                reply(MemoryBlockResult::OperationNotSupported, Some(code))
+            } else {
+                reply(MemoryBlockResult::Success, Some(code))
+            };
+        }
+        let dir = self.memory_dir(req.phys_index);
+        if let Err(e) = open_dir(Path::new(&dir)) {
+            let code = errno(&e);
+            return if code == libc::ENOENT as i64 {
+                reply(MemoryBlockResult::NotFound, Some(code))
+            } else {
+                reply(MemoryBlockResult::OperationFailed, Some(code))
+            };
+        }
+        let dir = Path::new(&dir);
+        let state = match read_sysfs(dir, "state", 10) {
+            Ok(s) => s,
+            Err((_, code)) if code == libc::ENOENT as i64 => {
+                // No `state`: onlining "succeeds" (with the errno, as 7.2),
+                // offlining is not supported.
+                return if req.online {
+                    reply(MemoryBlockResult::Success, Some(code))
+                } else {
+                    reply(MemoryBlockResult::OperationNotSupported, Some(code))
+                };
+            }
+            Err((_, code)) => return reply(MemoryBlockResult::OperationFailed, Some(code)),
+        };
+        if req.online != is_online_state(&state) {
+            let new: &[u8] = if req.online { b"online" } else { b"offline" };
+            let written = OpenOptions::new()
+                .write(true)
+                .open(dir.join("state"))
+                .and_then(|f| f.write_at(new, 0));
+            if let Err(e) = written {
+                return reply(MemoryBlockResult::OperationFailed, Some(errno(&e)));
+            }
+        }
+        reply(MemoryBlockResult::Success, None)
+    }
+}
+
+/// The first byte of an open `online` file (7.2's `pread(fd, &status, 1, 0)`).
+fn read_status_byte(file: &File, path: &str) -> Result<u8, OpsError> {
+    let mut status = [0u8; 1];
+    match file.read_at(&mut status, 0) {
+        Ok(0) => Err(OpsError::failed(format!(
+            "pread(\"{path}\"): unexpected EOF"
+        ))),
+        Ok(_) => Ok(status[0]),
+        Err(e) => Err(OpsError::os(format!("pread(\"{path}\")"), e)),
+    }
+}
+
+impl Hardware for LinuxHardware {
+    fn vcpus(&self) -> Result<Vec<Vcpu>, OpsError> {
+        let entries = std::fs::read_dir(&self.sys_cpu).map_err(|e| {
+            OpsError::os(
+                format!("failed to list entries: {}", self.sys_cpu.display()),
+                e,
+            )
+        })?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                OpsError::os(
+                    format!("failed to list entries: {}", self.sys_cpu.display()),
+                    e,
+                )
+            })?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(cpu_id) else {
+                continue;
+            };
+            out.push(self.read_vcpu(id)?);
+        }
+        if out.is_empty() {
+            // 7.2 asserts here ("there's no guest with zero VCPUs") and dies.
+            return Err(OpsError::failed(format!(
+                "no vCPUs found in {}",
+                self.sys_cpu.display()
+            )));
+        }
+        Ok(out)
+    }
+
+    fn set_vcpus(&self, req: &[VcpuRequest]) -> Result<i64, OpsError> {
+        let mut processed = 0;
+        for r in req {
+            if let Err(e) = self.write_vcpu(r) {
+                if processed == 0 {
+                    return Err(e);
+                }
+                break;
+            }
+            processed += 1;
+        }
+        Ok(processed)
+    }
+
+    fn memory_blocks(&self) -> Result<Vec<MemoryBlock>, OpsError> {
+        let entries = match std::fs::read_dir(&self.sys_memory) {
+            Ok(e) => e,
+            // No memory hotplug in this kernel: 7.2 returns an empty list.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(OpsError::os(
+                    format!("Can't open directory\"{}/\"", self.sys_memory.display()),
+                    e,
+                ))
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                OpsError::os(
+                    format!("Can't open directory\"{}/\"", self.sys_memory.display()),
+                    e,
+                )
+            })?;
+            let name = entry.file_name();
+            let Some(index) = name.to_str().and_then(memory_index) else {
+                continue;
+            };
+            // readdir's d_type: a symlink to a directory does not count.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            out.push(self.read_memory_block(index)?);
+        }
+        if out.is_empty() {
+            return Err(OpsError::failed("guest reported zero memory blocks!"));
+        }
+        Ok(out)
+    }
+
+    fn set_memory_blocks(
+        &self,
+        req: &[MemoryBlockRequest],
+    ) -> Result<Vec<MemoryBlockResponse>, OpsError> {
+        Ok(req.iter().map(|r| self.write_memory_block(r)).collect())
+    }
+
+    fn memory_block_size(&self) -> Result<u64, OpsError> {
+        let dir = format!("{}/", self.sys_memory.display());
+        open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
+        let buf = read_sysfs(Path::new(&dir), "block_size_bytes", 20).map_err(|(e, _)| e)?;
+        Ok(parse_hex_size(&buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_names_as_sscanf_cpu_ld() {
+        assert_eq!(cpu_id("cpu0"), Some(0));
+        assert_eq!(cpu_id("cpu17"), Some(17));
+        assert_eq!(cpu_id("cpu3x"), Some(3));
+        assert_eq!(cpu_id("cpufreq"), None);
+        assert_eq!(cpu_id("cpuidle"), None);
+        assert_eq!(cpu_id("cpu"), None);
+        assert_eq!(cpu_id("online"), None);
+    }
+
+    #[test]
+    fn memory_names_as_strtoul() {
+        assert_eq!(memory_index("memory0"), Some(0));
+        assert_eq!(memory_index("memory196"), Some(196));
+        assert_eq!(memory_index("memory_x"), Some(0));
+        assert_eq!(memory_index("block_size_bytes"), None);
+    }
+
+    #[test]
+    fn block_size_is_strtol_base_16() {
+        assert_eq!(parse_hex_size(b"8000000\n"), 0x800_0000);
+        assert_eq!(parse_hex_size(b"0x10\n"), 16);
+        assert_eq!(parse_hex_size(b"  ff"), 255);
+        assert_eq!(parse_hex_size(b"zz"), 0);
+        assert_eq!(parse_hex_size(b""), 0);
+        assert_eq!(parse_hex_size(b"-1"), u64::MAX);
+        assert_eq!(parse_hex_size(b"ffffffffffffffffff"), i64::MAX as u64);
+        // Only 20 bytes are read.
+        assert_eq!(parse_hex_size(b"0000000000000000000123"), 1);
+    }
+}

@@ -1,0 +1,98 @@
+//! The bits of udev's view qemu-ga gets through libudev, read from plain files.
+
+use std::fs;
+use std::path::Path;
+
+/// `KEY=value` from a sysfs `uevent` file.
+pub(super) fn uevent_value(path: &Path, key: &str) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// A device's entry in the udev database (`<data>/b<major>:<minor>`).
+pub(super) struct Db(Option<String>);
+
+impl Db {
+    /// The entry of the block device whose sysfs directory is `dir` (empty when
+    /// there is none: no udev, or udev has not seen the device).
+    pub(super) fn for_device(data: &Path, dir: &Path) -> Db {
+        let entry = fs::read_to_string(dir.join("dev")).ok().and_then(|dev| {
+            let dev = dev.trim_end();
+            let (maj, min) = dev.split_once(':')?;
+            // Digits only, so the file name cannot leave the database directory.
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            if !digits(maj) || !digits(min) {
+                return None;
+            }
+            fs::read_to_string(data.join(format!("b{maj}:{min}"))).ok()
+        });
+        Db(entry)
+    }
+
+    /// A non-empty property (`E:KEY=value`).
+    pub(super) fn get(&self, key: &str) -> Option<String> {
+        self.0
+            .as_deref()?
+            .lines()
+            .find_map(|l| l.strip_prefix("E:")?.strip_prefix(key)?.strip_prefix('='))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    }
+}
+
+/// Bus prefixes udev's persistent-storage rules put before `ID_SERIAL` in
+/// `/dev/disk/by-id` names; `scsi-` ranks last because SATA and other disks
+/// behind the SCSI layer get a `scsi-` link besides their own.
+const BY_ID_BUSES: [&str; 10] = [
+    "virtio", "nvme", "ata", "usb", "ieee1394", "mmc", "memstick", "xen", "cciss", "scsi",
+];
+
+/// The serial in the name of a `/dev/disk/by-id/<bus>-<serial>` link pointing at
+/// `devname`. World-wide names (`wwn-`, `nvme-eui.`, `nvme-nvme.`) are skipped;
+/// among several candidates, the best-ranked bus, then the shortest name, wins.
+/// For partition number `part`, the link is `<bus>-<serial>-part<N>` (udev gives
+/// partitions their disk's `ID_SERIAL`).
+pub(super) fn serial_from_by_id(by_id: &Path, devname: &str, part: Option<&str>) -> Option<String> {
+    let suffix = part.map(|n| format!("-part{n}"));
+    let entries = fs::read_dir(by_id).ok()?;
+    let mut best: Option<(usize, String)> = None;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        if target.file_name().is_none_or(|n| n != devname) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let name = match &suffix {
+            Some(sfx) => match name.strip_suffix(sfx.as_str()) {
+                Some(n) => n.to_owned(),
+                None => continue,
+            },
+            None => name,
+        };
+        if name.starts_with("nvme-eui.") || name.starts_with("nvme-nvme.") {
+            continue;
+        }
+        let Some((bus, serial)) = name.split_once('-') else {
+            continue;
+        };
+        let Some(rank) = BY_ID_BUSES.iter().position(|b| *b == bus) else {
+            continue;
+        };
+        if serial.is_empty() {
+            continue;
+        }
+        let better = match &best {
+            None => true,
+            Some((r, s)) => (rank, serial.len(), serial) < (*r, s.len(), s.as_str()),
+        };
+        if better {
+            best = Some((rank, serial.to_owned()));
+        }
+    }
+    best.map(|(_, s)| s)
+}
