@@ -568,6 +568,180 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         self.execute(&GuestNetworkGetInterfaces {}).await
     }
 
+    /// guest-get-time: the guest's clock, in nanoseconds since the epoch.
+    pub async fn get_time(&mut self) -> Result<i64, ClientError> {
+        self.execute(&GuestGetTime {}).await
+    }
+
+    /// guest-set-time: with `time` (nanoseconds since the epoch), set the guest's
+    /// clock to it; without, set the system clock from the hardware clock.
+    pub async fn set_time(&mut self, time: Option<i64>) -> Result<(), ClientError> {
+        self.execute(&GuestSetTime { time }).await.map(|_| ())
+    }
+
+    /// guest-get-host-name.
+    pub async fn get_host_name(&mut self) -> Result<String, ClientError> {
+        self.execute(&GuestGetHostName {})
+            .await
+            .map(|h| h.host_name)
+    }
+
+    /// guest-get-timezone.
+    pub async fn get_timezone(&mut self) -> Result<GuestTimezone, ClientError> {
+        self.execute(&GuestGetTimezone {}).await
+    }
+
+    /// guest-get-osinfo: kernel and distribution.
+    pub async fn get_osinfo(&mut self) -> Result<GuestOsInfo, ClientError> {
+        self.execute(&GuestGetOsinfo {}).await
+    }
+
+    /// guest-get-users: logged-in users.
+    pub async fn get_users(&mut self) -> Result<Vec<GuestUser>, ClientError> {
+        self.execute(&GuestGetUsers {}).await
+    }
+
+    /// guest-get-load: load averages (QEMU 10.0 agents and ours; older ones answer
+    /// CommandNotFound).
+    pub async fn get_load(&mut self) -> Result<GuestLoadAverage, ClientError> {
+        self.execute(&GuestGetLoad {}).await
+    }
+
+    /// guest-get-vcpus: the logical CPUs and whether they are online.
+    pub async fn get_vcpus(&mut self) -> Result<Vec<GuestLogicalProcessor>, ClientError> {
+        self.execute(&GuestGetVcpus {}).await
+    }
+
+    /// guest-set-vcpus: brings CPUs online or offline, in order; returns how many
+    /// were processed.
+    pub async fn set_vcpus(
+        &mut self,
+        vcpus: Vec<GuestLogicalProcessor>,
+    ) -> Result<i64, ClientError> {
+        self.execute(&GuestSetVcpus { vcpus }).await
+    }
+
+    /// guest-get-memory-blocks: the memory blocks and whether they are online.
+    pub async fn get_memory_blocks(&mut self) -> Result<Vec<GuestMemoryBlock>, ClientError> {
+        self.execute(&GuestGetMemoryBlocks {}).await
+    }
+
+    /// guest-set-memory-blocks: one response per requested block.
+    pub async fn set_memory_blocks(
+        &mut self,
+        mem_blks: Vec<GuestMemoryBlock>,
+    ) -> Result<Vec<GuestMemoryBlockResponse>, ClientError> {
+        self.execute(&GuestSetMemoryBlocks { mem_blks }).await
+    }
+
+    /// guest-get-memory-block-info: the size of one memory block.
+    pub async fn get_memory_block_info(&mut self) -> Result<GuestMemoryBlockInfo, ClientError> {
+        self.execute(&GuestGetMemoryBlockInfo {}).await
+    }
+
+    /// guest-get-cpustats: each CPU's times.
+    pub async fn get_cpustats(&mut self) -> Result<Vec<GuestCpuStats>, ClientError> {
+        self.execute(&GuestGetCpustats {}).await
+    }
+
+    /// guest-get-devices: devices and their drivers (answered by Windows agents).
+    pub async fn get_devices(&mut self) -> Result<Vec<GuestDeviceInfo>, ClientError> {
+        self.execute(&GuestGetDevices {}).await
+    }
+
+    /// guest-get-fsinfo: mounted filesystems, their sizes and disks.
+    pub async fn get_fsinfo(&mut self) -> Result<Vec<GuestFilesystemInfo>, ClientError> {
+        self.execute(&GuestGetFsinfo {}).await
+    }
+
+    /// guest-get-disks: disks and partitions.
+    pub async fn get_disks(&mut self) -> Result<Vec<GuestDiskInfo>, ClientError> {
+        self.execute(&GuestGetDisks {}).await
+    }
+
+    /// guest-get-diskstats: each block device's I/O counters.
+    pub async fn get_diskstats(&mut self) -> Result<Vec<GuestDiskStatsInfo>, ClientError> {
+        self.execute(&GuestGetDiskstats {}).await
+    }
+
+    /// guest-network-get-route: the routing tables (QEMU 9.1 agents and ours).
+    pub async fn get_routes(&mut self) -> Result<Vec<GuestNetworkRoute>, ClientError> {
+        self.execute(&GuestNetworkGetRoute {}).await
+    }
+
+    /// guest-exec: starts a program; returns its pid, to poll with
+    /// [`Client::exec_status`].
+    pub async fn exec(&mut self, cmd: &GuestExec) -> Result<GuestExecResult, ClientError> {
+        self.execute(cmd).await
+    }
+
+    /// guest-exec-status: a started program's state and captured output.
+    pub async fn exec_status(&mut self, pid: i64) -> Result<GuestExecStatusResult, ClientError> {
+        self.execute(&GuestExecStatus { pid }).await
+    }
+
+    /// guest-set-user-password: `password` is sent base64-encoded; `crypted` says it
+    /// is already a crypt(3) hash.
+    pub async fn set_user_password(
+        &mut self,
+        username: &str,
+        password: &[u8],
+        crypted: bool,
+    ) -> Result<(), ClientError> {
+        let mut b64 = Vec::new();
+        Base64::encode_into(password, &mut b64);
+        let password = String::from_utf8(b64).map_err(ClientError::protocol)?;
+        self.execute(&GuestSetUserPassword {
+            username: username.to_owned(),
+            password,
+            crypted,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// guest-ssh-get-authorized-keys.
+    pub async fn ssh_get_authorized_keys(
+        &mut self,
+        username: &str,
+    ) -> Result<Vec<String>, ClientError> {
+        self.execute(&GuestSshGetAuthorizedKeys {
+            username: username.to_owned(),
+        })
+        .await
+        .map(|k| k.keys)
+    }
+
+    /// guest-ssh-add-authorized-keys (`reset` replaces the user's keys).
+    pub async fn ssh_add_authorized_keys(
+        &mut self,
+        username: &str,
+        keys: Vec<String>,
+        reset: bool,
+    ) -> Result<(), ClientError> {
+        self.execute(&GuestSshAddAuthorizedKeys {
+            username: username.to_owned(),
+            keys,
+            reset: reset.then_some(true),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// guest-ssh-remove-authorized-keys.
+    pub async fn ssh_remove_authorized_keys(
+        &mut self,
+        username: &str,
+        keys: Vec<String>,
+    ) -> Result<(), ClientError> {
+        self.execute(&GuestSshRemoveAuthorizedKeys {
+            username: username.to_owned(),
+            keys,
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Reads a whole guest file in chunks of `chunk` bytes (at most 48 MiB).
     pub async fn read_file(
         &mut self,

@@ -23,6 +23,16 @@ pub enum ClientError {
     /// The agent's answer made no sense (or a request could not be built).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The agent could not be reached: `target` names what was tried (the unix
+    /// socket's path, the vsock address, the hybrid vsock socket and port).
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        /// What was tried, e.g. `unix socket /run/qga.sock` or `vsock 3:1234`.
+        target: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl ClientError {
@@ -33,6 +43,11 @@ impl ClientError {
             | io::ErrorKind::UnexpectedEof => ClientError::Closed,
             _ => ClientError::Io(e),
         }
+    }
+
+    pub(crate) fn connect(target: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let target = target.into();
+        move |source| ClientError::Connect { target, source }
     }
 
     pub(crate) fn protocol(e: impl std::fmt::Display) -> Self {
@@ -57,7 +72,10 @@ impl ClientError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            ClientError::Timeout | ClientError::Closed | ClientError::Io(_)
+            ClientError::Timeout
+                | ClientError::Closed
+                | ClientError::Io(_)
+                | ClientError::Connect { .. }
         )
     }
 }

@@ -10,32 +10,62 @@ use tokio::net::UnixStream;
 
 use crate::{Client, ClientError};
 
+/// How long [`connect_hybrid_vsock`] waits for the VMM's answer to `CONNECT`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects to a unix socket: QEMU's `-chardev socket` for the guest agent port on
-/// the host, or an agent in `unix-listen` mode.
+/// the host, or an agent in `unix-listen` mode. A failure is a
+/// [`ClientError::Connect`] naming the path.
 pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Client<UnixStream>, ClientError> {
-    let s = UnixStream::connect(path).await.map_err(ClientError::Io)?;
+    let path = path.as_ref();
+    let s = UnixStream::connect(path)
+        .await
+        .map_err(ClientError::connect(format!(
+            "unix socket {}",
+            path.display()
+        )))?;
     Ok(Client::new(s))
 }
 
-/// Connects to an agent listening on AF_VSOCK `cid:port`.
+/// Connects to an agent listening on AF_VSOCK `cid:port`. A failure is a
+/// [`ClientError::Connect`] naming the address.
 pub async fn connect_vsock(
     cid: u32,
     port: u32,
 ) -> Result<Client<tokio_vsock::VsockStream>, ClientError> {
     let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(cid, port))
         .await
-        .map_err(ClientError::Io)?;
+        .map_err(ClientError::connect(format!("vsock {cid}:{port}")))?;
     Ok(Client::new(s))
 }
 
 /// Connects through a hybrid vsock unix socket (Cloud Hypervisor, Firecracker):
-/// writes `CONNECT <port>\n` and expects `OK <n>\n` before speaking QGA.
+/// writes `CONNECT <port>\n` and expects `OK <n>\n` (within 10 s) before speaking
+/// QGA. A failure, including a refused or unanswered `CONNECT`, is a
+/// [`ClientError::Connect`] naming the socket and the port.
 pub async fn connect_hybrid_vsock(
     path: impl AsRef<Path>,
     port: u32,
 ) -> Result<Client<UnixStream>, ClientError> {
-    let s = UnixStream::connect(path).await.map_err(ClientError::Io)?;
-    let s = hybrid_handshake(s, port, Duration::from_secs(10)).await?;
+    let path = path.as_ref();
+    let target = format!("hybrid vsock {} port {port}", path.display());
+    let s = UnixStream::connect(path)
+        .await
+        .map_err(ClientError::connect(target.clone()))?;
+    let s = match hybrid_handshake(s, port, HANDSHAKE_TIMEOUT).await {
+        Ok(s) => s,
+        Err(ClientError::Io(e)) => return Err(ClientError::connect(target)(e)),
+        Err(ClientError::Timeout) => {
+            return Err(ClientError::connect(target)(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no answer to CONNECT {port} in {} s",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ),
+            )))
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Client::new(s))
 }
 

@@ -660,94 +660,161 @@ async fn write_file_keeps_every_request_within_the_agents_limit() {
     assert_eq!(seen.last(), Some(&(data.len() as u64, total)));
 }
 
-/// Runs the `qga` binary against a scripted agent on a unix socket; returns its exit
-/// code and stderr.
-async fn run_qga(args: &[&str]) -> (Option<i32>, String) {
+#[tokio::test]
+async fn connection_errors_name_what_could_not_be_reached() {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("qga.sock");
+    let missing = dir.path().join("missing.sock");
+    let err = qga_client::connect_unix(&missing).await.unwrap_err();
+    assert!(err.is_unreachable());
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("unix socket {}", missing.display())),
+        "{text}"
+    );
+    assert!(text.contains("No such file or directory"), "{text}");
+
+    // A hybrid vsock socket whose VMM refuses the port: both are named.
+    let sock = dir.path().join("vm.vsock");
     let listener = tokio::net::UnixListener::bind(&sock).unwrap();
     tokio::spawn(async move {
-        let (io, _) = listener.accept().await.unwrap();
-        agent(io, 4096, |req| {
-            let ret = match req["execute"].as_str().unwrap() {
-                "guest-file-open" => json!(1000),
-                "guest-file-read" => json!({"count": 5, "buf-b64": "aGVsbG8=", "eof": true}),
-                "guest-file-write" => json!({"count": 5, "eof": false}),
-                "guest-file-flush" | "guest-file-close" => json!({}),
-                _ => return proper(req),
-            };
-            format!("{}\n", json!({"return": ret, "id": req["id"]})).into_bytes()
-        })
-        .await
-        .unwrap()
+        let (mut vmm, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64];
+        let _ = vmm.read(&mut buf).await;
+        vmm.write_all(b"ERROR no listener\n").await.unwrap();
     });
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_qga"));
-    cmd.arg("--socket").arg(&sock).args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    let err = qga_client::connect_hybrid_vsock(&sock, 1234)
+        .await
+        .unwrap_err();
+    assert!(err.is_unreachable());
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("hybrid vsock {} port 1234", sock.display()))
+            && text.contains("ERROR no listener"),
+        "{text}"
+    );
+}
+
+/// The typed methods for the modern commands: each sends its command with the
+/// right arguments and decodes the agent's reply.
+#[tokio::test]
+async fn modern_commands_send_their_arguments_and_decode_their_replies() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let peer = agent(theirs, 4096, |req| {
+        let ret = match req["execute"].as_str().unwrap() {
+            "guest-get-time" => json!(1_796_106_334_095_443_000i64),
+            "guest-get-host-name" => json!({"host-name": "vm42"}),
+            "guest-get-timezone" => json!({"zone": "CET", "offset": 3600}),
+            "guest-get-osinfo" => json!({"id": "debian", "machine": "x86_64"}),
+            "guest-get-users" => json!([{"user": "root", "login-time": 1.5}]),
+            "guest-get-load" => json!({"load1m": 0.5, "load5m": 0.25, "load15m": 0.125}),
+            "guest-get-vcpus" => json!([{"logical-id": 1, "online": false, "can-offline": true}]),
+            "guest-set-vcpus" => json!(1),
+            "guest-get-memory-blocks" => json!([{"phys-index": 7, "online": true}]),
+            "guest-get-memory-block-info" => json!({"size": 134_217_728}),
+            "guest-get-cpustats" => {
+                json!([{"type": "linux", "cpu": 0, "user": 1, "nice": 2, "system": 3, "idle": 4}])
+            }
+            "guest-get-fsinfo" => json!([{"name": "vda1", "mountpoint": "/", "type": "ext4",
+                "disk": [], "used-bytes": 10, "total-bytes": 20}]),
+            "guest-get-disks" => json!([{"name": "/dev/vda", "partition": false}]),
+            "guest-get-diskstats" => {
+                json!([{"name": "vda", "major": 254, "minor": 0, "stats": {"read-ios": 9}}])
+            }
+            "guest-network-get-route" => json!([{"iface": "eth0", "destination": "0.0.0.0",
+                "metric": 100, "version": 4}]),
+            "guest-exec" => json!({"pid": 4242}),
+            "guest-exec-status" => json!({"exited": true, "exitcode": 0, "out-data": "aGk="}),
+            "guest-ssh-get-authorized-keys" => json!({"keys": ["ssh-ed25519 AAAA a@b"]}),
+            "guest-set-time"
+            | "guest-set-user-password"
+            | "guest-ssh-add-authorized-keys"
+            | "guest-ssh-remove-authorized-keys" => json!({}),
+            _ => return proper(req),
+        };
+        format!("{}\n", json!({"return": ret, "id": req["id"]})).into_bytes()
+    });
+    use qga_proto::{GuestCpuStats, GuestLogicalProcessor};
+    let mut c = Client::new(ours);
+    assert_eq!(c.get_time().await.unwrap(), 1_796_106_334_095_443_000);
+    c.set_time(Some(5)).await.unwrap();
+    assert_eq!(c.get_host_name().await.unwrap(), "vm42");
+    let tz = c.get_timezone().await.unwrap();
+    assert_eq!((tz.zone.as_deref(), tz.offset), (Some("CET"), 3600));
+    let os = c.get_osinfo().await.unwrap();
+    assert_eq!(os.id.as_deref(), Some("debian"));
+    assert_eq!(os.pretty_name, None);
+    assert_eq!(c.get_users().await.unwrap()[0].login_time, 1.5);
+    assert_eq!(c.get_load().await.unwrap().load15m, 0.125);
+    let cpus = c.get_vcpus().await.unwrap();
+    assert_eq!((cpus[0].logical_id, cpus[0].online), (1, false));
+    let online = GuestLogicalProcessor {
+        logical_id: 1,
+        online: true,
+        can_offline: None,
+    };
+    assert_eq!(c.set_vcpus(vec![online]).await.unwrap(), 1);
+    assert_eq!(c.get_memory_blocks().await.unwrap()[0].phys_index, 7);
+    assert_eq!(c.get_memory_block_info().await.unwrap().size, 134_217_728);
+    let GuestCpuStats::Linux(cpu0) = c.get_cpustats().await.unwrap()[0];
+    assert_eq!((cpu0.user, cpu0.idle, cpu0.iowait), (1, 4, None));
+    assert_eq!(c.get_fsinfo().await.unwrap()[0].total_bytes, Some(20));
+    assert!(!c.get_disks().await.unwrap()[0].partition);
+    assert_eq!(c.get_diskstats().await.unwrap()[0].stats.read_ios, Some(9));
+    assert_eq!(c.get_routes().await.unwrap()[0].metric, 100);
+    let exec = qga_proto::GuestExec {
+        path: "/bin/echo".into(),
+        arg: Some(vec!["hi".into()]),
+        ..Default::default()
+    };
+    assert_eq!(c.exec(&exec).await.unwrap().pid, 4242);
+    let status = c.exec_status(4242).await.unwrap();
+    assert_eq!(
+        (status.exited, status.out_data.as_deref()),
+        (true, Some("aGk="))
+    );
+    c.set_user_password("alice", b"secret", false)
         .await
         .unwrap();
-    drop(dir);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_reports_local_file_errors_with_their_own_exit_code() {
-    let dir = tempfile::tempdir().unwrap();
-    // Exit code 5, and a message that names the local file.
-    async fn local_error(args: &[&str], what: &str, path: &str) {
-        let (code, stderr) = run_qga(args).await;
-        assert_eq!(code, Some(5), "{stderr}");
-        assert!(stderr.contains(what) && stderr.contains(path), "{stderr}");
-    }
-    let missing = dir.path().join("missing.bin");
-    let missing = missing.to_str().unwrap();
-    local_error(
-        &["put", missing, "/tmp/remote.bin"],
-        "cannot read local file",
-        missing,
-    )
-    .await;
-    let unwritable = dir.path().join("no/such/dir/out.bin");
-    let unwritable = unwritable.to_str().unwrap();
-    local_error(
-        &["get", "/etc/hostname", unwritable],
-        "cannot write local file",
-        unwritable,
-    )
-    .await;
-
-    // The same transfers with usable local files succeed.
-    let local = dir.path().join("local.bin");
-    let local = local.to_str().unwrap();
-    let (code, stderr) = run_qga(&["get", "/etc/hostname", local]).await;
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(std::fs::read(local).unwrap(), b"hello");
-    let (code, stderr) = run_qga(&["put", local, "/tmp/remote.bin"]).await;
-    assert_eq!(code, Some(0), "{stderr}");
-}
-
-#[test]
-fn the_cli_reports_a_bad_command_line_as_a_usage_error() {
-    for args in [
-        &["--vsock", "nonsense", "ping"][..],
-        &["--vsock", "x:1", "ping"],
-        &["--hybrid-vsock", "/tmp/vm.sock:port", "ping"],
-        &["ping"],
-        &["--socket", "/nonexistent/qga.sock", "exec-raw", "{not json"],
-        &["--socket", "/nonexistent/qga.sock", "exec-raw", "{}"],
-    ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qga"))
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(
-            stderr.starts_with("qga: ") || stderr.contains("Usage"),
-            "{stderr}"
-        );
-    }
+    assert_eq!(
+        c.ssh_get_authorized_keys("alice").await.unwrap(),
+        ["ssh-ed25519 AAAA a@b"]
+    );
+    c.ssh_add_authorized_keys("alice", vec!["k1".into()], true)
+        .await
+        .unwrap();
+    c.ssh_remove_authorized_keys("alice", vec!["k1".into()])
+        .await
+        .unwrap();
+    drop(c);
+    let seen = peer.await.unwrap();
+    let args = |name: &str| {
+        seen.iter()
+            .find(|r| r["execute"] == name)
+            .map(|r| r.get("arguments").cloned())
+            .unwrap_or_else(|| panic!("{name} not sent"))
+    };
+    // Commands without arguments send none.
+    assert_eq!(args("guest-get-osinfo"), None);
+    assert_eq!(args("guest-set-time"), Some(json!({"time": 5})));
+    assert_eq!(
+        args("guest-set-vcpus"),
+        Some(json!({"vcpus": [{"logical-id": 1, "online": true}]}))
+    );
+    assert_eq!(
+        args("guest-exec"),
+        Some(json!({"path": "/bin/echo", "arg": ["hi"]}))
+    );
+    assert_eq!(args("guest-exec-status"), Some(json!({"pid": 4242})));
+    assert_eq!(
+        args("guest-set-user-password"),
+        Some(json!({"username": "alice", "password": "c2VjcmV0", "crypted": false}))
+    );
+    assert_eq!(
+        args("guest-ssh-add-authorized-keys"),
+        Some(json!({"username": "alice", "keys": ["k1"], "reset": true}))
+    );
+    assert_eq!(
+        args("guest-ssh-remove-authorized-keys"),
+        Some(json!({"username": "alice", "keys": ["k1"]}))
+    );
 }
