@@ -59,6 +59,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod exec;
 #[cfg(feature = "fake")]
 pub mod fake;
 mod files;
@@ -77,6 +78,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use error::OpsError;
+pub use exec::{
+    CaptureMode, Captured, ExecRequest, ExecStatus, Processes, Termination, MAX_OUTPUT,
+};
 pub use files::{Files, GuestFile, LinuxFiles, OpenMode, SeekOutcome, Whence, WriteOutcome};
 pub use freeze::{run_hook, FreezeState, FsFreeze, LinuxFsFreeze};
 pub use hardware::{
