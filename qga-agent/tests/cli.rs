@@ -36,8 +36,6 @@ fn version_and_block_help() {
     const NOT_YET: &[&str] = &[
         "guest-set-time",
         "guest-set-user-password",
-        "guest-exec-status",
-        "guest-exec",
         "guest-ssh-get-authorized-keys",
         "guest-ssh-add-authorized-keys",
         "guest-ssh-remove-authorized-keys",

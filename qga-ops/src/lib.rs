@@ -11,6 +11,7 @@
 //! [`Storage`] (guest-get-fsinfo, guest-get-disks) reads sysfs and udev's database, no libudev.
 //! [`SystemInfo`] answers guest-get-time, -host-name, -timezone, -osinfo, -users,
 //! -load, -cpustats and -diskstats.
+//! [`Processes`] runs guest-exec's programs and answers guest-exec-status.
 //!
 //! Errors are [`OpsError`], whose `Display` is the reference agent's text
 //! (`failed to open file '/x' (mode: 'r'): No such file or directory`), so an agent
@@ -79,7 +80,8 @@ use std::sync::Arc;
 
 pub use error::OpsError;
 pub use exec::{
-    CaptureMode, Captured, ExecRequest, ExecStatus, Processes, Termination, MAX_OUTPUT,
+    CaptureMode, Captured, ExecLimits, ExecRequest, ExecStatus, LinuxProcesses, Processes,
+    Termination, MAX_OUTPUT,
 };
 pub use files::{Files, GuestFile, LinuxFiles, OpenMode, SeekOutcome, Whence, WriteOutcome};
 pub use freeze::{run_hook, FreezeState, FsFreeze, LinuxFsFreeze};
@@ -125,6 +127,8 @@ pub struct Ops {
     /// guest-get-time, -host-name, -timezone, -osinfo, -users, -load, -cpustats,
     /// -diskstats.
     pub sysinfo: Arc<dyn SystemInfo>,
+    /// guest-exec, guest-exec-status.
+    pub processes: Arc<dyn Processes>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -146,6 +150,8 @@ pub struct LinuxConfig {
     pub storage: LinuxStorage,
     /// Source paths of the system information (os-release override, `/proc`, utmp).
     pub sysinfo: LinuxSystemInfo,
+    /// Bounds of guest-exec's captured output and finished-process table.
+    pub exec: ExecLimits,
 }
 
 impl Ops {
@@ -165,6 +171,7 @@ impl Ops {
             hardware: Arc::new(config.hardware),
             storage: Arc::new(config.storage),
             sysinfo: Arc::new(config.sysinfo),
+            processes: Arc::new(LinuxProcesses::new(config.exec)),
         }
     }
 }
