@@ -136,12 +136,14 @@ const CHUNK: usize = 64 * 1024;
 ///
 /// * **Spawning**: `posix_spawnp(3)`, no shell. A bare name is looked up in the
 ///   agent's `PATH` (as GLib's `G_SPAWN_SEARCH_PATH`), `argv[0]` is `path` as
-///   given, `env` entries are passed verbatim. A failure that the exec itself
+///   given, `env` entries are passed verbatim. Before each spawn every descriptor
+///   of the process from 3 up is marked close-on-exec (the agent's own are
+///   already; this catches ones it inherited), where GLib closes them in the child. A failure that the exec itself
 ///   reports (missing program, no permission) is qemu-ga 7.2's
 ///   `Guest agent command failed, error was 'Failed to execute child process “/bin/x” (No such file or directory)'`.
 /// * **The child**: stdin is the input pipe or `/dev/null`; uncaptured output goes
-///   to `/dev/null`; merged output shares one pipe. It inherits only fds 0-2
-///   (every descriptor of the agent is close-on-exec), gets an empty signal mask
+///   to `/dev/null`; merged output shares one pipe. It inherits only fds 0-2,
+///   gets an empty signal mask
 ///   and every signal at its default action (the agent ignores SIGPIPE; qemu-ga
 ///   resets only that one), and runs in **its own process group** (qemu-ga keeps it
 ///   in the agent's): a `kill 0` in the child, or a terminal's Ctrl-C meant for a
@@ -248,6 +250,11 @@ impl LinuxProcesses {
     /// processes together (for monitoring, and for tests that check the bound).
     pub fn held_bytes(&self) -> usize {
         self.shared.held.load(Ordering::Relaxed)
+    }
+
+    /// Finished processes whose final status nobody asked for yet.
+    pub fn finished(&self) -> usize {
+        lock(&self.shared.table).finished.len()
     }
 
     /// Processes started and not yet reported ended, running or finished.
@@ -381,6 +388,7 @@ impl Processes for LinuxProcesses {
         attr.set_sigdefault(&SigSet::all())
             .map_err(|e| os("posix_spawn", e))?;
 
+        crate::sys::cloexec_from_3();
         let pid = posix_spawnp(&program, &actions, &attr, &argv, &envp)
             .map_err(|e| spawn_failed(path, e))?;
         // The child has its copies; ours must go, or its readers never see EOF.
