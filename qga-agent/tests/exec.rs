@@ -419,3 +419,34 @@ fn exec_agrees_with_the_reference() {
         json!({"exited": true, "exitcode": 0, "out-data": b64(b"a\nb\nc\n"), "out-truncated": false})
     );
 }
+
+#[test]
+fn the_agent_keeps_serving_while_a_child_runs() {
+    let mut ours = Agent::start(env!("CARGO_BIN_EXE_qga-agent"));
+    let r = ours.call(
+        "guest-exec",
+        json!({"path": "/bin/sleep", "arg": ["1000"], "capture-output": true}),
+    );
+    let pid = r["return"]["pid"].as_i64().unwrap();
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(
+            ours.call("guest-exec-status", json!({"pid": pid})),
+            json!({"return": {"exited": false}})
+        );
+        assert_eq!(ours.call("guest-ping", json!({})), json!({"return": {}}));
+        assert!(t.elapsed() < Duration::from_millis(500));
+    }
+    // SAFETY: signalling the child our agent started for us.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = ours.call("guest-exec-status", json!({"pid": pid}));
+        if s["return"]["exited"] == json!(true) {
+            assert_eq!(s, json!({"return": {"exited": true, "signal": 9}}));
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -465,10 +465,10 @@ impl Shared {
                 .stack_size(THREAD_STACK)
                 .spawn(move || shared.pump(key, fds));
             if let Err(e) = io {
-                // The pipes went with the failed closure: the child sees EOF on
-                // stdin and EPIPE on output. Report no output rather than none at all.
+                // The pipes went with the failed closure. Nobody will learn this
+                // pid: stop the child and forget it (its waiter still reaps it).
                 let _ = kill(pid, Signal::SIGKILL);
-                self.io_finished(key, None, None);
+                lock(&self.table).entries.remove(&key);
                 return Err(OpsError::os("failed to start an output thread", e));
             }
         }
