@@ -35,8 +35,6 @@ fn version_and_block_help() {
     // as they are implemented).
     const NOT_YET: &[&str] = &[
         "guest-set-user-password",
-        "guest-exec-status",
-        "guest-exec",
         "guest-ssh-get-authorized-keys",
         "guest-ssh-add-authorized-keys",
         "guest-ssh-remove-authorized-keys",

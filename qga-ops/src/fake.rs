@@ -358,6 +358,8 @@ pub struct FakeOps {
     pub sysinfo: Arc<FakeSystemInfo>,
     /// The clocks (records every guest-set-time).
     pub clock: Arc<FakeClock>,
+    /// guest-exec processes (see [`FakeProcesses`]).
+    pub processes: Arc<FakeProcesses>,
 }
 
 impl Default for FakeOps {
@@ -387,6 +389,7 @@ impl Default for FakeOps {
             storage: Arc::new(FakeStorage::new()),
             sysinfo: Arc::default(),
             clock: Arc::default(),
+            processes: Arc::default(),
         }
     }
 }
@@ -409,6 +412,7 @@ impl FakeOps {
             storage: self.storage.clone(),
             sysinfo: self.sysinfo.clone(),
             clock: self.clock.clone(),
+            processes: self.processes.clone(),
         }
     }
 }
@@ -753,5 +757,102 @@ impl crate::Clock for FakeClock {
         self.fail_next.take()?;
         lock(&self.calls).push(ns);
         Ok(())
+    }
+}
+
+/// How one scripted process of [`FakeProcesses`] goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeRun {
+    /// Status calls that answer "still running" before the final one.
+    pub running_polls: usize,
+    /// The final status (its `ended` should be `Some`).
+    pub result: crate::ExecStatus,
+}
+
+impl FakeRun {
+    /// A process that exits with `code` at the first status call, having written
+    /// `stdout` (captured as given, not truncated).
+    pub fn exits(code: i32, stdout: &[u8]) -> Self {
+        FakeRun {
+            running_polls: 0,
+            result: crate::ExecStatus {
+                ended: Some(crate::Termination::Exited(code)),
+                stdout: Some(crate::Captured {
+                    data: stdout.to_vec(),
+                    truncated: false,
+                }),
+                stderr: None,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct FakeProcessTable {
+    next_pid: i64,
+    spawned: Vec<crate::ExecRequest>,
+    scripts: std::collections::VecDeque<FakeRun>,
+    running: HashMap<i64, FakeRun>,
+}
+
+/// Processes that run nowhere: each spawn takes the next scripted [`FakeRun`]
+/// (or, with none queued, exits 0 with nothing captured at its first status) and
+/// gets a pid from 4000 up; status plays the script and then forgets the pid, as
+/// [`crate::LinuxProcesses`] does. Spawns are recorded.
+#[derive(Debug, Default)]
+pub struct FakeProcesses {
+    table: Mutex<FakeProcessTable>,
+    /// Fails the next spawn (e.g. with the missing-program text).
+    pub fail_spawn: FailNext,
+}
+
+impl FakeProcesses {
+    /// Queues how the next spawned process goes.
+    pub fn script(&self, run: FakeRun) {
+        lock(&self.table).scripts.push_back(run);
+    }
+
+    /// Every request spawned so far, in order.
+    pub fn spawned(&self) -> Vec<crate::ExecRequest> {
+        lock(&self.table).spawned.clone()
+    }
+
+    /// Pids started and not yet reported ended.
+    pub fn running(&self) -> Vec<i64> {
+        let mut pids: Vec<i64> = lock(&self.table).running.keys().copied().collect();
+        pids.sort_unstable();
+        pids
+    }
+}
+
+impl crate::Processes for FakeProcesses {
+    fn spawn(&self, req: &crate::ExecRequest) -> Result<i64, OpsError> {
+        self.fail_spawn.take()?;
+        let mut t = lock(&self.table);
+        let pid = 4000 + t.next_pid;
+        t.next_pid += 1;
+        t.spawned.push(req.clone());
+        let run = t.scripts.pop_front().unwrap_or(FakeRun {
+            running_polls: 0,
+            result: crate::ExecStatus {
+                ended: Some(crate::Termination::Exited(0)),
+                ..Default::default()
+            },
+        });
+        t.running.insert(pid, run);
+        Ok(pid)
+    }
+
+    fn status(&self, pid: i64) -> Result<crate::ExecStatus, OpsError> {
+        let mut t = lock(&self.table);
+        let run = t
+            .running
+            .get_mut(&pid)
+            .ok_or_else(|| OpsError::failed("Invalid parameter 'pid'"))?;
+        if run.running_polls > 0 {
+            run.running_polls -= 1;
+            return Ok(crate::ExecStatus::default());
+        }
+        Ok(t.running.remove(&pid).map(|r| r.result).unwrap_or_default())
     }
 }

@@ -11,6 +11,7 @@
 //! [`Storage`] (guest-get-fsinfo, guest-get-disks) reads sysfs and udev's database, no libudev.
 //! [`SystemInfo`] answers guest-get-time, -host-name, -timezone, -osinfo, -users,
 //! -load, -cpustats and -diskstats; [`Clock`] sets the clocks (guest-set-time).
+//! [`Processes`] runs guest-exec's programs and answers guest-exec-status.
 //!
 //! Errors are [`OpsError`], whose `Display` is the reference agent's text
 //! (`failed to open file '/x' (mode: 'r'): No such file or directory`), so an agent
@@ -60,6 +61,7 @@
 
 mod clock;
 mod error;
+mod exec;
 #[cfg(feature = "fake")]
 pub mod fake;
 mod files;
@@ -79,6 +81,10 @@ use std::sync::Arc;
 
 pub use clock::{Clock, LinuxClock, SetRealtime};
 pub use error::OpsError;
+pub use exec::{
+    CaptureMode, Captured, ExecLimits, ExecRequest, ExecStatus, LinuxProcesses, Processes,
+    Termination, MAX_OUTPUT,
+};
 pub use files::{Files, GuestFile, LinuxFiles, OpenMode, SeekOutcome, Whence, WriteOutcome};
 pub use freeze::{run_hook, FreezeState, FsFreeze, LinuxFsFreeze};
 pub use hardware::{
@@ -125,6 +131,8 @@ pub struct Ops {
     pub sysinfo: Arc<dyn SystemInfo>,
     /// guest-set-time.
     pub clock: Arc<dyn Clock>,
+    /// guest-exec, guest-exec-status.
+    pub processes: Arc<dyn Processes>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -148,6 +156,8 @@ pub struct LinuxConfig {
     pub sysinfo: LinuxSystemInfo,
     /// The clock setter and hwclock program behind guest-set-time.
     pub clock: LinuxClock,
+    /// Bounds of guest-exec's captured output and finished-process table.
+    pub exec: ExecLimits,
 }
 
 impl Ops {
@@ -168,6 +178,7 @@ impl Ops {
             storage: Arc::new(config.storage),
             sysinfo: Arc::new(config.sysinfo),
             clock: Arc::new(config.clock),
+            processes: Arc::new(LinuxProcesses::new(config.exec)),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Every `unsafe` block of the crate: the filesystem ioctls and the NVMe admin ioctl.
+//! Every `unsafe` block of the crate: the filesystem ioctls, the NVMe admin ioctl
+//! and marking inherited descriptors close-on-exec before guest-exec spawns.
 
 use std::fs::File;
 use std::io;
@@ -119,4 +120,29 @@ pub(crate) fn nvme_smart_log(dev: &Path) -> io::Result<[u8; crate::NVME_SMART_LO
         return Err(io::Error::other(format!("NVMe status {ret:#x}")));
     }
     Ok(log)
+}
+
+/// Marks every open descriptor from 3 up close-on-exec, so that a program we start
+/// gets only its stdio: GLib's spawn (qemu-ga) closes them all in the child, and
+/// descriptors the agent inherited from whoever started it are not marked.
+/// Best effort: without `/proc` nothing is marked.
+pub(crate) fn cloexec_from_3() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<libc::c_int> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only read and set the descriptor flag of a number;
+        // one closed meanwhile (the listing's own descriptor) just gets EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@ mod freeze;
 mod hardware;
 mod network;
 mod power;
+mod processes;
 mod storage;
 mod system;
 
@@ -52,6 +53,8 @@ pub(crate) fn stock() -> Registry {
         .register(hardware::get_memory_blocks)
         .register(hardware::set_memory_blocks)
         .register(hardware::memory_block_info)
+        .register(processes::status)
+        .register(processes::exec)
         .register(system::host_name)
         .register(system::users)
         .register(system::timezone)
