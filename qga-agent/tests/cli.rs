@@ -33,15 +33,7 @@ fn version_and_block_help() {
         .collect();
     // Commands qga-proto types that the agent does not serve yet (shrinks to empty
     // as they are implemented).
-    const NOT_YET: &[&str] = &[
-        "guest-set-time",
-        "guest-set-user-password",
-        "guest-exec-status",
-        "guest-exec",
-        "guest-ssh-get-authorized-keys",
-        "guest-ssh-add-authorized-keys",
-        "guest-ssh-remove-authorized-keys",
-    ];
+    const NOT_YET: &[&str] = &["guest-set-time", "guest-exec-status", "guest-exec"];
     let ours: Vec<&str> = qga_proto::COMMANDS
         .iter()
         .map(|c| c.name)

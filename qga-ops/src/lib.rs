@@ -10,14 +10,17 @@
 //! calls and takes injected errors. [`Ops`] bundles one of each as trait objects.
 //! [`Storage`] (guest-get-fsinfo, guest-get-disks) reads sysfs and udev's database, no libudev.
 //! [`SystemInfo`] answers guest-get-time, -host-name, -timezone, -osinfo, -users,
-//! -load, -cpustats and -diskstats.
+//! -load, -cpustats and -diskstats. [`Users`] sets passwords (through `chpasswd`)
+//! and manages users' ssh `authorized_keys` without following links the user
+//! planted (see [`LinuxUsers`]).
 //!
 //! Errors are [`OpsError`], whose `Display` is the reference agent's text
 //! (`failed to open file '/x' (mode: 'r'): No such file or directory`), so an agent
 //! can reply with it as is. The crate knows nothing of the wire protocol (no
 //! `qga-proto`): the agent maps its domain types to wire types. It keeps no
 //! process-wide state; every implementation is `Send + Sync`. All `unsafe` code
-//! (the FIFREEZE/FITHAW/FITRIM ioctls) is in one private module.
+//! (the FIFREEZE/FITHAW/FITRIM ioctls, the NVMe admin ioctl) is in one private
+//! module, plus one per-thread `setgroups` call in the users module's own.
 //!
 //! # Embedding in a custom agent
 //!
@@ -72,6 +75,7 @@ mod storage;
 mod sys;
 mod sysinfo;
 mod trim;
+mod users;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -100,6 +104,11 @@ pub use sysinfo::{
     SystemInfo, Timezone, USER_PROCESS, UTMP_RECORD_SIZE,
 };
 pub use trim::{LinuxTrim, Trim, TrimResult};
+pub use users::{
+    add_keys, check_key, check_keys, check_password_args, find_in_path, no_such_user,
+    parse_authorized_keys, parse_passwd, remove_keys, Account, LinuxUsers, Users,
+    MAX_AUTHORIZED_KEYS_SIZE,
+};
 
 /// One implementation of each trait, as shared trait objects.
 #[derive(Clone)]
@@ -121,6 +130,8 @@ pub struct Ops {
     /// guest-get-time, -host-name, -timezone, -osinfo, -users, -load, -cpustats,
     /// -diskstats.
     pub sysinfo: Arc<dyn SystemInfo>,
+    /// guest-set-user-password, guest-ssh-get/add/remove-authorized-keys.
+    pub users: Arc<dyn Users>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -142,6 +153,8 @@ pub struct LinuxConfig {
     pub storage: LinuxStorage,
     /// Source paths of the system information (os-release override, `/proc`, utmp).
     pub sysinfo: LinuxSystemInfo,
+    /// User database, `chpasswd` and how the ssh key files are written.
+    pub users: LinuxUsers,
 }
 
 impl Ops {
@@ -161,6 +174,7 @@ impl Ops {
             hardware: Arc::new(config.hardware),
             storage: Arc::new(config.storage),
             sysinfo: Arc::new(config.sysinfo),
+            users: Arc::new(config.users),
         }
     }
 }
