@@ -287,23 +287,29 @@ impl LinuxUsers {
 
     /// Opens the user's home and runs `work` on it, with the user's filesystem
     /// credentials when configured and possible.
+    /// A missing home directory is `missing_home()`'s answer, as for a missing
+    /// `.ssh` (qemu-ga never looks at the home directory itself).
     fn in_home<R: Send>(
         &self,
         account: &Account,
+        missing_home: impl FnOnce() -> Result<R, OpsError>,
         work: impl FnOnce(&Home<'_>) -> Result<R, OpsError> + Send,
     ) -> Result<R, OpsError> {
         // The home path is the administrator's: follow it as it is.
-        let fd = nix::fcntl::open(
+        let fd = match nix::fcntl::open(
             &account.home,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
-        )
-        .map_err(|e| {
-            OpsError::os(
-                format!("failed to open home directory '{}'", account.home.display()),
-                errno_io(e),
-            )
-        })?;
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return missing_home(),
+            Err(e) => {
+                return Err(OpsError::os(
+                    format!("failed to open home directory '{}'", account.home.display()),
+                    errno_io(e),
+                ))
+            }
+        };
         let home = Home {
             fd,
             path: &account.home,
@@ -689,12 +695,17 @@ impl Users for LinuxUsers {
 
     fn authorized_keys(&self, user: &str) -> Result<Vec<String>, OpsError> {
         let account = self.lookup(user)?;
-        self.in_home(&account, |home| {
-            let missing = || read_missing(&home.ssh_path().join(KEYS_FILE));
-            let dir = home.ssh_dir(false)?.ok_or_else(missing)?;
-            let data = dir.read()?.ok_or_else(missing)?;
-            Ok(parse_authorized_keys(&data))
-        })
+        let missing_path = account.home.join(SSH_DIR).join(KEYS_FILE);
+        self.in_home(
+            &account,
+            || Err(read_missing(&missing_path)),
+            |home| {
+                let missing = || read_missing(&home.ssh_path().join(KEYS_FILE));
+                let dir = home.ssh_dir(false)?.ok_or_else(missing)?;
+                let data = dir.read()?.ok_or_else(missing)?;
+                Ok(parse_authorized_keys(&data))
+            },
+        )
     }
 
     fn add_authorized_keys(
@@ -705,7 +716,14 @@ impl Users for LinuxUsers {
     ) -> Result<(), OpsError> {
         check_keys(keys)?;
         let account = self.lookup(user)?;
-        self.in_home(&account, |home| {
+        let ssh_path = account.home.join(SSH_DIR);
+        let missing_home = || {
+            Err(OpsError::os(
+                format!("failed to create directory '{}'", ssh_path.display()),
+                io::Error::from_raw_os_error(libc::ENOENT),
+            ))
+        };
+        self.in_home(&account, missing_home, |home| {
             let dir = home.ssh_dir(true)?.ok_or_else(|| {
                 OpsError::failed(format!(
                     "failed to create directory '{}'",
@@ -720,19 +738,23 @@ impl Users for LinuxUsers {
     fn remove_authorized_keys(&self, user: &str, keys: &[String]) -> Result<(), OpsError> {
         check_keys(keys)?;
         let account = self.lookup(user)?;
-        self.in_home(&account, |home| {
-            let Some(dir) = home.ssh_dir(false)? else {
-                return Ok(());
-            };
-            let Some(existing) = dir.read()? else {
-                return Ok(());
-            };
-            let new = remove_keys(&existing, keys);
-            if new == existing {
-                return Ok(());
-            }
-            dir.write(&new)
-        })
+        self.in_home(
+            &account,
+            || Ok(()),
+            |home| {
+                let Some(dir) = home.ssh_dir(false)? else {
+                    return Ok(());
+                };
+                let Some(existing) = dir.read()? else {
+                    return Ok(());
+                };
+                let new = remove_keys(&existing, keys);
+                if new == existing {
+                    return Ok(());
+                }
+                dir.write(&new)
+            },
+        )
     }
 }
 
