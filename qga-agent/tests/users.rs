@@ -391,12 +391,12 @@ impl Drop for ThrowawayUser {
     }
 }
 
+/// The file's non-blank lines, mode and owner after a step (`None`: no file).
+type FileState = Option<(Vec<String>, u32, u32)>;
+
 /// What one agent did to the throwaway user: replies, then the file's lines
 /// (final newline and blank lines aside), mode and owner after each step.
-fn run_keys(
-    agent: &mut Agent,
-    user: &ThrowawayUser,
-) -> Vec<(Value, Option<(Vec<String>, u32, u32)>)> {
+fn run_keys(agent: &mut Agent, user: &ThrowawayUser) -> Vec<(Value, FileState)> {
     let _ = std::fs::remove_dir_all(user.home.join(".ssh"));
     let call = |cmd: &str, extra: Value| {
         let mut args = json!({"username": user.name});
