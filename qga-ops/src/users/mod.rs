@@ -440,7 +440,10 @@ impl Home<'_> {
         let mut st = self.check_owner(&fd, &path)?;
         if created {
             // Only a directory this call made, still owned by whoever made it
-            // (root, when not working as the user), is handed to the user.
+            // (root, when not working as the user), is handed to the user. With
+            // root's credentials a user racing us could rename another root-owned
+            // directory of theirs to `.ssh` between mkdirat and openat; with the
+            // user's (the default) the directory is theirs and nothing is chowned.
             let me = nix::unistd::geteuid().as_raw();
             if st.st_uid != self.account.uid && st.st_uid == me {
                 chown_created(&fd, self.account, &path)?;
