@@ -360,6 +360,9 @@ pub struct FakeOps {
     pub clock: Arc<FakeClock>,
     /// guest-exec processes (see [`FakeProcesses`]).
     pub processes: Arc<FakeProcesses>,
+    /// Users `root` and `alice`, neither with an `authorized_keys` file (see
+    /// [`FakeUsers`]).
+    pub users: Arc<FakeUsers>,
 }
 
 impl Default for FakeOps {
@@ -390,6 +393,7 @@ impl Default for FakeOps {
             sysinfo: Arc::default(),
             clock: Arc::default(),
             processes: Arc::default(),
+            users: Arc::default(),
         }
     }
 }
@@ -413,6 +417,7 @@ impl FakeOps {
             sysinfo: self.sysinfo.clone(),
             clock: self.clock.clone(),
             processes: self.processes.clone(),
+            users: self.users.clone(),
         }
     }
 }
@@ -854,5 +859,99 @@ impl crate::Processes for FakeProcesses {
             return Ok(crate::ExecStatus::default());
         }
         Ok(t.running.remove(&pid).map(|r| r.result).unwrap_or_default())
+    }
+}
+
+/// Users in memory: each known user's `authorized_keys` text (`None`: no file) and
+/// every password set. Argument checks, key rules, texts and the add/remove line
+/// rules are [`crate::LinuxUsers`]' own (the same functions).
+#[derive(Debug)]
+pub struct FakeUsers {
+    /// Known users and their `authorized_keys` contents.
+    pub keys: Mutex<HashMap<String, Option<Vec<u8>>>>,
+    /// Every successful set_password call: (user, password, crypted).
+    pub passwords: Mutex<Vec<(String, Vec<u8>, bool)>>,
+    /// Fails the next call (after its argument checks).
+    pub fail_next: FailNext,
+}
+
+impl Default for FakeUsers {
+    fn default() -> Self {
+        FakeUsers {
+            keys: Mutex::new(HashMap::from([
+                ("root".into(), None),
+                ("alice".into(), None),
+            ])),
+            passwords: Mutex::default(),
+            fail_next: FailNext::default(),
+        }
+    }
+}
+
+impl FakeUsers {
+    /// `user`'s `authorized_keys` text, if the user exists and has one.
+    pub fn file(&self, user: &str) -> Option<Vec<u8>> {
+        lock(&self.keys).get(user).cloned().flatten()
+    }
+
+    fn known(&self, user: &str) -> Result<(), OpsError> {
+        if lock(&self.keys).contains_key(user) {
+            Ok(())
+        } else {
+            Err(crate::no_such_user(user))
+        }
+    }
+}
+
+impl crate::Users for FakeUsers {
+    fn set_password(&self, user: &str, password: &[u8], crypted: bool) -> Result<(), OpsError> {
+        crate::check_password_args(user, password)?;
+        self.fail_next.take()?;
+        if !lock(&self.keys).contains_key(user) {
+            // What chpasswd's failure for an unknown user looks like.
+            return Err(OpsError::failed(
+                "child process has failed to set user password",
+            ));
+        }
+        lock(&self.passwords).push((user.to_owned(), password.to_owned(), crypted));
+        Ok(())
+    }
+
+    fn authorized_keys(&self, user: &str) -> Result<Vec<String>, OpsError> {
+        self.known(user)?;
+        self.fail_next.take()?;
+        match self.file(user) {
+            Some(text) => Ok(crate::parse_authorized_keys(&text)),
+            None => Err(OpsError::failed(format!(
+                "failed to read '/home/{user}/.ssh/authorized_keys': Failed to open file \u{201c}/home/{user}/.ssh/authorized_keys\u{201d}: No such file or directory"
+            ))),
+        }
+    }
+
+    fn add_authorized_keys(
+        &self,
+        user: &str,
+        keys: &[String],
+        reset: bool,
+    ) -> Result<(), OpsError> {
+        crate::check_keys(keys)?;
+        self.known(user)?;
+        self.fail_next.take()?;
+        let mut all = lock(&self.keys);
+        let file = all.entry(user.to_owned()).or_default();
+        let existing = if reset { None } else { file.as_deref() };
+        *file = Some(crate::add_keys(existing, keys));
+        Ok(())
+    }
+
+    fn remove_authorized_keys(&self, user: &str, keys: &[String]) -> Result<(), OpsError> {
+        crate::check_keys(keys)?;
+        self.known(user)?;
+        self.fail_next.take()?;
+        let mut all = lock(&self.keys);
+        if let Some(Some(text)) = all.get_mut(user) {
+            *text = crate::remove_keys(text, keys);
+        }
+        Ok(())
     }
 }

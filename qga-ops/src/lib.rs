@@ -11,14 +11,17 @@
 //! [`Storage`] (guest-get-fsinfo, guest-get-disks) reads sysfs and udev's database, no libudev.
 //! [`SystemInfo`] answers guest-get-time, -host-name, -timezone, -osinfo, -users,
 //! -load, -cpustats and -diskstats; [`Clock`] sets the clocks (guest-set-time).
-//! [`Processes`] runs guest-exec's programs and answers guest-exec-status.
+//! [`Processes`] runs guest-exec's programs and answers guest-exec-status. [`Users`] sets passwords (through `chpasswd`)
+//! and manages users' ssh `authorized_keys` without following links the user
+//! planted (see [`LinuxUsers`]).
 //!
 //! Errors are [`OpsError`], whose `Display` is the reference agent's text
 //! (`failed to open file '/x' (mode: 'r'): No such file or directory`), so an agent
 //! can reply with it as is. The crate knows nothing of the wire protocol (no
 //! `qga-proto`): the agent maps its domain types to wire types. It keeps no
 //! process-wide state; every implementation is `Send + Sync`. All `unsafe` code
-//! (the FIFREEZE/FITHAW/FITRIM ioctls) is in one private module.
+//! (the FIFREEZE/FITHAW/FITRIM ioctls, the NVMe admin ioctl) is in one private
+//! module, plus one per-thread `setgroups` call in the users module's own.
 //!
 //! # Embedding in a custom agent
 //!
@@ -75,6 +78,7 @@ mod storage;
 mod sys;
 mod sysinfo;
 mod trim;
+mod users;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,6 +112,11 @@ pub use sysinfo::{
     SystemInfo, Timezone, USER_PROCESS, UTMP_RECORD_SIZE,
 };
 pub use trim::{LinuxTrim, Trim, TrimResult};
+pub use users::{
+    add_keys, check_key, check_keys, check_password_args, find_in_path, no_such_user,
+    parse_authorized_keys, parse_passwd, remove_keys, Account, LinuxUsers, Users,
+    MAX_AUTHORIZED_KEYS_SIZE,
+};
 
 /// One implementation of each trait, as shared trait objects.
 #[derive(Clone)]
@@ -133,6 +142,8 @@ pub struct Ops {
     pub clock: Arc<dyn Clock>,
     /// guest-exec, guest-exec-status.
     pub processes: Arc<dyn Processes>,
+    /// guest-set-user-password, guest-ssh-get/add/remove-authorized-keys.
+    pub users: Arc<dyn Users>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -158,6 +169,8 @@ pub struct LinuxConfig {
     pub clock: LinuxClock,
     /// Bounds of guest-exec's captured output and finished-process table.
     pub exec: ExecLimits,
+    /// User database, `chpasswd` and how the ssh key files are written.
+    pub users: LinuxUsers,
 }
 
 impl Ops {
@@ -179,6 +192,7 @@ impl Ops {
             sysinfo: Arc::new(config.sysinfo),
             clock: Arc::new(config.clock),
             processes: Arc::new(LinuxProcesses::new(config.exec)),
+            users: Arc::new(config.users),
         }
     }
 }

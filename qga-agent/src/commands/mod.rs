@@ -15,6 +15,7 @@ mod power;
 mod processes;
 mod storage;
 mod system;
+mod users;
 
 use qga_ops::OpsError;
 use qga_proto::*;
@@ -50,6 +51,7 @@ pub(crate) fn stock() -> Registry {
         .register(hardware::set_vcpus)
         .register(storage::disks)
         .register(storage::fsinfo)
+        .register(users::set_user_password)
         .register(hardware::get_memory_blocks)
         .register(hardware::set_memory_blocks)
         .register(hardware::memory_block_info)
@@ -61,6 +63,9 @@ pub(crate) fn stock() -> Registry {
         .register(system::osinfo)
         // Windows only: registered disabled on Linux, as 7.2 does.
         .register_unsupported::<GuestGetDevices>()
+        .register(users::get_authorized_keys)
+        .register(users::add_authorized_keys)
+        .register(users::remove_authorized_keys)
         .register(system::diskstats)
         .register(system::cpustats)
         .register(system::load)
