@@ -68,6 +68,13 @@ pub enum Frame<B = Bytes> {
     /// A message broke a limit. Its bytes are dropped as they arrive, up to its end or
     /// the next sentinel; the next frame after that is decoded normally.
     Oversized(FrameError),
+    /// A byte that no JSON text may hold where it stood, reported as soon as it is
+    /// seen, with the partial token qemu-ga quotes in `JSON parse error, stray
+    /// '<text>'`: for a control byte inside a string, the string from its opening
+    /// quote up to and including that byte; elsewhere, the byte alone. Whatever
+    /// partial message held it is dropped, and the decoder then recovers as
+    /// qemu-ga's lexer does (see [`Decoder`]).
+    Stray(B),
 }
 
 impl<B> Frame<B> {
@@ -77,6 +84,7 @@ impl<B> Frame<B> {
             Frame::Message(b) => Frame::Message(f(b)),
             Frame::Resync => Frame::Resync,
             Frame::Oversized(e) => Frame::Oversized(e),
+            Frame::Stray(b) => Frame::Stray(f(b)),
         }
     }
 }

@@ -551,3 +551,9 @@ fn the_reference_agrees_with_the_table_cases() {
         ]
     );
 }
+
+#[test]
+fn map_keeps_the_stray_text() {
+    let stray: Frame<&[u8]> = Frame::Stray(b"\"a\n");
+    assert_eq!(stray.map(<[u8]>::to_vec), Frame::Stray(b"\"a\n".to_vec()));
+}
