@@ -2,7 +2,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::scan::{classify, string_special};
+use crate::scan::{classify, is_stray_outside_string, string_special};
 
 /// Limits on one message. The defaults are qemu-ga's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +109,11 @@ enum Found {
     /// A frame without bytes of its own.
     Resync,
     Oversized(FrameError),
+    /// A stray byte, with the partial token at `start..end`.
+    Stray {
+        start: usize,
+        end: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,19 +146,48 @@ enum Step {
     Sentinel(usize),
     /// An opener at this offset took the depth past the limit.
     TooDeep,
+    /// A stray byte at this offset: a control byte inside a string, or a byte that
+    /// cannot appear outside one (`Partial::in_string` says which).
+    Stray(usize),
 }
 
 fn is_whitespace(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-/// Ends a top-level token (number, keyword, garbage).
+/// Ends a top-level token (number, keyword, garbage): whitespace, a structural
+/// byte, a quote, a sentinel, or a stray byte (which is then reported on its own).
 fn ends_token(b: u8) -> bool {
-    is_whitespace(b)
-        || matches!(
-            b,
-            b'{' | b'}' | b'[' | b']' | b',' | b':' | b'"' | 0xFE | 0xFF
-        )
+    b <= b' ' || b >= 0x80 || matches!(b, b'{' | b'}' | b'[' | b']' | b',' | b':' | b'"')
+}
+
+/// Where recovery after a stray byte stops, as in qemu-ga's lexer: a structural
+/// byte, a control byte other than TAB (so LF and CR), or a sentinel. That byte is
+/// then decoded afresh.
+fn ends_recovery(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b >= 0xFE || matches!(b, b'{' | b'}' | b'[' | b']' | b',' | b':')
+}
+
+/// Where the string that holds the byte at `at` opens, in a message starting at
+/// `msg[0]` (an object or array): the last quote before `at` that opened a string.
+/// Only for a stray byte, so a plain forward scan is fine.
+fn string_opener(msg: &[u8], at: usize) -> usize {
+    let (mut opener, mut in_string, mut escape) = (0, false, false);
+    for (i, &b) in msg[..at].iter().enumerate() {
+        if !in_string {
+            if b == b'"' {
+                in_string = true;
+                opener = i;
+            }
+        } else if escape {
+            escape = false;
+        } else if b == b'\\' {
+            escape = true;
+        } else if b == b'"' {
+            in_string = false;
+        }
+    }
+    opener
 }
 
 /// Splits a QGA byte stream into messages, resync events and limit errors.
@@ -172,6 +206,9 @@ pub struct Decoder {
     /// The last byte consumed was a sentinel: more sentinels add no Resync, so the
     /// frames do not depend on how a run of 0xFF bytes was chunked.
     after_sentinel: bool,
+    /// After a stray byte: bytes are dropped up to the next one `ends_recovery`
+    /// accepts.
+    recovering: bool,
     /// Bytes ahead that are already classified. Messages are short and each call
     /// returns one, so without it most bytes would be classified twice.
     region: Region,
@@ -186,7 +223,8 @@ struct Region {
     /// Its stream position (see `Decoder::front`).
     at: usize,
     /// How many bytes it covers (0: none, at most 64). It never covers a backslash or
-    /// a sentinel, so quotes alone decide what is inside a string.
+    /// a sentinel, so quotes alone decide what is inside a string, nor a stray byte
+    /// (a control byte inside a string, `is_stray_outside_string` outside one).
     len: usize,
     /// Bit k: byte `at + k` is `{` or `[` outside any string.
     open: u64,
@@ -198,8 +236,8 @@ struct Region {
 
 impl Region {
     /// Classifies `buf` from `i` (stream position `at`), which is inside a string or
-    /// not as `in_string` says, up to the first backslash or sentinel and at most 64
-    /// bytes. The region is empty when `buf[i]` itself is a backslash or sentinel.
+    /// not as `in_string` says, up to the first backslash, sentinel or stray byte and
+    /// at most 64 bytes. The region is empty when `buf[i]` itself is one of those.
     /// Also says whether the region holds a quote.
     #[inline]
     fn classify(buf: &[u8], i: usize, at: usize, in_string: bool) -> (Region, bool) {
@@ -208,10 +246,15 @@ impl Region {
             .min(buf.len() - i)
             .min(64);
         let keep = low_bits(len);
-        let quotes = masks.quote & keep;
-        // Quote parity from the state at `i` decides what is inside a string.
+        // Quote parity from the state at `i` decides what is inside a string (a
+        // control or high byte is no quote, so its bit says where it stands).
         let carry = if in_string { u64::MAX } else { 0 };
-        let in_string = prefix_xor(quotes) ^ carry;
+        let in_string = prefix_xor(masks.quote & keep) ^ carry;
+        // Stop before the first stray byte, without a branch: it is rare.
+        let stray = ((masks.ctrl & in_string) | (masks.bad_out & !in_string)) & keep;
+        let len = len.min(stray.trailing_zeros() as usize);
+        let keep = low_bits(len);
+        let quotes = masks.quote & keep;
         let region = Region {
             at,
             len,
@@ -254,6 +297,7 @@ impl Decoder {
             limits,
             partial: None,
             after_sentinel: false,
+            recovering: false,
             region: Region::default(),
             front: 0,
         }
@@ -264,16 +308,24 @@ impl Decoder {
         self.limits
     }
 
-    /// Forgets any partial message (for a new connection). The caller clears its buffer.
+    /// Forgets any partial message and ends any recovery (for a new connection). The
+    /// caller clears its buffer.
     pub fn reset(&mut self) {
         self.partial = None;
         self.after_sentinel = false;
+        self.recovering = false;
         self.region = Region::default();
     }
 
     /// True while a message has started but not ended.
     pub fn is_mid_message(&self) -> bool {
         self.partial.is_some()
+    }
+
+    /// True while the decoder drops bytes after a [`Frame::Stray`], waiting for a
+    /// structural byte, a line end or other control byte, or a sentinel.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering
     }
 
     /// The next frame in `buf`, or `None` if more bytes are needed. Never fatal: call
@@ -300,6 +352,10 @@ impl Decoder {
             Found::Oversized(e) => {
                 buf.advance(consumed);
                 Frame::Oversized(e)
+            }
+            Found::Stray { start, end } => {
+                buf.advance(start);
+                Frame::Stray(buf.split_to(end - start).freeze())
             }
         })
     }
@@ -338,6 +394,7 @@ impl Decoder {
             Found::Message { start, end } => Frame::Message(&buf[start..end]),
             Found::Resync => Frame::Resync,
             Found::Oversized(e) => Frame::Oversized(e),
+            Found::Stray { start, end } => Frame::Stray(&buf[start..end]),
         });
         (consumed, frame)
     }
@@ -346,7 +403,7 @@ impl Decoder {
     /// up, and the frame found, if any. For a message, `consumed` is its end.
     #[inline]
     fn step(&mut self, buf: &[u8]) -> (usize, Option<Found>) {
-        if self.partial.is_none() {
+        if self.partial.is_none() && !self.recovering {
             match self.next_simple_message(buf) {
                 Simple::Message { start, end } => {
                     self.after_sentinel = false;
@@ -439,6 +496,13 @@ impl Decoder {
             let mut partial = match self.partial {
                 Some(p) => p,
                 None => {
+                    if self.recovering {
+                        let Some(k) = buf[base..].iter().position(|&b| ends_recovery(b)) else {
+                            return (buf.len(), None);
+                        };
+                        base += k;
+                        self.recovering = false;
+                    }
                     let ws = buf[base..]
                         .iter()
                         .take_while(|&&b| is_whitespace(b))
@@ -458,6 +522,14 @@ impl Decoder {
                         return (base, Some(Found::Resync));
                     }
                     self.after_sentinel = false;
+                    if is_stray_outside_string(first) {
+                        self.recovering = true;
+                        let stray = Found::Stray {
+                            start: base,
+                            end: base + 1,
+                        };
+                        return (base + 1, Some(stray));
+                    }
                     let kind = match first {
                         // A stray closer or separator is a (malformed) message of its own.
                         b'}' | b']' | b',' | b':' => {
@@ -506,6 +578,34 @@ impl Decoder {
                     self.after_sentinel = true;
                     let end = base + at + count_sentinels(&rest[at..]);
                     return (end, Some(Found::Resync));
+                }
+                Step::Stray(at) => {
+                    // The stray byte ends the message; qemu-ga's recovery follows.
+                    self.partial = None;
+                    self.recovering = true;
+                    let end = base + at + 1;
+                    if partial.skipping {
+                        // Already reported as oversized: one error is enough.
+                        base = end;
+                        continue;
+                    }
+                    if at >= self.limits.max_message {
+                        // The stray byte is past the size limit: the limit comes first.
+                        let error = FrameError::TooLarge {
+                            limit: self.limits.max_message,
+                        };
+                        return (end, Some(Found::Oversized(error)));
+                    }
+                    let start = match partial.kind {
+                        _ if !partial.in_string => at,
+                        Kind::Container => string_opener(rest, at),
+                        Kind::String | Kind::Token => 0,
+                    };
+                    let stray = Found::Stray {
+                        start: base + start,
+                        end,
+                    };
+                    return (end, Some(stray));
                 }
                 Step::TooDeep => {
                     let limit = self.limits.max_depth;
@@ -607,12 +707,17 @@ impl Decoder {
             // sentinel.
             let (region, quoted) = Region::classify(buf, i, abs, p.in_string);
             if region.len == 0 {
-                if buf[i] >= 0xFE {
-                    return Step::Sentinel(i);
+                match buf[i] {
+                    0xFE | 0xFF => return Step::Sentinel(i),
+                    // A backslash escapes the next byte inside a string, and is a
+                    // plain (invalid) byte outside one.
+                    b'\\' => p.escape = p.in_string,
+                    // The region stops before a stray byte.
+                    _ => {
+                        p.scanned = i;
+                        return Step::Stray(i);
+                    }
                 }
-                // A backslash escapes the next byte inside a string, and is a plain
-                // (invalid) byte outside one.
-                p.escape = p.in_string;
                 i += 1;
                 continue;
             }
@@ -700,8 +805,11 @@ fn scan_scalar_value(p: &mut Partial, buf: &[u8]) -> Step {
 #[inline]
 fn string_step(p: &mut Partial, buf: &[u8], i: usize) -> Result<usize, Step> {
     if p.escape {
-        if buf[i] >= 0xFE {
-            return Err(Step::Sentinel(i));
+        match buf[i] {
+            0xFE | 0xFF => return Err(Step::Sentinel(i)),
+            // Escaped or not, a control byte never belongs in a string.
+            0..0x20 => return Err(Step::Stray(i)),
+            _ => {}
         }
         p.escape = false;
         return Ok(i + 1);
@@ -713,7 +821,8 @@ fn string_step(p: &mut Partial, buf: &[u8], i: usize) -> Result<usize, Step> {
     match buf[at] {
         b'"' => p.in_string = false,
         b'\\' => p.escape = true,
-        _ => return Err(Step::Sentinel(at)),
+        0xFE | 0xFF => return Err(Step::Sentinel(at)),
+        _ => return Err(Step::Stray(at)),
     }
     Ok(at + 1)
 }

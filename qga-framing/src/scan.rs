@@ -1,5 +1,6 @@
-//! Finding the bytes that matter inside a JSON string: `"`, `\` and the sentinels
-//! 0xFE/0xFF. Base64 payloads are megabytes of string with none of them, so this is
+//! Finding the bytes that matter inside a JSON string: `"`, `\`, the raw control
+//! bytes (below 0x20, never valid there) and the sentinels 0xFE/0xFF; and classifying
+//! the bytes that matter outside strings. Base64 payloads are megabytes of string with none of them, so this is
 //! the framer's hot loop: 64 bytes per step with SSE2 (part of every x86_64 CPU),
 //! a portable word-at-a-time loop elsewhere.
 
@@ -14,6 +15,11 @@ pub(crate) struct Masks {
     pub(crate) close: u64,
     /// `\`, 0xFE, 0xFF: the bytes the mask walk leaves to the byte loop.
     pub(crate) stop: u64,
+    /// Bytes below 0x20: stray inside a string (qemu-ga's lexer takes none there).
+    pub(crate) ctrl: u64,
+    /// Bytes stray outside a string: below 0x20 except TAB, LF and CR, and 0x80 and
+    /// up (0xFE/0xFF are in `stop` too, which ends a region first).
+    pub(crate) bad_out: u64,
 }
 
 /// Classifies the bytes `buf[at..at + 64]` that matter outside strings (fewer at the
@@ -39,6 +45,8 @@ pub(crate) fn scalar_classify(buf: &[u8], at: usize) -> Masks {
         open: 0,
         close: 0,
         stop: 0,
+        ctrl: 0,
+        bad_out: 0,
     };
     for (k, &b) in buf[at..].iter().take(64).enumerate() {
         let bit = 1u64 << k;
@@ -49,11 +57,25 @@ pub(crate) fn scalar_classify(buf: &[u8], at: usize) -> Masks {
             b'\\' | 0xFE | 0xFF => m.stop |= bit,
             _ => {}
         }
+        if b < 0x20 {
+            m.ctrl |= bit;
+        }
+        if is_stray_outside_string(b) || b >= 0xFE {
+            m.bad_out |= bit;
+        }
     }
     m
 }
 
-/// Index of the first `"`, `\`, 0xFE or 0xFF in `hay`.
+/// A byte that cannot start a token outside strings and is never part of one: a
+/// control byte other than TAB, LF and CR, or a byte from 0x80 to 0xFD. (0xFE and
+/// 0xFF are the sentinels, handled on their own.)
+#[inline]
+pub(crate) fn is_stray_outside_string(b: u8) -> bool {
+    (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || (0x80..0xFE).contains(&b)
+}
+
+/// Index of the first `"`, `\`, control byte (below 0x20), 0xFE or 0xFF in `hay`.
 #[inline]
 pub(crate) fn string_special(hay: &[u8]) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
@@ -70,7 +92,7 @@ pub(crate) fn string_special(hay: &[u8]) -> Option<usize> {
 
 #[inline]
 fn is_special(b: u8) -> bool {
-    b == b'"' || b == b'\\' || b >= 0xFE
+    b == b'"' || b == b'\\' || !(0x20..0xFE).contains(&b)
 }
 
 /// Byte-at-a-time reference implementation (the oracle in tests, and the tail loop).
@@ -88,6 +110,11 @@ pub(crate) fn swar_string_special(hay: &[u8]) -> Option<usize> {
     fn has_zero(v: u64) -> u64 {
         v.wrapping_sub(LO) & !v & HI
     }
+    /// Flags the bytes below 0x20 (and, like `has_zero`, possibly bytes after one).
+    #[inline]
+    fn has_ctrl(v: u64) -> u64 {
+        v.wrapping_sub(LO * 0x20) & !v & HI
+    }
     let mut chunks = hay.chunks_exact(8);
     let mut offset = 0;
     for chunk in &mut chunks {
@@ -96,7 +123,8 @@ pub(crate) fn swar_string_special(hay: &[u8]) -> Option<usize> {
         let x = u64::from_le_bytes(word);
         let hit = has_zero(x ^ (LO * u64::from(b'"')))
             | has_zero(x ^ (LO * u64::from(b'\\')))
-            | has_zero((x & (LO * 0xFE)) ^ (LO * 0xFE));
+            | has_zero((x & (LO * 0xFE)) ^ (LO * 0xFE))
+            | has_ctrl(x);
         if hit != 0 {
             // has_zero can flag a byte after a true hit, never before one: take the
             // first true hit by checking bytes in order.
@@ -110,8 +138,8 @@ pub(crate) fn swar_string_special(hay: &[u8]) -> Option<usize> {
 #[cfg(target_arch = "x86_64")]
 mod sse2 {
     use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8, _mm_setzero_si128,
+        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_max_epu8,
+        _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
     };
 
     use super::Masks;
@@ -132,12 +160,20 @@ mod sse2 {
         // `{` and `[` differ only in bit 0x20, as do `}` and `]`.
         let open = _mm_set1_epi8(b'{' as i8);
         let close = _mm_set1_epi8(b'}' as i8);
+        let space = _mm_set1_epi8(0x20);
+        let four = _mm_set1_epi8(4);
+        let cr = _mm_set1_epi8(b'\r' as i8);
+        let lf = _mm_set1_epi8(b'\n' as i8);
         let mut m = Masks {
             quote: 0,
             open: 0,
             close: 0,
             stop: 0,
+            ctrl: 0,
+            bad_out: 0,
         };
+        // Bit k: byte k is below 0x20 or 0x80 and up; 0x80 and up; TAB, LF or CR.
+        let (mut low_or_high, mut high, mut ws) = (0u64, 0u64, 0u64);
         let len = buf.len();
         let mut short = [b' '; 16];
         let whole = at + 64 <= len;
@@ -168,6 +204,14 @@ mod sse2 {
             m.quote |= bits(_mm_cmpeq_epi8(v, quote));
             m.open |= bits(_mm_cmpeq_epi8(folded, open));
             m.close |= bits(_mm_cmpeq_epi8(folded, close));
+            // Signed: below 0x20, or 0x80 and up (negative).
+            low_or_high |= bits(_mm_cmplt_epi8(v, space));
+            high |= bits(v);
+            // `b | 4 == CR` exactly for TAB and CR.
+            ws |= bits(_mm_or_si128(
+                _mm_cmpeq_epi8(_mm_or_si128(v, four), cr),
+                _mm_cmpeq_epi8(v, lf),
+            ));
             stops[k] = stop;
             drops[k] = drop as u32;
             any_stop = _mm_or_si128(any_stop, stop);
@@ -178,21 +222,26 @@ mod sse2 {
                 m.stop |= u64::from(bits) << (16 * k);
             }
         }
+        m.ctrl = low_or_high & !high;
+        m.bad_out = low_or_high & !ws;
         m
     }
 
-    /// The bytes that matter inside a string: `"`, `\\`, 0xFE, 0xFF.
+    /// The bytes that matter inside a string: `"`, `\\`, below 0x20, 0xFE, 0xFF.
     #[inline]
     #[target_feature(enable = "sse2")]
     fn special(v: __m128i) -> __m128i {
         let quote = _mm_set1_epi8(b'"' as i8);
         let backslash = _mm_set1_epi8(b'\\' as i8);
-        let fe = _mm_set1_epi8(0xFEu8 as i8);
-        // max(v, 0xFE) == v exactly for the bytes >= 0xFE.
-        let sentinel = _mm_cmpeq_epi8(_mm_max_epu8(v, fe), v);
+        let two = _mm_set1_epi8(2);
+        let top = _mm_set1_epi8(0x21);
+        // Adding 2 (wrapping) maps 0xFE, 0xFF, 0x00..=0x1F onto 0..=0x21, and every
+        // other byte above it: one unsigned compare finds controls and sentinels.
+        let t = _mm_add_epi8(v, two);
+        let ctrl_or_sentinel = _mm_cmpeq_epi8(_mm_min_epu8(t, top), t);
         _mm_or_si128(
             _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
-            sentinel,
+            ctrl_or_sentinel,
         )
     }
 
@@ -245,7 +294,7 @@ mod tests {
 
     #[test]
     fn finds_each_special_byte_at_every_offset() {
-        for special in [b'"', b'\\', 0xFE, 0xFF] {
+        for special in [b'"', b'\\', 0xFE, 0xFF, 0x00, 0x01, b'\t', b'\n', 0x1F] {
             for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 200] {
                 for at in 0..len {
                     let mut hay = vec![b'A'; len];
@@ -273,6 +322,9 @@ mod tests {
                 assert_eq!(m.open, expect(b"{[".contains(&b)), "{b:#x}");
                 assert_eq!(m.close, expect(b"}]".contains(&b)), "{b:#x}");
                 assert_eq!(m.stop, expect(b == b'\\' || b >= 0xFE), "{b:#x}");
+                assert_eq!(m.ctrl, expect(b < 0x20), "{b:#x}");
+                let stray = (b < 0x20 && !b"\t\n\r".contains(&b)) || b >= 0x80;
+                assert_eq!(m.bad_out, expect(stray), "{b:#x}");
             }
         }
     }
@@ -281,7 +333,8 @@ mod tests {
         #[test]
         fn fast_paths_agree_with_the_scalar_oracle(
             hay in proptest::collection::vec(prop_oneof![
-                8 => 0x20u8..0x7F, 1 => Just(b'"'), 1 => Just(b'\\'), 1 => 0x80u8..=0xFF
+                8 => 0x20u8..0x7F, 1 => Just(b'"'), 1 => Just(b'\\'), 1 => 0x80u8..=0xFF,
+                1 => 0x00u8..0x20
             ], 0..300)
         ) {
             prop_assert_eq!(string_special(&hay), scalar_string_special(&hay));
@@ -292,7 +345,7 @@ mod tests {
         fn classify_agrees_with_the_scalar_oracle(
             hay in proptest::collection::vec(prop_oneof![
                 4 => 0x20u8..0x7F, 1 => Just(b'"'), 1 => Just(b'\\'), 1 => Just(b'{'),
-                1 => Just(b']'), 1 => 0x80u8..=0xFF
+                1 => Just(b']'), 1 => 0x80u8..=0xFF, 1 => 0x00u8..0x20
             ], 1..200),
             at in 0usize..200,
         ) {
