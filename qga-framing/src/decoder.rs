@@ -68,12 +68,17 @@ pub enum Frame<B = Bytes> {
     /// A message broke a limit. Its bytes are dropped as they arrive, up to its end or
     /// the next sentinel; the next frame after that is decoded normally.
     Oversized(FrameError),
-    /// A byte that no JSON text may hold where it stood, reported as soon as it is
-    /// seen, with the partial token qemu-ga quotes in `JSON parse error, stray
-    /// '<text>'`: for a control byte inside a string, the string from its opening
-    /// quote up to and including that byte; elsewhere, the byte alone. Whatever
-    /// partial message held it is dropped, and the decoder then recovers as
-    /// qemu-ga's lexer does (see [`Decoder`]).
+    /// A byte that no JSON text may hold where it stood, reported as soon as it
+    /// arrives (see [Stray bytes and recovery](Decoder#stray-bytes-and-recovery)).
+    /// It carries the partial token qemu-ga quotes: for a control byte inside a
+    /// string, the string from its opening quote up to and including that byte;
+    /// outside strings, the byte alone. The partial message that held it is dropped.
+    ///
+    /// qemu-ga 7.2 answers it with a `GenericError` whose desc is
+    /// `JSON parse error, stray '<text>'`, the text decoded as (modified) UTF-8 with
+    /// U+FFFD for what is invalid, and cut at a NUL byte (its text is a C string):
+    /// `stray '"guest-ping\n'` for `"guest-ping` and a line feed, `stray '\uFFFD'`
+    /// for a lone 0x80, `stray ''` for a NUL.
     Stray(B),
 }
 
@@ -190,13 +195,69 @@ fn string_opener(msg: &[u8], at: usize) -> usize {
     opener
 }
 
-/// Splits a QGA byte stream into messages, resync events and limit errors.
+/// Splits a QGA byte stream into messages, resync events, stray bytes and limit
+/// errors.
 ///
 /// Feed it a buffer that you append to as bytes arrive and call [`decode`] until it
 /// returns `None` ("need more"). It remembers how far it scanned, so the total work
 /// is linear in the input however it is chunked, and it removes what it returns
 /// (or discards) from the front of the buffer: a message leaves as a zero-copy
 /// [`Bytes`] cut from it.
+///
+/// # Stray bytes and recovery
+///
+/// As qemu-ga 7.2's lexer does, the decoder rejects a byte that JSON text cannot
+/// hold where it stands as soon as that byte arrives, with a [`Frame::Stray`]:
+///
+/// * inside a string, any control byte (below 0x20: TAB and LF too), escaped or
+///   not;
+/// * outside strings, a control byte other than TAB, LF and CR, or a byte from 0x80
+///   to 0xFD. A bare top-level token (number, keyword) just before it ends there and
+///   comes out first, as a message: `ab\x80` is `Message("ab")`, `Stray("\x80")`.
+///
+/// Then it recovers as qemu-ga does: it drops bytes up to a structural byte
+/// (`{ } [ ] , :`), a control byte other than TAB (so a line end), or a sentinel,
+/// and decodes that byte afresh. A request sent after a line end is therefore
+/// served, and what is left of the broken message comes out as qemu-ga sees it:
+/// `{"execute":"guest-ping` LF `"}` gives `Stray("\"guest-ping\n")`, then
+/// `Message("}")`, which qemu-ga answers with `stray '"guest-ping\n'` and
+/// `expecting value`, reply for reply.
+///
+/// Where this differs from qemu-ga 7.2 (each checked against 7.2.22):
+///
+/// * a sentinel is a [`Frame::Resync`] and no recovery follows, so a request right
+///   after a 0xFF is decoded, whatever it starts with (qemu-ga reports the 0xFF as
+///   stray and swallows a following `true ` or `"x"`);
+/// * printable bytes that qemu-ga calls stray (capitals, `%`, `+`, DEL, a backslash
+///   outside strings) are not reported on their own: they make a bare token that
+///   ends at a delimiter (or a stray byte) and is a message for the parser to
+///   reject; likewise qemu-ga's number grammar is not checked here (`-\x80` is one
+///   `stray '-\uFFFD'` to qemu-ga, a message `-` and a stray byte here);
+/// * a stray byte inside a message that already broke a limit ends it silently (the
+///   [`Frame::Oversized`] was its one error), and a stray byte past the size limit
+///   is reported as that limit.
+///
+/// ```
+/// use qga_framing::{Decoder, Frame};
+///
+/// let mut decoder = Decoder::new();
+/// // A line feed inside a string, then a good request on the next line.
+/// let input = b"{\"execute\":\"guest-ping\n\"}\n{\"execute\":\"guest-info\"}";
+/// let mut rest = &input[..];
+/// let mut frames = Vec::new();
+/// while let (used, Some(frame)) = decoder.decode_slice(rest) {
+///     frames.push(frame);
+///     rest = &rest[used..];
+/// }
+/// assert_eq!(
+///     frames,
+///     [
+///         Frame::Stray(&b"\"guest-ping\n"[..]),
+///         Frame::Message(&b"}"[..]),
+///         Frame::Message(&b"{\"execute\":\"guest-info\"}"[..]),
+///     ]
+/// );
+/// ```
 ///
 /// [`decode`]: Decoder::decode
 #[derive(Debug, Clone)]

@@ -734,6 +734,45 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// After any bytes, one byte qemu-ga's lexer rejects (a control byte but TAB,
+    /// LF, CR; or 0x80 to 0xFD) and a line end: the next request is served, under
+    /// any chunking, either entry point. (Without the bad byte, garbage that left an
+    /// object open would nest the request, in qemu-ga as here.)
+    #[test]
+    fn a_bad_byte_and_a_line_end_resynchronise_after_any_garbage(
+        garbage in prop_oneof![tricky_stream(), proptest::collection::vec(any::<u8>(), 0..300)],
+        bad in prop_oneof![0u8..0x09, 0x0Bu8..0x0D, 0x0Eu8..0x20, 0x80u8..0xFE],
+        cuts in proptest::collection::vec(1usize..100, 1..8),
+        slice in proptest::collection::vec(any::<bool>(), 1..4),
+    ) {
+        let mut input = garbage;
+        input.push(bad);
+        input.push(b'\n');
+        input.extend_from_slice(SYNC.as_bytes());
+        let frames = decoder_frames(&input, Limits::default(), &cuts, &slice);
+        prop_assert_eq!(frames.last(), Some(&Frame::Message(SYNC.as_bytes().to_vec())));
+        prop_assert_eq!(frames, reference_frames(&input, Limits::default()));
+    }
+
+    /// After any garbage that opens no object or array: a line end then a request,
+    /// and the request is served.
+    #[test]
+    fn a_line_end_resynchronises_after_garbage_without_openers(
+        garbage in proptest::collection::vec(any::<u8>().prop_filter("no opener", |b| !b"{[".contains(b)), 0..300),
+        cuts in proptest::collection::vec(1usize..100, 1..8),
+        slice in proptest::collection::vec(any::<bool>(), 1..4),
+    ) {
+        let mut input = garbage;
+        input.push(b'\n');
+        input.extend_from_slice(SYNC.as_bytes());
+        let frames = decoder_frames(&input, Limits::default(), &cuts, &slice);
+        prop_assert_eq!(frames.last(), Some(&Frame::Message(SYNC.as_bytes().to_vec())));
+    }
+}
+
 #[test]
 fn the_reference_agrees_with_the_table_cases() {
     // The oracle itself is checked against cases whose answer is known.
