@@ -311,9 +311,24 @@ impl Region {
         // control or high byte is no quote, so its bit says where it stands).
         let carry = if in_string { u64::MAX } else { 0 };
         let in_string = prefix_xor(masks.quote & keep) ^ carry;
-        // Stop before the first stray byte, without a branch: it is rare.
-        let stray = ((masks.ctrl & in_string) | (masks.bad_out & !in_string)) & keep;
-        let len = len.min(stray.trailing_zeros() as usize);
+        // Stop before the first stray byte. The odd bytes (control or high) are
+        // rare but for line ends, so each is checked on its own.
+        let mut odd = masks.odd & keep;
+        let mut len = len;
+        while odd != 0 {
+            let k = odd.trailing_zeros() as usize;
+            let b = buf[i + k];
+            let stray = if in_string >> k & 1 == 1 {
+                b < 0x20
+            } else {
+                is_stray_outside_string(b)
+            };
+            if stray {
+                len = k;
+                break;
+            }
+            odd &= odd - 1;
+        }
         let keep = low_bits(len);
         let quotes = masks.quote & keep;
         let region = Region {

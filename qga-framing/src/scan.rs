@@ -15,11 +15,11 @@ pub(crate) struct Masks {
     pub(crate) close: u64,
     /// `\`, 0xFE, 0xFF: the bytes the mask walk leaves to the byte loop.
     pub(crate) stop: u64,
-    /// Bytes below 0x20: stray inside a string (qemu-ga's lexer takes none there).
-    pub(crate) ctrl: u64,
-    /// Bytes stray outside a string: below 0x20 except TAB, LF and CR, and 0x80 and
-    /// up (0xFE/0xFF are in `stop` too, which ends a region first).
-    pub(crate) bad_out: u64,
+    /// Bytes below 0x20 or from 0x80 up: the ones that may be stray (a control byte
+    /// inside a string; outside one, a control byte but TAB, LF, CR, or a high
+    /// byte), which the caller checks one by one. Line ends between messages are the
+    /// only common ones in ASCII traffic.
+    pub(crate) odd: u64,
 }
 
 /// Classifies the bytes `buf[at..at + 64]` that matter outside strings (fewer at the
@@ -45,8 +45,7 @@ pub(crate) fn scalar_classify(buf: &[u8], at: usize) -> Masks {
         open: 0,
         close: 0,
         stop: 0,
-        ctrl: 0,
-        bad_out: 0,
+        odd: 0,
     };
     for (k, &b) in buf[at..].iter().take(64).enumerate() {
         let bit = 1u64 << k;
@@ -57,11 +56,8 @@ pub(crate) fn scalar_classify(buf: &[u8], at: usize) -> Masks {
             b'\\' | 0xFE | 0xFF => m.stop |= bit,
             _ => {}
         }
-        if b < 0x20 {
-            m.ctrl |= bit;
-        }
-        if is_stray_outside_string(b) || b >= 0xFE {
-            m.bad_out |= bit;
+        if !(0x20..0x80).contains(&b) {
+            m.odd |= bit;
         }
     }
     m
@@ -139,7 +135,7 @@ pub(crate) fn swar_string_special(hay: &[u8]) -> Option<usize> {
 mod sse2 {
     use std::arch::x86_64::{
         __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_max_epu8,
-        _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
     };
 
     use super::Masks;
@@ -156,65 +152,73 @@ mod sse2 {
         let quote = _mm_set1_epi8(b'"' as i8);
         let backslash = _mm_set1_epi8(b'\\' as i8);
         let fe = _mm_set1_epi8(0xFEu8 as i8);
-        let case = _mm_set1_epi8(0x20);
-        // `{` and `[` differ only in bit 0x20, as do `}` and `]`.
+        // Folds `{` onto `[` and `}` onto `]` (they differ only in bit 0x20); also
+        // the bound of the signed compare for odd bytes.
+        let x20 = _mm_set1_epi8(0x20);
         let open = _mm_set1_epi8(b'{' as i8);
         let close = _mm_set1_epi8(b'}' as i8);
-        let space = _mm_set1_epi8(0x20);
-        let four = _mm_set1_epi8(4);
-        let cr = _mm_set1_epi8(b'\r' as i8);
-        let lf = _mm_set1_epi8(b'\n' as i8);
         let mut m = Masks {
             quote: 0,
             open: 0,
             close: 0,
             stop: 0,
-            ctrl: 0,
-            bad_out: 0,
+            odd: 0,
         };
-        // Bit k: byte k is below 0x20 or 0x80 and up; 0x80 and up; TAB, LF or CR.
-        let (mut low_or_high, mut high, mut ws) = (0u64, 0u64, 0u64);
-        let len = buf.len();
-        let mut short = [b' '; 16];
-        let whole = at + 64 <= len;
-        // Backslashes and sentinels are rare: their bits are gathered only if any.
+        // Backslashes and sentinels are rare, and so are odd bytes in pure ASCII
+        // (nested objects, one line): their bits are gathered only if any.
         let mut stops = [_mm_setzero_si128(); 4];
+        let mut odds = [_mm_setzero_si128(); 4];
         let mut drops = [0u32; 4];
         let mut any_stop = _mm_setzero_si128();
-        for k in 0..4 {
-            let p = at + 16 * k;
-            if !whole && p >= len {
-                break;
+        let mut any_odd = _mm_setzero_si128();
+        // One 16-byte step: block `k` is `v`, whose first `drop` bytes were seen.
+        macro_rules! step {
+            ($k:expr, $v:expr, $drop:expr) => {{
+                let (k, v, drop): (usize, __m128i, usize) = ($k, $v, $drop);
+                let folded = _mm_or_si128(v, x20);
+                let stop = _mm_or_si128(
+                    _mm_cmpeq_epi8(v, backslash),
+                    _mm_cmpeq_epi8(_mm_max_epu8(v, fe), v),
+                );
+                let bits = |x: __m128i| u64::from(_mm_movemask_epi8(x) as u16 >> drop) << (16 * k);
+                m.quote |= bits(_mm_cmpeq_epi8(v, quote));
+                m.open |= bits(_mm_cmpeq_epi8(folded, open));
+                m.close |= bits(_mm_cmpeq_epi8(folded, close));
+                // Signed, 0x80 and up are negative: one compare flags them and the
+                // bytes below 0x20.
+                let odd = _mm_cmplt_epi8(v, x20);
+                odds[k] = odd;
+                any_odd = _mm_or_si128(any_odd, odd);
+                stops[k] = stop;
+                drops[k] = drop as u32;
+                any_stop = _mm_or_si128(any_stop, stop);
+            }};
+        }
+        let len = buf.len();
+        if at + 64 <= len {
+            // The common case, straight-line.
+            step!(0, load(buf, at), 0);
+            step!(1, load(buf, at + 16), 0);
+            step!(2, load(buf, at + 32), 0);
+            step!(3, load(buf, at + 48), 0);
+        } else {
+            let mut short = [b' '; 16];
+            for k in 0..4 {
+                let p = at + 16 * k;
+                if p >= len {
+                    break;
+                }
+                let (v, drop) = if p + 16 <= len {
+                    (load(buf, p), 0)
+                } else if len >= 16 {
+                    (load(buf, len - 16), p - (len - 16))
+                } else {
+                    // All of `buf` is shorter than one step: pad a copy with spaces.
+                    short[..len - p].copy_from_slice(&buf[p..]);
+                    (load(&short, 0), 0)
+                };
+                step!(k, v, drop);
             }
-            let (v, drop) = if whole || p + 16 <= len {
-                (load(buf, p), 0)
-            } else if len >= 16 {
-                (load(buf, len - 16), p - (len - 16))
-            } else {
-                // All of `buf` is shorter than one step: pad a copy with spaces.
-                short[..len - p].copy_from_slice(&buf[p..]);
-                (load(&short, 0), 0)
-            };
-            let folded = _mm_or_si128(v, case);
-            let stop = _mm_or_si128(
-                _mm_cmpeq_epi8(v, backslash),
-                _mm_cmpeq_epi8(_mm_max_epu8(v, fe), v),
-            );
-            let bits = |x: __m128i| u64::from(_mm_movemask_epi8(x) as u16 >> drop) << (16 * k);
-            m.quote |= bits(_mm_cmpeq_epi8(v, quote));
-            m.open |= bits(_mm_cmpeq_epi8(folded, open));
-            m.close |= bits(_mm_cmpeq_epi8(folded, close));
-            // Signed: below 0x20, or 0x80 and up (negative).
-            low_or_high |= bits(_mm_cmplt_epi8(v, space));
-            high |= bits(v);
-            // `b | 4 == CR` exactly for TAB and CR.
-            ws |= bits(_mm_or_si128(
-                _mm_cmpeq_epi8(_mm_or_si128(v, four), cr),
-                _mm_cmpeq_epi8(v, lf),
-            ));
-            stops[k] = stop;
-            drops[k] = drop as u32;
-            any_stop = _mm_or_si128(any_stop, stop);
         }
         if _mm_movemask_epi8(any_stop) != 0 {
             for k in 0..4 {
@@ -222,8 +226,12 @@ mod sse2 {
                 m.stop |= u64::from(bits) << (16 * k);
             }
         }
-        m.ctrl = low_or_high & !high;
-        m.bad_out = low_or_high & !ws;
+        if _mm_movemask_epi8(any_odd) != 0 {
+            for k in 0..4 {
+                let bits = _mm_movemask_epi8(odds[k]) as u16 >> drops[k];
+                m.odd |= u64::from(bits) << (16 * k);
+            }
+        }
         m
     }
 
@@ -233,12 +241,11 @@ mod sse2 {
     fn special(v: __m128i) -> __m128i {
         let quote = _mm_set1_epi8(b'"' as i8);
         let backslash = _mm_set1_epi8(b'\\' as i8);
-        let two = _mm_set1_epi8(2);
-        let top = _mm_set1_epi8(0x21);
-        // Adding 2 (wrapping) maps 0xFE, 0xFF, 0x00..=0x1F onto 0..=0x21, and every
-        // other byte above it: one unsigned compare finds controls and sentinels.
-        let t = _mm_add_epi8(v, two);
-        let ctrl_or_sentinel = _mm_cmpeq_epi8(_mm_min_epu8(t, top), t);
+        // Adding 0x82 (wrapping) maps 0xFE, 0xFF, 0x00..=0x1F onto 0x80..=0xA1, the
+        // lowest signed values, and every other byte above them: one signed compare
+        // finds the controls and the sentinels.
+        let t = _mm_add_epi8(v, _mm_set1_epi8(0x82u8 as i8));
+        let ctrl_or_sentinel = _mm_cmplt_epi8(t, _mm_set1_epi8(0xA2u8 as i8));
         _mm_or_si128(
             _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
             ctrl_or_sentinel,
@@ -322,9 +329,7 @@ mod tests {
                 assert_eq!(m.open, expect(b"{[".contains(&b)), "{b:#x}");
                 assert_eq!(m.close, expect(b"}]".contains(&b)), "{b:#x}");
                 assert_eq!(m.stop, expect(b == b'\\' || b >= 0xFE), "{b:#x}");
-                assert_eq!(m.ctrl, expect(b < 0x20), "{b:#x}");
-                let stray = (b < 0x20 && !b"\t\n\r".contains(&b)) || b >= 0x80;
-                assert_eq!(m.bad_out, expect(stray), "{b:#x}");
+                assert_eq!(m.odd, expect(!(0x20..0x80).contains(&b)), "{b:#x}");
             }
         }
     }
