@@ -384,6 +384,56 @@ fn a_sentinel_ends_skipping() {
 }
 
 #[test]
+fn stray_bytes_and_the_limits() {
+    let limits = Limits {
+        max_message: 10,
+        max_depth: 2,
+    };
+    let cases: Vec<(&[u8], Vec<Frame>)> = vec![
+        // Within the limit: the stray text, at most the limit long.
+        (b"{\"a\":\"012\n\"}", vec![stray("\"012\n"), msg("}")]),
+        (b"\"01234567\n", vec![stray("\"01234567\n")]),
+        // The stray byte is the 11th: the size limit is the error, then recovery.
+        (
+            b"\"0123456789\n\"}{}",
+            vec![
+                Frame::Oversized(FrameError::TooLarge { limit: 10 }),
+                msg("}"),
+                msg("{}"),
+            ],
+        ),
+        // A stray byte ends a message being skipped, silently; recovery follows.
+        (
+            b"[[[\x01 1]]]{}",
+            vec![
+                Frame::Oversized(FrameError::TooDeep { limit: 2 }),
+                msg("]"),
+                msg("]"),
+                msg("]"),
+                msg("{}"),
+            ],
+        ),
+    ];
+    for (input, want) in cases {
+        let whole = run_chunks(&mut Decoder::with_limits(limits), &[input]).0;
+        assert_eq!(whole, want, "{:?}", String::from_utf8_lossy(input));
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(
+            run_chunks(&mut Decoder::with_limits(limits), &bytes).0,
+            want
+        );
+        let reference = reference_frames(input, limits);
+        assert_eq!(
+            reference,
+            want.iter()
+                .cloned()
+                .map(|f| f.map(|b| b.to_vec()))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
 fn garbage_gets_about_as_many_frames_as_qemu_ga_not_one_per_byte() {
     // Deterministic pseudo-random bytes (xorshift), 1 MiB.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
