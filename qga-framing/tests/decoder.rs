@@ -214,6 +214,20 @@ fn recovery_drops_bytes_as_qemu_ga_does() {
             b"\x01 junk \"x\" 12 TRUE\n42 ",
             vec![stray("\x01"), msg("42")],
         ),
+        // qemu-ga 7.2.22: three strays, four "expecting value", the ping's return.
+        (
+            b"\x01\x02\x03 %%% }}}} {\"execute\":\"guest-ping\"}",
+            vec![
+                stray("\x01"),
+                stray("\x02"),
+                stray("\x03"),
+                msg("}"),
+                msg("}"),
+                msg("}"),
+                msg("}"),
+                msg("{\"execute\":\"guest-ping\"}"),
+            ],
+        ),
         // A control byte ends recovery and is stray again; TAB does not.
         (
             b"{\"a\":\"x\x01\" \x01 \"y\x01",
