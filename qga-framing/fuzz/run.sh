@@ -10,4 +10,5 @@ mkdir -p corpus/framer
 printf '\x07\x55{"execute":"guest-ping","id":1}' > corpus/framer/ping
 printf '\x01\xaa\xff{"return":7}\n' > corpus/framer/sync
 printf '\x03\x0f{"a":"}\\"\xff[[{}]] junk 42 ' > corpus/framer/dirty
+printf '\x05\x33{"execute":"guest-ping\n"}\x80 ab\x01{"a":"x\\\t"}\n{}' > corpus/framer/stray
 RUSTC_BOOTSTRAP=1 cargo fuzz run framer corpus/framer -- -max_total_time="${1:-120}" -max_len=16384

@@ -2,7 +2,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::scan::{classify, string_special};
+use crate::scan::{classify, is_stray_outside_string, string_special};
 
 /// Limits on one message. The defaults are qemu-ga's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,18 @@ pub enum Frame<B = Bytes> {
     /// A message broke a limit. Its bytes are dropped as they arrive, up to its end or
     /// the next sentinel; the next frame after that is decoded normally.
     Oversized(FrameError),
+    /// A byte that no JSON text may hold where it stood, reported as soon as it
+    /// arrives (see [Stray bytes and recovery](Decoder#stray-bytes-and-recovery)).
+    /// It carries the partial token qemu-ga quotes: for a control byte inside a
+    /// string, the string from its opening quote up to and including that byte;
+    /// outside strings, the byte alone. The partial message that held it is dropped.
+    ///
+    /// qemu-ga 7.2 answers it with a `GenericError` whose desc is
+    /// `JSON parse error, stray '<text>'`, the text decoded as (modified) UTF-8 with
+    /// U+FFFD for what is invalid, and cut at a NUL byte (its text is a C string):
+    /// `stray '"guest-ping\n'` for `"guest-ping` and a line feed, `stray '\uFFFD'`
+    /// for a lone 0x80, `stray ''` for a NUL.
+    Stray(B),
 }
 
 impl<B> Frame<B> {
@@ -77,6 +89,7 @@ impl<B> Frame<B> {
             Frame::Message(b) => Frame::Message(f(b)),
             Frame::Resync => Frame::Resync,
             Frame::Oversized(e) => Frame::Oversized(e),
+            Frame::Stray(b) => Frame::Stray(f(b)),
         }
     }
 }
@@ -101,6 +114,11 @@ enum Found {
     /// A frame without bytes of its own.
     Resync,
     Oversized(FrameError),
+    /// A stray byte, with the partial token at `start..end`.
+    Stray {
+        start: usize,
+        end: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,28 +151,113 @@ enum Step {
     Sentinel(usize),
     /// An opener at this offset took the depth past the limit.
     TooDeep,
+    /// A stray byte at this offset: a control byte inside a string, or a byte that
+    /// cannot appear outside one (`Partial::in_string` says which).
+    Stray(usize),
 }
 
 fn is_whitespace(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-/// Ends a top-level token (number, keyword, garbage).
+/// Ends a top-level token (number, keyword, garbage): whitespace, a structural
+/// byte, a quote, a sentinel, or a stray byte (which is then reported on its own).
 fn ends_token(b: u8) -> bool {
-    is_whitespace(b)
-        || matches!(
-            b,
-            b'{' | b'}' | b'[' | b']' | b',' | b':' | b'"' | 0xFE | 0xFF
-        )
+    b <= b' ' || b >= 0x80 || matches!(b, b'{' | b'}' | b'[' | b']' | b',' | b':' | b'"')
 }
 
-/// Splits a QGA byte stream into messages, resync events and limit errors.
+/// Where recovery after a stray byte stops, as in qemu-ga's lexer: a structural
+/// byte, a control byte other than TAB (so LF and CR), or a sentinel. That byte is
+/// then decoded afresh.
+fn ends_recovery(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b >= 0xFE || matches!(b, b'{' | b'}' | b'[' | b']' | b',' | b':')
+}
+
+/// Where the string that holds the byte at `at` opens, in a message starting at
+/// `msg[0]` (an object or array): the last quote before `at` that opened a string.
+/// Only for a stray byte, so a plain forward scan is fine.
+fn string_opener(msg: &[u8], at: usize) -> usize {
+    let (mut opener, mut in_string, mut escape) = (0, false, false);
+    for (i, &b) in msg[..at].iter().enumerate() {
+        if !in_string {
+            if b == b'"' {
+                in_string = true;
+                opener = i;
+            }
+        } else if escape {
+            escape = false;
+        } else if b == b'\\' {
+            escape = true;
+        } else if b == b'"' {
+            in_string = false;
+        }
+    }
+    opener
+}
+
+/// Splits a QGA byte stream into messages, resync events, stray bytes and limit
+/// errors.
 ///
 /// Feed it a buffer that you append to as bytes arrive and call [`decode`] until it
 /// returns `None` ("need more"). It remembers how far it scanned, so the total work
 /// is linear in the input however it is chunked, and it removes what it returns
 /// (or discards) from the front of the buffer: a message leaves as a zero-copy
 /// [`Bytes`] cut from it.
+///
+/// # Stray bytes and recovery
+///
+/// As qemu-ga 7.2's lexer does, the decoder rejects a byte that JSON text cannot
+/// hold where it stands as soon as that byte arrives, with a [`Frame::Stray`]:
+///
+/// * inside a string, any control byte (below 0x20: TAB and LF too), escaped or
+///   not;
+/// * outside strings, a control byte other than TAB, LF and CR, or a byte from 0x80
+///   to 0xFD. A bare top-level token (number, keyword) just before it ends there and
+///   comes out first, as a message: `ab\x80` is `Message("ab")`, `Stray("\x80")`.
+///
+/// Then it recovers as qemu-ga does: it drops bytes up to a structural byte
+/// (`{ } [ ] , :`), a control byte other than TAB (so a line end), or a sentinel,
+/// and decodes that byte afresh. A request sent after a line end is therefore
+/// served, and what is left of the broken message comes out as qemu-ga sees it:
+/// `{"execute":"guest-ping` LF `"}` gives `Stray("\"guest-ping\n")`, then
+/// `Message("}")`, which qemu-ga answers with `stray '"guest-ping\n'` and
+/// `expecting value`, reply for reply.
+///
+/// Where this differs from qemu-ga 7.2 (each checked against 7.2.22):
+///
+/// * a sentinel is a [`Frame::Resync`] and no recovery follows, so a request right
+///   after a 0xFF is decoded, whatever it starts with (qemu-ga reports the 0xFF as
+///   stray and swallows a following `true ` or `"x"`);
+/// * printable bytes that qemu-ga calls stray (capitals, `%`, `+`, DEL, a backslash
+///   outside strings) are not reported on their own: they make a bare token that
+///   ends at a delimiter (or a stray byte) and is a message for the parser to
+///   reject; likewise qemu-ga's number grammar is not checked here (`-\x80` is one
+///   `stray '-\uFFFD'` to qemu-ga, a message `-` and a stray byte here);
+/// * a stray byte inside a message that already broke a limit ends it silently (the
+///   [`Frame::Oversized`] was its one error), and a stray byte past the size limit
+///   is reported as that limit.
+///
+/// ```
+/// use qga_framing::{Decoder, Frame};
+///
+/// let mut decoder = Decoder::new();
+/// // A line feed inside a string, then a good request on the next line.
+/// let input = b"{\"execute\":\"guest-ping\n\"}\n{\"execute\":\"guest-info\"}";
+/// let mut rest = &input[..];
+/// let mut frames = Vec::new();
+/// while let (used, Some(frame)) = decoder.decode_slice(rest) {
+///     frames.push(frame);
+///     rest = &rest[used..];
+/// }
+/// assert_eq!(
+///     frames,
+///     [
+///         Frame::Stray(&b"\"guest-ping\n"[..]),
+///         Frame::Message(&b"}"[..]),
+///         Frame::Message(&b"{\"execute\":\"guest-info\"}"[..]),
+///     ]
+/// );
+/// ```
 ///
 /// [`decode`]: Decoder::decode
 #[derive(Debug, Clone)]
@@ -164,6 +267,9 @@ pub struct Decoder {
     /// The last byte consumed was a sentinel: more sentinels add no Resync, so the
     /// frames do not depend on how a run of 0xFF bytes was chunked.
     after_sentinel: bool,
+    /// After a stray byte: bytes are dropped up to the next one `ends_recovery`
+    /// accepts.
+    recovering: bool,
     /// Bytes ahead that are already classified. Messages are short and each call
     /// returns one, so without it most bytes would be classified twice.
     region: Region,
@@ -178,7 +284,8 @@ struct Region {
     /// Its stream position (see `Decoder::front`).
     at: usize,
     /// How many bytes it covers (0: none, at most 64). It never covers a backslash or
-    /// a sentinel, so quotes alone decide what is inside a string.
+    /// a sentinel, so quotes alone decide what is inside a string, nor a stray byte
+    /// (a control byte inside a string, `is_stray_outside_string` outside one).
     len: usize,
     /// Bit k: byte `at + k` is `{` or `[` outside any string.
     open: u64,
@@ -190,8 +297,8 @@ struct Region {
 
 impl Region {
     /// Classifies `buf` from `i` (stream position `at`), which is inside a string or
-    /// not as `in_string` says, up to the first backslash or sentinel and at most 64
-    /// bytes. The region is empty when `buf[i]` itself is a backslash or sentinel.
+    /// not as `in_string` says, up to the first backslash, sentinel or stray byte and
+    /// at most 64 bytes. The region is empty when `buf[i]` itself is one of those.
     /// Also says whether the region holds a quote.
     #[inline]
     fn classify(buf: &[u8], i: usize, at: usize, in_string: bool) -> (Region, bool) {
@@ -200,10 +307,30 @@ impl Region {
             .min(buf.len() - i)
             .min(64);
         let keep = low_bits(len);
-        let quotes = masks.quote & keep;
-        // Quote parity from the state at `i` decides what is inside a string.
+        // Quote parity from the state at `i` decides what is inside a string (a
+        // control or high byte is no quote, so its bit says where it stands).
         let carry = if in_string { u64::MAX } else { 0 };
-        let in_string = prefix_xor(quotes) ^ carry;
+        let in_string = prefix_xor(masks.quote & keep) ^ carry;
+        // Stop before the first stray byte. The odd bytes (control or high) are
+        // rare but for line ends, so each is checked on its own.
+        let mut odd = masks.odd & keep;
+        let mut len = len;
+        while odd != 0 {
+            let k = odd.trailing_zeros() as usize;
+            let b = buf[i + k];
+            let stray = if in_string >> k & 1 == 1 {
+                b < 0x20
+            } else {
+                is_stray_outside_string(b)
+            };
+            if stray {
+                len = k;
+                break;
+            }
+            odd &= odd - 1;
+        }
+        let keep = low_bits(len);
+        let quotes = masks.quote & keep;
         let region = Region {
             at,
             len,
@@ -246,6 +373,7 @@ impl Decoder {
             limits,
             partial: None,
             after_sentinel: false,
+            recovering: false,
             region: Region::default(),
             front: 0,
         }
@@ -256,16 +384,24 @@ impl Decoder {
         self.limits
     }
 
-    /// Forgets any partial message (for a new connection). The caller clears its buffer.
+    /// Forgets any partial message and ends any recovery (for a new connection). The
+    /// caller clears its buffer.
     pub fn reset(&mut self) {
         self.partial = None;
         self.after_sentinel = false;
+        self.recovering = false;
         self.region = Region::default();
     }
 
     /// True while a message has started but not ended.
     pub fn is_mid_message(&self) -> bool {
         self.partial.is_some()
+    }
+
+    /// True while the decoder drops bytes after a [`Frame::Stray`], waiting for a
+    /// structural byte, a line end or other control byte, or a sentinel.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering
     }
 
     /// The next frame in `buf`, or `None` if more bytes are needed. Never fatal: call
@@ -292,6 +428,10 @@ impl Decoder {
             Found::Oversized(e) => {
                 buf.advance(consumed);
                 Frame::Oversized(e)
+            }
+            Found::Stray { start, end } => {
+                buf.advance(start);
+                Frame::Stray(buf.split_to(end - start).freeze())
             }
         })
     }
@@ -330,6 +470,7 @@ impl Decoder {
             Found::Message { start, end } => Frame::Message(&buf[start..end]),
             Found::Resync => Frame::Resync,
             Found::Oversized(e) => Frame::Oversized(e),
+            Found::Stray { start, end } => Frame::Stray(&buf[start..end]),
         });
         (consumed, frame)
     }
@@ -338,7 +479,7 @@ impl Decoder {
     /// up, and the frame found, if any. For a message, `consumed` is its end.
     #[inline]
     fn step(&mut self, buf: &[u8]) -> (usize, Option<Found>) {
-        if self.partial.is_none() {
+        if self.partial.is_none() && !self.recovering {
             match self.next_simple_message(buf) {
                 Simple::Message { start, end } => {
                     self.after_sentinel = false;
@@ -431,6 +572,13 @@ impl Decoder {
             let mut partial = match self.partial {
                 Some(p) => p,
                 None => {
+                    if self.recovering {
+                        let Some(k) = buf[base..].iter().position(|&b| ends_recovery(b)) else {
+                            return (buf.len(), None);
+                        };
+                        base += k;
+                        self.recovering = false;
+                    }
                     let ws = buf[base..]
                         .iter()
                         .take_while(|&&b| is_whitespace(b))
@@ -450,6 +598,14 @@ impl Decoder {
                         return (base, Some(Found::Resync));
                     }
                     self.after_sentinel = false;
+                    if is_stray_outside_string(first) {
+                        self.recovering = true;
+                        let stray = Found::Stray {
+                            start: base,
+                            end: base + 1,
+                        };
+                        return (base + 1, Some(stray));
+                    }
                     let kind = match first {
                         // A stray closer or separator is a (malformed) message of its own.
                         b'}' | b']' | b',' | b':' => {
@@ -498,6 +654,34 @@ impl Decoder {
                     self.after_sentinel = true;
                     let end = base + at + count_sentinels(&rest[at..]);
                     return (end, Some(Found::Resync));
+                }
+                Step::Stray(at) => {
+                    // The stray byte ends the message; qemu-ga's recovery follows.
+                    self.partial = None;
+                    self.recovering = true;
+                    let end = base + at + 1;
+                    if partial.skipping {
+                        // Already reported as oversized: one error is enough.
+                        base = end;
+                        continue;
+                    }
+                    if at >= self.limits.max_message {
+                        // The stray byte is past the size limit: the limit comes first.
+                        let error = FrameError::TooLarge {
+                            limit: self.limits.max_message,
+                        };
+                        return (end, Some(Found::Oversized(error)));
+                    }
+                    let start = match partial.kind {
+                        _ if !partial.in_string => at,
+                        Kind::Container => string_opener(rest, at),
+                        Kind::String | Kind::Token => 0,
+                    };
+                    let stray = Found::Stray {
+                        start: base + start,
+                        end,
+                    };
+                    return (end, Some(stray));
                 }
                 Step::TooDeep => {
                     let limit = self.limits.max_depth;
@@ -599,12 +783,17 @@ impl Decoder {
             // sentinel.
             let (region, quoted) = Region::classify(buf, i, abs, p.in_string);
             if region.len == 0 {
-                if buf[i] >= 0xFE {
-                    return Step::Sentinel(i);
+                match buf[i] {
+                    0xFE | 0xFF => return Step::Sentinel(i),
+                    // A backslash escapes the next byte inside a string, and is a
+                    // plain (invalid) byte outside one.
+                    b'\\' => p.escape = p.in_string,
+                    // The region stops before a stray byte.
+                    _ => {
+                        p.scanned = i;
+                        return Step::Stray(i);
+                    }
                 }
-                // A backslash escapes the next byte inside a string, and is a plain
-                // (invalid) byte outside one.
-                p.escape = p.in_string;
                 i += 1;
                 continue;
             }
@@ -692,8 +881,11 @@ fn scan_scalar_value(p: &mut Partial, buf: &[u8]) -> Step {
 #[inline]
 fn string_step(p: &mut Partial, buf: &[u8], i: usize) -> Result<usize, Step> {
     if p.escape {
-        if buf[i] >= 0xFE {
-            return Err(Step::Sentinel(i));
+        match buf[i] {
+            0xFE | 0xFF => return Err(Step::Sentinel(i)),
+            // Escaped or not, a control byte never belongs in a string.
+            0..0x20 => return Err(Step::Stray(i)),
+            _ => {}
         }
         p.escape = false;
         return Ok(i + 1);
@@ -705,7 +897,8 @@ fn string_step(p: &mut Partial, buf: &[u8], i: usize) -> Result<usize, Step> {
     match buf[at] {
         b'"' => p.in_string = false,
         b'\\' => p.escape = true,
-        _ => return Err(Step::Sentinel(at)),
+        0xFE | 0xFF => return Err(Step::Sentinel(at)),
+        _ => return Err(Step::Stray(at)),
     }
     Ok(at + 1)
 }

@@ -1,5 +1,6 @@
-//! Finding the bytes that matter inside a JSON string: `"`, `\` and the sentinels
-//! 0xFE/0xFF. Base64 payloads are megabytes of string with none of them, so this is
+//! Finding the bytes that matter inside a JSON string: `"`, `\`, the raw control
+//! bytes (below 0x20, never valid there) and the sentinels 0xFE/0xFF; and classifying
+//! the bytes that matter outside strings. Base64 payloads are megabytes of string with none of them, so this is
 //! the framer's hot loop: 64 bytes per step with SSE2 (part of every x86_64 CPU),
 //! a portable word-at-a-time loop elsewhere.
 
@@ -14,6 +15,11 @@ pub(crate) struct Masks {
     pub(crate) close: u64,
     /// `\`, 0xFE, 0xFF: the bytes the mask walk leaves to the byte loop.
     pub(crate) stop: u64,
+    /// Bytes below 0x20 or from 0x80 up: the ones that may be stray (a control byte
+    /// inside a string; outside one, a control byte but TAB, LF, CR, or a high
+    /// byte), which the caller checks one by one. Line ends between messages are the
+    /// only common ones in ASCII traffic.
+    pub(crate) odd: u64,
 }
 
 /// Classifies the bytes `buf[at..at + 64]` that matter outside strings (fewer at the
@@ -39,6 +45,7 @@ pub(crate) fn scalar_classify(buf: &[u8], at: usize) -> Masks {
         open: 0,
         close: 0,
         stop: 0,
+        odd: 0,
     };
     for (k, &b) in buf[at..].iter().take(64).enumerate() {
         let bit = 1u64 << k;
@@ -49,11 +56,22 @@ pub(crate) fn scalar_classify(buf: &[u8], at: usize) -> Masks {
             b'\\' | 0xFE | 0xFF => m.stop |= bit,
             _ => {}
         }
+        if !(0x20..0x80).contains(&b) {
+            m.odd |= bit;
+        }
     }
     m
 }
 
-/// Index of the first `"`, `\`, 0xFE or 0xFF in `hay`.
+/// A byte that cannot start a token outside strings and is never part of one: a
+/// control byte other than TAB, LF and CR, or a byte from 0x80 to 0xFD. (0xFE and
+/// 0xFF are the sentinels, handled on their own.)
+#[inline]
+pub(crate) fn is_stray_outside_string(b: u8) -> bool {
+    (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || (0x80..0xFE).contains(&b)
+}
+
+/// Index of the first `"`, `\`, control byte (below 0x20), 0xFE or 0xFF in `hay`.
 #[inline]
 pub(crate) fn string_special(hay: &[u8]) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
@@ -70,7 +88,7 @@ pub(crate) fn string_special(hay: &[u8]) -> Option<usize> {
 
 #[inline]
 fn is_special(b: u8) -> bool {
-    b == b'"' || b == b'\\' || b >= 0xFE
+    b == b'"' || b == b'\\' || !(0x20..0xFE).contains(&b)
 }
 
 /// Byte-at-a-time reference implementation (the oracle in tests, and the tail loop).
@@ -88,6 +106,11 @@ pub(crate) fn swar_string_special(hay: &[u8]) -> Option<usize> {
     fn has_zero(v: u64) -> u64 {
         v.wrapping_sub(LO) & !v & HI
     }
+    /// Flags the bytes below 0x20 (and, like `has_zero`, possibly bytes after one).
+    #[inline]
+    fn has_ctrl(v: u64) -> u64 {
+        v.wrapping_sub(LO * 0x20) & !v & HI
+    }
     let mut chunks = hay.chunks_exact(8);
     let mut offset = 0;
     for chunk in &mut chunks {
@@ -96,7 +119,8 @@ pub(crate) fn swar_string_special(hay: &[u8]) -> Option<usize> {
         let x = u64::from_le_bytes(word);
         let hit = has_zero(x ^ (LO * u64::from(b'"')))
             | has_zero(x ^ (LO * u64::from(b'\\')))
-            | has_zero((x & (LO * 0xFE)) ^ (LO * 0xFE));
+            | has_zero((x & (LO * 0xFE)) ^ (LO * 0xFE))
+            | has_ctrl(x);
         if hit != 0 {
             // has_zero can flag a byte after a true hit, never before one: take the
             // first true hit by checking bytes in order.
@@ -110,8 +134,8 @@ pub(crate) fn swar_string_special(hay: &[u8]) -> Option<usize> {
 #[cfg(target_arch = "x86_64")]
 mod sse2 {
     use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8, _mm_setzero_si128,
+        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_max_epu8,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
     };
 
     use super::Masks;
@@ -128,8 +152,9 @@ mod sse2 {
         let quote = _mm_set1_epi8(b'"' as i8);
         let backslash = _mm_set1_epi8(b'\\' as i8);
         let fe = _mm_set1_epi8(0xFEu8 as i8);
-        let case = _mm_set1_epi8(0x20);
-        // `{` and `[` differ only in bit 0x20, as do `}` and `]`.
+        // Folds `{` onto `[` and `}` onto `]` (they differ only in bit 0x20); also
+        // the bound of the signed compare for odd bytes.
+        let x20 = _mm_set1_epi8(0x20);
         let open = _mm_set1_epi8(b'{' as i8);
         let close = _mm_set1_epi8(b'}' as i8);
         let mut m = Masks {
@@ -137,40 +162,63 @@ mod sse2 {
             open: 0,
             close: 0,
             stop: 0,
+            odd: 0,
         };
-        let len = buf.len();
-        let mut short = [b' '; 16];
-        let whole = at + 64 <= len;
-        // Backslashes and sentinels are rare: their bits are gathered only if any.
+        // Backslashes and sentinels are rare, and so are odd bytes in pure ASCII
+        // (nested objects, one line): their bits are gathered only if any.
         let mut stops = [_mm_setzero_si128(); 4];
+        let mut odds = [_mm_setzero_si128(); 4];
         let mut drops = [0u32; 4];
         let mut any_stop = _mm_setzero_si128();
-        for k in 0..4 {
-            let p = at + 16 * k;
-            if !whole && p >= len {
-                break;
+        let mut any_odd = _mm_setzero_si128();
+        // One 16-byte step: block `k` is `v`, whose first `drop` bytes were seen.
+        macro_rules! step {
+            ($k:expr, $v:expr, $drop:expr) => {{
+                let (k, v, drop): (usize, __m128i, usize) = ($k, $v, $drop);
+                let folded = _mm_or_si128(v, x20);
+                let stop = _mm_or_si128(
+                    _mm_cmpeq_epi8(v, backslash),
+                    _mm_cmpeq_epi8(_mm_max_epu8(v, fe), v),
+                );
+                let bits = |x: __m128i| u64::from(_mm_movemask_epi8(x) as u16 >> drop) << (16 * k);
+                m.quote |= bits(_mm_cmpeq_epi8(v, quote));
+                m.open |= bits(_mm_cmpeq_epi8(folded, open));
+                m.close |= bits(_mm_cmpeq_epi8(folded, close));
+                // Signed, 0x80 and up are negative: one compare flags them and the
+                // bytes below 0x20.
+                let odd = _mm_cmplt_epi8(v, x20);
+                odds[k] = odd;
+                any_odd = _mm_or_si128(any_odd, odd);
+                stops[k] = stop;
+                drops[k] = drop as u32;
+                any_stop = _mm_or_si128(any_stop, stop);
+            }};
+        }
+        let len = buf.len();
+        if at + 64 <= len {
+            // The common case, straight-line.
+            step!(0, load(buf, at), 0);
+            step!(1, load(buf, at + 16), 0);
+            step!(2, load(buf, at + 32), 0);
+            step!(3, load(buf, at + 48), 0);
+        } else {
+            let mut short = [b' '; 16];
+            for k in 0..4 {
+                let p = at + 16 * k;
+                if p >= len {
+                    break;
+                }
+                let (v, drop) = if p + 16 <= len {
+                    (load(buf, p), 0)
+                } else if len >= 16 {
+                    (load(buf, len - 16), p - (len - 16))
+                } else {
+                    // All of `buf` is shorter than one step: pad a copy with spaces.
+                    short[..len - p].copy_from_slice(&buf[p..]);
+                    (load(&short, 0), 0)
+                };
+                step!(k, v, drop);
             }
-            let (v, drop) = if whole || p + 16 <= len {
-                (load(buf, p), 0)
-            } else if len >= 16 {
-                (load(buf, len - 16), p - (len - 16))
-            } else {
-                // All of `buf` is shorter than one step: pad a copy with spaces.
-                short[..len - p].copy_from_slice(&buf[p..]);
-                (load(&short, 0), 0)
-            };
-            let folded = _mm_or_si128(v, case);
-            let stop = _mm_or_si128(
-                _mm_cmpeq_epi8(v, backslash),
-                _mm_cmpeq_epi8(_mm_max_epu8(v, fe), v),
-            );
-            let bits = |x: __m128i| u64::from(_mm_movemask_epi8(x) as u16 >> drop) << (16 * k);
-            m.quote |= bits(_mm_cmpeq_epi8(v, quote));
-            m.open |= bits(_mm_cmpeq_epi8(folded, open));
-            m.close |= bits(_mm_cmpeq_epi8(folded, close));
-            stops[k] = stop;
-            drops[k] = drop as u32;
-            any_stop = _mm_or_si128(any_stop, stop);
         }
         if _mm_movemask_epi8(any_stop) != 0 {
             for k in 0..4 {
@@ -178,21 +226,29 @@ mod sse2 {
                 m.stop |= u64::from(bits) << (16 * k);
             }
         }
+        if _mm_movemask_epi8(any_odd) != 0 {
+            for k in 0..4 {
+                let bits = _mm_movemask_epi8(odds[k]) as u16 >> drops[k];
+                m.odd |= u64::from(bits) << (16 * k);
+            }
+        }
         m
     }
 
-    /// The bytes that matter inside a string: `"`, `\\`, 0xFE, 0xFF.
+    /// The bytes that matter inside a string: `"`, `\\`, below 0x20, 0xFE, 0xFF.
     #[inline]
     #[target_feature(enable = "sse2")]
     fn special(v: __m128i) -> __m128i {
         let quote = _mm_set1_epi8(b'"' as i8);
         let backslash = _mm_set1_epi8(b'\\' as i8);
-        let fe = _mm_set1_epi8(0xFEu8 as i8);
-        // max(v, 0xFE) == v exactly for the bytes >= 0xFE.
-        let sentinel = _mm_cmpeq_epi8(_mm_max_epu8(v, fe), v);
+        // Adding 0x82 (wrapping) maps 0xFE, 0xFF, 0x00..=0x1F onto 0x80..=0xA1, the
+        // lowest signed values, and every other byte above them: one signed compare
+        // finds the controls and the sentinels.
+        let t = _mm_add_epi8(v, _mm_set1_epi8(0x82u8 as i8));
+        let ctrl_or_sentinel = _mm_cmplt_epi8(t, _mm_set1_epi8(0xA2u8 as i8));
         _mm_or_si128(
             _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
-            sentinel,
+            ctrl_or_sentinel,
         )
     }
 
@@ -245,7 +301,7 @@ mod tests {
 
     #[test]
     fn finds_each_special_byte_at_every_offset() {
-        for special in [b'"', b'\\', 0xFE, 0xFF] {
+        for special in [b'"', b'\\', 0xFE, 0xFF, 0x00, 0x01, b'\t', b'\n', 0x1F] {
             for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 200] {
                 for at in 0..len {
                     let mut hay = vec![b'A'; len];
@@ -273,6 +329,7 @@ mod tests {
                 assert_eq!(m.open, expect(b"{[".contains(&b)), "{b:#x}");
                 assert_eq!(m.close, expect(b"}]".contains(&b)), "{b:#x}");
                 assert_eq!(m.stop, expect(b == b'\\' || b >= 0xFE), "{b:#x}");
+                assert_eq!(m.odd, expect(!(0x20..0x80).contains(&b)), "{b:#x}");
             }
         }
     }
@@ -281,7 +338,8 @@ mod tests {
         #[test]
         fn fast_paths_agree_with_the_scalar_oracle(
             hay in proptest::collection::vec(prop_oneof![
-                8 => 0x20u8..0x7F, 1 => Just(b'"'), 1 => Just(b'\\'), 1 => 0x80u8..=0xFF
+                8 => 0x20u8..0x7F, 1 => Just(b'"'), 1 => Just(b'\\'), 1 => 0x80u8..=0xFF,
+                1 => 0x00u8..0x20
             ], 0..300)
         ) {
             prop_assert_eq!(string_special(&hay), scalar_string_special(&hay));
@@ -292,7 +350,7 @@ mod tests {
         fn classify_agrees_with_the_scalar_oracle(
             hay in proptest::collection::vec(prop_oneof![
                 4 => 0x20u8..0x7F, 1 => Just(b'"'), 1 => Just(b'\\'), 1 => Just(b'{'),
-                1 => Just(b']'), 1 => 0x80u8..=0xFF
+                1 => Just(b']'), 1 => 0x80u8..=0xFF, 1 => 0x00u8..0x20
             ], 1..200),
             at in 0usize..200,
         ) {

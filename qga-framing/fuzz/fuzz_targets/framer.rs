@@ -1,7 +1,8 @@
 //! Arbitrary bytes, in arbitrary chunk sizes, through a decoder with small limits,
 //! calling `decode` and `decode_slice` in an arbitrary mix: no panic, the buffer never
 //! holds more than the size limit plus one read once the decoder asks for more, no
-//! message over the limit, and the same frames as when the input is fed whole.
+//! message or stray text over the limit, stray frames that end with their stray
+//! byte, and the same frames as when the input is fed whole.
 #![no_main]
 
 use bytes::BytesMut;
@@ -32,8 +33,14 @@ fn run(input: &[u8], chunk: usize, mix: u8) -> Vec<Frame<Vec<u8>>> {
                 d.decode(&mut buf).map(|f| f.map(|m| m.to_vec()))
             };
             let Some(f) = frame else { break };
-            if let Frame::Message(m) = &f {
-                assert!(m.len() <= LIMITS.max_message, "message of {} bytes", m.len());
+            if let Frame::Message(m) | Frame::Stray(m) = &f {
+                assert!(m.len() <= LIMITS.max_message, "frame of {} bytes", m.len());
+            }
+            if let Frame::Stray(m) = &f {
+                // A stray frame ends with the stray byte: a control byte, or a
+                // high byte on its own.
+                let last = *m.last().expect("a stray frame holds its byte");
+                assert!(last < 0x20 || (m.len() == 1 && last >= 0x80), "{m:?}");
             }
             frames.push(f);
         }
