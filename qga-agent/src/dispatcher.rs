@@ -203,14 +203,15 @@ impl Dispatcher {
     }
 
     /// Handles one frame from the framer: a message gets its reply, a limit error
-    /// gets qemu-ga's error text, and a resync (0xFF) gets nothing: unlike qemu-ga
-    /// 7.2 we do not answer the client's own flush byte with an error.
+    /// or a stray byte gets qemu-ga's error text, and a resync (0xFF) gets nothing:
+    /// unlike qemu-ga 7.2 we do not answer the client's own flush byte with an error.
     pub fn handle_frame(&mut self, frame: Frame, out: &mut BytesMut) {
         match frame {
             Frame::Message(msg) => self.handle_message(&msg, out),
             Frame::Oversized(e) => {
                 reply::<Empty>(out, Err(QgaError::generic(e.reference_desc())), None, false)
             }
+            Frame::Stray(token) => reply::<Empty>(out, Err(QgaError::stray(&token)), None, false),
             _ => {}
         }
     }

@@ -96,6 +96,55 @@ impl QgaError {
         Self::command_not_found(format!("The command {name} has not been found"))
     }
 
+    /// The reference's reply to a stray byte the lexer cannot take (a control
+    /// character inside a string, a byte that starts no token): `JSON parse error,
+    /// stray '<token>'`, where `token` is the partial token up to and including that
+    /// byte, shown as qemu-ga 7.2 shows it: cut at a NUL byte (a C string), modified
+    /// UTF-8 (`C0 80` is U+0000), and U+FFFD for each invalid sequence (a UTF-8-encoded
+    /// surrogate counts as one).
+    ///
+    /// ```
+    /// use qga_proto::QgaError;
+    /// assert_eq!(QgaError::stray(b"\"guest-ping\n").desc, "JSON parse error, stray '\"guest-ping\n'");
+    /// assert_eq!(QgaError::stray(b"\x80").desc, "JSON parse error, stray '\u{FFFD}'");
+    /// assert_eq!(QgaError::stray(b"\"x\0").desc, "JSON parse error, stray '\"x'");
+    /// assert_eq!(QgaError::stray(b"\"a\xC0\x80\xED\xA0\x80\xFFb\n").desc,
+    ///            "JSON parse error, stray '\"a\u{0}\u{FFFD}\u{FFFD}b\n'");
+    /// ```
+    pub fn stray(token: &[u8]) -> Self {
+        let token = token.split(|&b| b == 0).next().unwrap_or_default();
+        let mut text = String::with_capacity(token.len());
+        let mut rest = token;
+        while !rest.is_empty() {
+            match rest {
+                [0xC0, 0x80, tail @ ..] => {
+                    text.push('\0');
+                    rest = tail;
+                }
+                [0xED, 0xA0..=0xBF, 0x80..=0xBF, tail @ ..] => {
+                    text.push(char::REPLACEMENT_CHARACTER);
+                    rest = tail;
+                }
+                _ => {
+                    let chunk = rest.utf8_chunks().next().expect("rest is not empty");
+                    text.push_str(chunk.valid());
+                    rest = &rest[chunk.valid().len()..];
+                    // An invalid sequence that is not one of the cases above.
+                    if !chunk.invalid().is_empty()
+                        && !matches!(
+                            rest,
+                            [0xC0, 0x80, ..] | [0xED, 0xA0..=0xBF, 0x80..=0xBF, ..]
+                        )
+                    {
+                        text.push(char::REPLACEMENT_CHARACTER);
+                        rest = &rest[chunk.invalid().len()..];
+                    }
+                }
+            }
+        }
+        Self::generic(format!("JSON parse error, stray '{text}'"))
+    }
+
     /// The reference's reply to a disabled command: `Command <name> has been disabled`,
     /// with `: <reason>` when a reason is given.
     pub fn disabled_command(name: &str, reason: Option<&str>) -> Self {
