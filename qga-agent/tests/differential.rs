@@ -654,7 +654,7 @@ fn stray_bytes_are_answered_at_once_and_the_stream_recovers() {
             s.write_all(garbage).unwrap();
             let early = read_replies(&mut s, first);
             assert!(
-                early.len() >= 1,
+                !early.is_empty(),
                 "no answer to {garbage:?} before more bytes came"
             );
         }
