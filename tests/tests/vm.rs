@@ -69,7 +69,7 @@ impl Vm {
         let console = dir.join("console.log");
         let arg = |p: &Path| p.to_str().unwrap().to_owned();
         let child = Command::new(QEMU)
-            .args(["-machine", "pc,accel=tcg", "-m", "512", "-smp", "1"])
+            .args(["-machine", "pc,accel=tcg", "-m", "512", "-smp", "2"])
             .args(["-display", "none", "-monitor", "none", "-no-reboot"])
             .args(["-global", "PIIX4_PM.disable_s3=0"])
             .arg("-kernel")
@@ -95,7 +95,7 @@ impl Vm {
                 "file={},if=none,id=d0,format=raw,discard=unmap",
                 arg(&disk)
             ))
-            .args(["-device", "virtio-blk-pci,drive=d0"])
+            .args(["-device", "virtio-blk-pci,drive=d0,id=vblk"])
             .args(["-netdev", "user,id=n0,restrict=on"])
             .args(["-device", "virtio-net-pci,netdev=n0"])
             .arg("-qmp")
@@ -206,6 +206,271 @@ struct ReadOnly {
     interfaces: Vec<(String, Option<String>, Vec<String>)>,
     status: FsfreezeStatus,
     commands: Vec<(String, bool)>,
+    modern: Modern,
+}
+
+/// The modern read commands' replies, normalised: what moves (counters, used
+/// bytes, the clock) is dropped, what is structural is kept.
+#[derive(Debug, PartialEq)]
+struct Modern {
+    osinfo: Value,
+    host_name: String,
+    timezone: Value,
+    users: Value,
+    vcpus: Value,
+    memory_blocks: Value,
+    memory_block_info: Value,
+    /// guest-get-fsinfo without used-bytes and total-bytes-privileged, by mountpoint.
+    fsinfo: Vec<Value>,
+    /// guest-get-disks, by name.
+    disks: Vec<Value>,
+    /// Each CPU's number and the members present.
+    cpustats: Vec<(i64, Vec<String>)>,
+    /// Each device's name, major, minor and the stats members present.
+    diskstats: Vec<(String, u64, u64, Vec<String>)>,
+    /// guest-get-devices' error (class, desc).
+    devices: (String, String),
+}
+
+/// The member names of a JSON object, sorted.
+fn members(v: &Value) -> Vec<String> {
+    let mut m: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    m.sort();
+    m
+}
+
+/// A command's raw `return`; panics with the agent's error.
+async fn get(c: &mut Client<tokio::net::UnixStream>, agent: &str, name: &str) -> Value {
+    let v = c
+        .execute_raw(name, None)
+        .await
+        .unwrap_or_else(|e| panic!("{agent}: {name}: {e}"));
+    eprintln!("{agent}: {name}: {v}");
+    v
+}
+
+/// The guest's kernel release, from the unpacked package in the cache.
+fn guest_kernel_release() -> String {
+    let modules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/qga-vm-cache/kernel/lib/modules");
+    let mut names: Vec<String> = std::fs::read_dir(&modules)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{}: {names:?}", modules.display());
+    names.pop().unwrap()
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// Part 1 of the modern commands: every read command, asserted against what the
+/// guest is (tests/vm) and normalised for the comparison of the two agents.
+async fn read_modern(vm: &Vm, c: &mut Client<tokio::net::UnixStream>, agent: &str) -> Modern {
+    let ours = agent == "ours";
+    let osinfo = get(c, agent, "guest-get-osinfo").await;
+    for (k, want) in [
+        ("id", "qgatest".to_owned()),
+        ("name", "qga-rs Test Guest".into()),
+        ("pretty-name", "qga-rs Test Guest 1.0".into()),
+        ("version", "1.0 (busybox)".into()),
+        ("version-id", "1.0".into()),
+        ("machine", "x86_64".into()),
+        ("kernel-release", guest_kernel_release()),
+    ] {
+        assert_eq!(osinfo[k], json!(want), "{agent}: guest-get-osinfo {k}");
+    }
+    let host_name = c.get_host_name().await.unwrap();
+    assert_eq!(host_name, "qga-guest", "{agent}");
+    let timezone = get(c, agent, "guest-get-timezone").await;
+    assert_eq!(timezone, json!({"zone": "JST", "offset": 32400}), "{agent}");
+    let users = get(c, agent, "guest-get-users").await;
+    assert_eq!(
+        users,
+        json!([{"user": "qgauser", "login-time": 1700000000.5}]),
+        "{agent}"
+    );
+    let vcpus = get(c, agent, "guest-get-vcpus").await;
+    // In readdir order (compared as is between the agents).
+    let mut sorted = vcpus.as_array().unwrap().clone();
+    sorted.sort_by_key(|v| v["logical-id"].as_i64());
+    assert_eq!(
+        Value::Array(sorted),
+        json!([
+            {"logical-id": 0, "online": true, "can-offline": false},
+            {"logical-id": 1, "online": true, "can-offline": true},
+        ]),
+        "{agent}: two vCPUs, the first one not hot-pluggable"
+    );
+    let memory_blocks = get(c, agent, "guest-get-memory-blocks").await;
+    let blocks = memory_blocks.as_array().unwrap();
+    assert!(!blocks.is_empty(), "{agent}: no memory blocks");
+    assert!(
+        blocks.iter().all(|b| b["online"] == json!(true)),
+        "{agent}: {memory_blocks}"
+    );
+    let memory_block_info = get(c, agent, "guest-get-memory-block-info").await;
+    let size = memory_block_info["size"].as_u64().unwrap();
+    assert!(size.is_power_of_two() && size >= 1 << 20, "{agent}: {size}");
+
+    // Filesystems: the data disk on vda, at the virtio-blk device's PCI address.
+    let pci = vm.qmp("query-pci");
+    let blk = pci["return"][0]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["qdev_id"] == "vblk")
+        .unwrap_or_else(|| panic!("no vblk in {pci}"))
+        .clone();
+    let address = json!({
+        "domain": 0,
+        "bus": blk["bus"],
+        "slot": blk["slot"],
+        "function": blk["function"],
+    });
+    let mut fsinfo: Vec<Value> = get(c, agent, "guest-get-fsinfo")
+        .await
+        .as_array()
+        .unwrap()
+        .clone();
+    for fs in &mut fsinfo {
+        let o = fs.as_object_mut().unwrap();
+        o.remove("used-bytes");
+        if let Some(p) = o.remove("total-bytes-privileged") {
+            assert!(ours, "7.2 has no total-bytes-privileged");
+            let total = o["total-bytes"].as_u64().unwrap();
+            assert!(p.as_u64().unwrap() >= total, "{agent}: {p} < {total}");
+        }
+    }
+    fsinfo.sort_by_key(|f| f["mountpoint"].as_str().unwrap().to_owned());
+    let data = fsinfo
+        .iter()
+        .find(|f| f["mountpoint"] == "/mnt/data")
+        .unwrap_or_else(|| panic!("{agent}: no /mnt/data in {fsinfo:?}"));
+    assert_eq!(
+        (&data["name"], &data["type"]),
+        (&json!("vda"), &json!("ext4"))
+    );
+    let total = data["total-bytes"].as_u64().unwrap();
+    assert!((32 << 20..=64 << 20).contains(&total), "{agent}: {total}");
+    let disk = &data["disk"];
+    assert_eq!(disk.as_array().unwrap().len(), 1, "{agent}: {data}");
+    assert_eq!(disk[0]["bus-type"], "virtio", "{agent}: {data}");
+    assert_eq!(disk[0]["dev"], "/dev/vda", "{agent}: {data}");
+    assert_eq!(disk[0]["pci-controller"], address, "{agent}: {data}");
+
+    let mut disks: Vec<Value> = get(c, agent, "guest-get-disks")
+        .await
+        .as_array()
+        .unwrap()
+        .clone();
+    disks.sort_by_key(|d| d["name"].as_str().unwrap().to_owned());
+    let vda = disks
+        .iter()
+        .find(|d| d["name"] == "/dev/vda")
+        .unwrap_or_else(|| panic!("{agent}: no /dev/vda in {disks:?}"));
+    assert_eq!(vda["partition"], false, "{agent}: {vda}");
+    assert_eq!(vda["address"]["bus-type"], "virtio", "{agent}: {vda}");
+    assert_eq!(vda["address"]["pci-controller"], address, "{agent}: {vda}");
+
+    let stats = get(c, agent, "guest-get-cpustats").await;
+    let cpustats: Vec<(i64, Vec<String>)> = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["cpu"].as_i64().unwrap(), members(s)))
+        .collect();
+    assert_eq!(
+        cpustats.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [0, 1],
+        "{agent}"
+    );
+    let stats = get(c, agent, "guest-get-diskstats").await;
+    let mut diskstats: Vec<(String, u64, u64, Vec<String>)> = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["major"].as_u64().unwrap(),
+                s["minor"].as_u64().unwrap(),
+                members(&s["stats"]),
+            )
+        })
+        .collect();
+    diskstats.sort();
+    assert!(
+        diskstats.iter().any(|d| d.0 == "vda" && d.2 == 0),
+        "{agent}: no vda in {diskstats:?}"
+    );
+
+    let err = c.get_devices().await.unwrap_err();
+    let e = err
+        .agent_error()
+        .unwrap_or_else(|| panic!("{agent}: {err}"));
+    assert!(err.is_command_not_found(), "{agent}: {err}");
+    assert_eq!(
+        e.desc, "Command guest-get-devices has been disabled",
+        "{agent}"
+    );
+    let devices = (e.class.to_string(), e.desc.clone());
+
+    let t = c.get_time().await.unwrap();
+    let off = (t - now_ns()) / 1_000_000_000;
+    assert!(
+        off.abs() <= 60,
+        "{agent}: guest clock {off} s off the host's"
+    );
+
+    // Newer than 7.2: ours answers, the reference does not know them.
+    if ours {
+        let load = c.get_load().await.unwrap();
+        eprintln!("{agent}: guest-get-load: {load:?}");
+        for l in [load.load1m, load.load5m, load.load15m] {
+            assert!(l.is_finite() && l >= 0.0, "{load:?}");
+        }
+        let routes = get(c, agent, "guest-network-get-route").await;
+        assert!(
+            routes
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["iface"] == "eth0"
+                    && r["destination"] == "10.0.2.0"
+                    && r["mask"] == "255.255.255.0"
+                    && r["version"] == 4),
+            "no 10.0.2.0/24 on eth0: {routes}"
+        );
+    } else {
+        for name in NOT_IN_72 {
+            let err = c.execute_raw(name, None).await.unwrap_err();
+            assert!(err.is_command_not_found(), "{agent}: {name}: {err}");
+        }
+    }
+    Modern {
+        osinfo,
+        host_name,
+        timezone,
+        users,
+        vcpus,
+        memory_blocks,
+        memory_block_info,
+        fsinfo,
+        disks,
+        cpustats,
+        diskstats,
+        devices,
+    }
 }
 
 async fn exercise(vm: &mut Vm, agent: &str) -> ReadOnly {
@@ -273,6 +538,8 @@ async fn exercise(vm: &mut Vm, agent: &str) -> ReadOnly {
     );
     let eth0 = interfaces.iter().find(|i| i.0 == "eth0").unwrap();
     assert!(eth0.2.contains(&"10.0.2.15/24".to_owned()), "{eth0:?}");
+
+    let modern = read_modern(vm, &mut c, agent).await;
 
     // Files on the ext4 data disk.
     let h = c
@@ -371,6 +638,7 @@ async fn exercise(vm: &mut Vm, agent: &str) -> ReadOnly {
         interfaces,
         status,
         commands,
+        modern,
     }
 }
 
