@@ -238,3 +238,25 @@ impl Verdicts {
         );
     }
 }
+
+/// The test guest's user with a home dir (tests/vm/init.sh), for the ssh key and
+/// password commands.
+pub const GUEST_USER: &str = "qgauser";
+
+/// How far (seconds) the guest sets its RTC off its system clock at boot when the
+/// kernel command line says `qga_rtc_skew=` this (tests/vm/init.sh): guest-set-time
+/// without a time (`hwclock -s`) then visibly moves the clock.
+pub const GUEST_RTC_SKEW: i64 = -7200;
+
+/// Where the guest's `chpasswd` shim (tests/vm/init.sh) records each call: a line
+/// `chpasswd ARGS`, then what it read on stdin, then an empty line.
+pub const CHPASSWD_LOG: &str = "/tmp/chpasswd.log";
+
+/// Whether the chpasswd shim's log shows a call `chpasswd ARGS` fed `line`.
+pub fn chpasswd_called(log: &str, args: &str, line: &str) -> bool {
+    let head = format!("chpasswd {args}");
+    let lines: Vec<&str> = log.lines().collect();
+    lines
+        .windows(2)
+        .any(|w| w[0].trim_end() == head.trim_end() && w[1] == line)
+}

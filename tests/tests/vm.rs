@@ -1,7 +1,15 @@
 //! End to end in a real VM: QEMU (TCG) boots a Debian kernel with an initramfs
 //! holding busybox and the agent on a virtio-serial port; from the host, qga-client
-//! drives every seed command. The same run is made with the reference qemu-ga, and
-//! the replies to the read-only commands are compared.
+//! drives every seed command and the modern ones. The same run is made with the
+//! reference qemu-ga, and the replies to the read-only commands are compared.
+//!
+//! The modern read commands are asserted against what the guest is (tests/vm: its
+//! os-release, host name, time zone, utmp login, two vCPUs, the ext4 data disk on vda
+//! at the PCI address QMP reports). The commands that change the guest are checked by
+//! their effect: vCPU 1 off and on, guest-exec round trips, guest-set-time through
+//! busybox's hwclock (the guest boots with its RTC 2 h off its clock), ssh keys of a
+//! guest user, passwords through a chpasswd shim that logs its input. For our agent,
+//! the checks needing a command in `qga_tests::PENDING_FOR_OURS` are printed only.
 //!
 //! Needs qemu-system-x86, busybox-static, cpio, e2fsprogs and the reference agent
 //! (scripts/test.sh installs them) and a Debian kernel package, fetched once with
@@ -19,7 +27,10 @@ use qga_proto::{
     Base64, ErrorClass, FsfreezeStatus, GuestExec, GuestExecCaptureOutput,
     GuestExecCaptureOutputMode, GuestExecStatusResult, GuestLogicalProcessor, SeekOrigin,
 };
-use qga_tests::{Verdicts, NOT_IN_72, PENDING_FOR_OURS};
+use qga_tests::{
+    chpasswd_called, Verdicts, CHPASSWD_LOG, GUEST_RTC_SKEW, GUEST_USER, NOT_IN_72,
+    PENDING_FOR_OURS,
+};
 use serde_json::{json, Value};
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -81,7 +92,7 @@ impl Vm {
             .arg(guest.join("initrd.gz"))
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 panic=-1 qga={agent} qga_rtc_skew={RTC_SKEW}"
+                "console=ttyS0 panic=-1 qga={agent} qga_rtc_skew={GUEST_RTC_SKEW}"
             ))
             .arg("-serial")
             .arg(format!("file:{}", arg(&console)))
@@ -363,27 +374,14 @@ async fn clock_off(c: &mut Agent, want: i64) -> Result<i64, String> {
 }
 
 const HOUR_NS: i64 = 3600 * 1_000_000_000;
-/// How far the guest boots its RTC off its system clock (qga_rtc_skew in init.sh).
-const RTC_SKEW: i64 = -7200;
-/// A guest user with a home (init.sh).
-const USER: &str = "qgauser";
 
-/// Lines of the guest's chpasswd shim log (init.sh): "chpasswd ARGS", its stdin.
-async fn chpasswd_log(c: &mut Agent) -> Result<Vec<String>, String> {
+/// The guest's chpasswd shim log (init.sh).
+async fn chpasswd_log(c: &mut Agent) -> Result<String, String> {
     let log = c
-        .read_file("/tmp/chpasswd.log", 1 << 16, None)
+        .read_file(CHPASSWD_LOG, 1 << 16, None)
         .await
-        .ctx("guest-file-read /tmp/chpasswd.log")?;
-    Ok(String::from_utf8_lossy(&log)
-        .lines()
-        .map(str::to_owned)
-        .collect())
-}
-
-/// Whether the log has the call `chpasswd ARGS` fed `line`.
-fn called(log: &[String], args: &str, line: &str) -> bool {
-    log.windows(2)
-        .any(|w| w[0].trim_end() == format!("chpasswd {args}").trim_end() && w[1] == line)
+        .ctx("guest-file-read of the chpasswd log")?;
+    Ok(String::from_utf8_lossy(&log).into_owned())
 }
 
 /// Part 2 of the modern commands: the ones that change the guest, each checked by
@@ -554,10 +552,10 @@ async fn act_modern(c: &mut Agent, agent: &str) {
     // The clock, through hwclock: the guest booted with its RTC 2 h behind.
     let r = async {
         c.set_time(None).await.ctx("guest-set-time from the RTC")?;
-        let off = clock_off(c, now_ns() + RTC_SKEW * 1_000_000_000).await?;
+        let off = clock_off(c, now_ns() + GUEST_RTC_SKEW * 1_000_000_000).await?;
         ensure!(
             off.abs() <= 10,
-            "after hwclock -s the guest is {off} s off its RTC (booted {RTC_SKEW} s off)"
+            "after hwclock -s the guest is {off} s off its RTC (booted {GUEST_RTC_SKEW} s off)"
         );
         c.set_time(Some(now_ns() + HOUR_NS))
             .await
@@ -612,7 +610,7 @@ async fn act_modern(c: &mut Agent, agent: &str) {
         |n: u32| format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIQGAtestkey{n} qga-test-{n}@host");
     let r = async {
         // No file yet: 7.2 says it cannot read it (an error, not an empty list).
-        let initial = c.ssh_get_authorized_keys(USER).await;
+        let initial = c.ssh_get_authorized_keys(GUEST_USER).await;
         eprintln!("{agent}: keys before any were added: {initial:?}");
         let steps: [(&str, Vec<u32>); 4] = [
             ("add 1, 2", vec![1, 2]),
@@ -623,16 +621,19 @@ async fn act_modern(c: &mut Agent, agent: &str) {
         for (step, want) in steps {
             match step {
                 "add 1, 2" => {
-                    c.ssh_add_authorized_keys(USER, vec![key(1), key(2)], false)
+                    c.ssh_add_authorized_keys(GUEST_USER, vec![key(1), key(2)], false)
                         .await
                 }
                 "add 2, 3" => {
-                    c.ssh_add_authorized_keys(USER, vec![key(2), key(3)], false)
+                    c.ssh_add_authorized_keys(GUEST_USER, vec![key(2), key(3)], false)
                         .await
                 }
-                "reset to 4" => c.ssh_add_authorized_keys(USER, vec![key(4)], true).await,
+                "reset to 4" => {
+                    c.ssh_add_authorized_keys(GUEST_USER, vec![key(4)], true)
+                        .await
+                }
                 _ => {
-                    c.ssh_remove_authorized_keys(USER, vec![key(1), key(9)])
+                    c.ssh_remove_authorized_keys(GUEST_USER, vec![key(1), key(9)])
                         .await
                 }
             }
@@ -649,7 +650,7 @@ async fn act_modern(c: &mut Agent, agent: &str) {
                 "{step}: authorized_keys is {file:?}, want {want:?}"
             );
             // ...and guest-ssh-get-authorized-keys lists them (7.2: last line first).
-            let mut keys = c.ssh_get_authorized_keys(USER).await.ctx("get")?;
+            let mut keys = c.ssh_get_authorized_keys(GUEST_USER).await.ctx("get")?;
             if !ours {
                 let mut reversed = want.clone();
                 reversed.reverse();
@@ -700,25 +701,25 @@ async fn act_modern(c: &mut Agent, agent: &str) {
 
     // Passwords, through the chpasswd shim that logs its arguments and input.
     let r = async {
-        c.set_user_password(USER, b"s3cret pass", false)
+        c.set_user_password(GUEST_USER, b"s3cret pass", false)
             .await
             .ctx("guest-set-user-password")?;
         let hash = "$6$qgasalt$J9a8dTxK4Hj3rEBI0jT2sMvFq1pQ3mGQ9vJc5Ykq1cU";
-        c.set_user_password(USER, hash.as_bytes(), true)
+        c.set_user_password(GUEST_USER, hash.as_bytes(), true)
             .await
             .ctx("guest-set-user-password crypted")?;
         let log = chpasswd_log(c).await?;
         ensure!(
-            called(&log, "", &format!("{USER}:s3cret pass")),
-            "no `chpasswd` fed `{USER}:s3cret pass`: {log:?}"
+            chpasswd_called(&log, "", &format!("{GUEST_USER}:s3cret pass")),
+            "no `chpasswd` fed `{GUEST_USER}:s3cret pass`: {log:?}"
         );
         ensure!(
-            called(&log, "-e", &format!("{USER}:{hash}")),
-            "no `chpasswd -e` fed `{USER}:{hash}`: {log:?}"
+            chpasswd_called(&log, "-e", &format!("{GUEST_USER}:{hash}")),
+            "no `chpasswd -e` fed `{GUEST_USER}:{hash}`: {log:?}"
         );
         // A newline would smuggle a second user in: refused before chpasswd runs.
         let err = c
-            .set_user_password(USER, b"a\nroot:b", false)
+            .set_user_password(GUEST_USER, b"a\nroot:b", false)
             .await
             .err()
             .ok_or("a password with a newline was taken")?;
