@@ -612,33 +612,27 @@ async fn act_modern(c: &mut Agent, agent: &str) {
         // No file yet: 7.2 says it cannot read it (an error, not an empty list).
         let initial = c.ssh_get_authorized_keys(GUEST_USER).await;
         eprintln!("{agent}: keys before any were added: {initial:?}");
-        let steps: [(&str, Vec<u32>); 4] = [
-            ("add 1, 2", vec![1, 2]),
-            ("add 2, 3", vec![1, 2, 3]),
-            ("remove 1 and an absent 9", vec![2, 3]),
-            ("reset to 4", vec![4]),
+        enum Op {
+            Add(&'static [u32]),
+            Remove(&'static [u32]),
+            Reset(&'static [u32]),
+        }
+        // (step, what is sent, the keys then on file)
+        let steps: [(&str, Op, &[u32]); 4] = [
+            ("add 1, 2", Op::Add(&[1, 2]), &[1, 2]),
+            ("add 2, 3", Op::Add(&[2, 3]), &[1, 2, 3]),
+            ("remove 1 and an absent 9", Op::Remove(&[1, 9]), &[2, 3]),
+            ("reset to 4", Op::Reset(&[4]), &[4]),
         ];
-        for (step, want) in steps {
-            match step {
-                "add 1, 2" => {
-                    c.ssh_add_authorized_keys(GUEST_USER, vec![key(1), key(2)], false)
-                        .await
-                }
-                "add 2, 3" => {
-                    c.ssh_add_authorized_keys(GUEST_USER, vec![key(2), key(3)], false)
-                        .await
-                }
-                "reset to 4" => {
-                    c.ssh_add_authorized_keys(GUEST_USER, vec![key(4)], true)
-                        .await
-                }
-                _ => {
-                    c.ssh_remove_authorized_keys(GUEST_USER, vec![key(1), key(9)])
-                        .await
-                }
+        let keys = |n: &[u32]| n.iter().copied().map(key).collect::<Vec<_>>();
+        for (step, op, want) in steps {
+            match op {
+                Op::Add(n) => c.ssh_add_authorized_keys(GUEST_USER, keys(n), false).await,
+                Op::Remove(n) => c.ssh_remove_authorized_keys(GUEST_USER, keys(n)).await,
+                Op::Reset(n) => c.ssh_add_authorized_keys(GUEST_USER, keys(n), true).await,
             }
             .ctx(step)?;
-            let want: Vec<String> = want.into_iter().map(key).collect();
+            let want = keys(want);
             // The file keeps the keys in the order they were added...
             let file = c
                 .read_file("/home/qgauser/.ssh/authorized_keys", 1 << 16, None)
@@ -650,17 +644,17 @@ async fn act_modern(c: &mut Agent, agent: &str) {
                 "{step}: authorized_keys is {file:?}, want {want:?}"
             );
             // ...and guest-ssh-get-authorized-keys lists them (7.2: last line first).
-            let mut keys = c.ssh_get_authorized_keys(GUEST_USER).await.ctx("get")?;
+            let mut listed = c.ssh_get_authorized_keys(GUEST_USER).await.ctx("get")?;
             if !ours {
                 let mut reversed = want.clone();
                 reversed.reverse();
                 ensure!(
-                    keys == reversed,
-                    "{step}: listed {keys:?}, want {reversed:?}"
+                    listed == reversed,
+                    "{step}: listed {listed:?}, want {reversed:?}"
                 );
             }
-            keys.sort();
-            ensure!(keys == want, "{step}: listed {keys:?}, want {want:?}");
+            listed.sort();
+            ensure!(listed == want, "{step}: listed {listed:?}, want {want:?}");
         }
         let err = c
             .ssh_get_authorized_keys("nosuchuser")
