@@ -159,7 +159,6 @@ pub const PENDING_FOR_OURS: &[&str] = &[
     "guest-ssh-get-authorized-keys",
     "guest-ssh-add-authorized-keys",
     "guest-ssh-remove-authorized-keys",
-    "guest-set-time",
 ];
 
 /// Commands of current QEMU that qemu-ga 7.2 does not have; our agent answers them.
