@@ -24,6 +24,29 @@ hostname -F /etc/hostname
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 mount -t ext4 -o discard /dev/vda /mnt/data || echo "init: mounting /mnt/data failed"
+# Modern commands part 2: a user with a home (guest-ssh-*-authorized-keys), a
+# chpasswd that records what it is given (guest-set-user-password), the RTC kept in
+# UTC (guest-set-time runs hwclock), and, with qga_rtc_skew=SECONDS on the command
+# line, an RTC that far off the system clock (guest-set-time without a time reads it).
+echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
+echo 'qgauser:x:1000:1000:QGA test user:/home/qgauser:/bin/sh' >> /etc/passwd
+printf 'root:x:0:\nqgauser:x:1000:\n' > /etc/group
+mkdir -p /root /home/qgauser && chown 1000:1000 /home/qgauser && chmod 755 /home/qgauser
+cat > /usr/sbin/chpasswd <<'SHIM'
+#!/bin/sh
+# Records each call: "chpasswd ARGS", then its stdin, then an empty line.
+{ echo "chpasswd $*"; cat; echo; } >> /tmp/chpasswd.log
+SHIM
+chmod 755 /usr/sbin/chpasswd
+printf '0.0 0 0\n0\nUTC\n' > /etc/adjtime
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in qga_rtc_skew=*)
+        skew=${arg#*=}
+        date -s "@$(($(date +%s) + skew))" >/dev/null && hwclock -w -u
+        date -s "@$(($(date +%s) - skew))" >/dev/null
+        echo "init: RTC set ${arg#*=} s off the system clock" ;;
+    esac
+done
 agent=ours
 for arg in $(cat /proc/cmdline); do
     case "$arg" in qga=*) agent=${arg#qga=} ;; esac
