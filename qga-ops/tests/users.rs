@@ -286,8 +286,8 @@ fn argument_and_lookup_errors() {
             "invalid OpenSSH public key: 'a\nb'"
         );
         assert_eq!(
-            e(u.add_authorized_keys("alice", &v(&[""]), false)),
-            "invalid OpenSSH public key: ''"
+            e(u.add_authorized_keys("alice", &v(&["", "#c"]), false)),
+            "invalid OpenSSH public key: '#c'"
         );
         assert!(!fx.ssh().exists(), "a refused call created .ssh");
         // A relative home is refused, never resolved against the agent's cwd.

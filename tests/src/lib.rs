@@ -148,86 +148,40 @@ pub fn build_guest(agent: &Path, out: &Path) {
     assert!(status.success(), "building the guest failed");
 }
 
-/// Commands our agent does not implement yet (issue "modern commands part 2"). The
-/// end-to-end tests run every check with both agents; for ours, a check that needs
-/// one of these commands is only printed, not asserted. Remove an entry once the
-/// command is merged: its checks are then asserted for ours too.
-pub const PENDING_FOR_OURS: &[&str] = &[
-    "guest-exec",
-    "guest-exec-status",
-    "guest-set-user-password",
-    "guest-ssh-get-authorized-keys",
-    "guest-ssh-add-authorized-keys",
-    "guest-ssh-remove-authorized-keys",
-];
-
 /// Commands of current QEMU that qemu-ga 7.2 does not have; our agent answers them.
 pub const NOT_IN_72: &[&str] = &["guest-get-load", "guest-network-get-route"];
 
-/// The outcomes of one agent's checks: every failure is collected and reported by
-/// [`Verdicts::finish`], except, for our agent, the checks that need a command in
-/// [`PENDING_FOR_OURS`], which are printed only.
+/// The outcomes of one agent's checks: every failure is printed at once and all of
+/// them reported together by [`Verdicts::finish`].
 pub struct Verdicts {
     agent: String,
-    ours: bool,
     failures: Vec<String>,
-    pending: Vec<String>,
 }
 
 impl Verdicts {
-    /// Verdicts for `agent`: `"ours"` is our agent, anything else the reference.
+    /// Verdicts for `agent` (`ours` or `ref`).
     pub fn new(agent: &str) -> Verdicts {
         Verdicts {
             agent: agent.to_owned(),
-            ours: agent == "ours",
             failures: Vec::new(),
-            pending: Vec::new(),
         }
     }
 
-    /// The commands of `needs` that are pending for this agent.
-    pub fn pending_of<'a>(&self, needs: &[&'a str]) -> Vec<&'a str> {
-        if !self.ours {
-            return Vec::new();
-        }
-        needs
-            .iter()
-            .copied()
-            .filter(|n| PENDING_FOR_OURS.contains(n))
-            .collect()
-    }
-
-    /// Records the outcome of the check `name`, which exercises the commands `needs`.
-    pub fn record(&mut self, name: &str, needs: &[&str], outcome: Result<(), String>) {
-        let pending = self.pending_of(needs);
+    /// Records the outcome of the check `name`; `_needs` names the commands it
+    /// exercises, for the reader.
+    pub fn record(&mut self, name: &str, _needs: &[&str], outcome: Result<(), String>) {
         let agent = &self.agent;
-        match (outcome, pending.is_empty()) {
-            (Ok(()), true) => eprintln!("{agent}: {name}: ok"),
-            (Ok(()), false) => eprintln!(
-                "{agent}: {name}: ok, although it needs {pending:?}, pending in \
-                 PENDING_FOR_OURS (remove them from it)"
-            ),
-            (Err(e), true) => {
+        match outcome {
+            Ok(()) => eprintln!("{agent}: {name}: ok"),
+            Err(e) => {
                 eprintln!("{agent}: {name}: FAILED: {e}");
                 self.failures.push(format!("{name}: {e}"));
             }
-            (Err(e), false) => {
-                eprintln!("{agent}: {name}: not asserted (needs {pending:?}, pending): {e}");
-                self.pending.push(name.to_owned());
-            }
         }
     }
 
-    /// Panics listing the failed checks, if any; prints the pending ones.
+    /// Panics listing the failed checks, if any.
     pub fn finish(self) {
-        if !self.pending.is_empty() {
-            eprintln!(
-                "{}: {} check(s) failed but were not asserted (PENDING_FOR_OURS): {}",
-                self.agent,
-                self.pending.len(),
-                self.pending.join(", ")
-            );
-        }
         assert!(
             self.failures.is_empty(),
             "{}: {} check(s) failed:\n{}",

@@ -12,9 +12,7 @@
 //! through `virsh qemu-agent-command`), set-user-sshkeys adds, removes and resets the
 //! keys get-user-sshkeys lists.
 //!
-//! Both agents must pass every check (the reference passing proves the harness),
-//! except, for ours, the checks needing a command in `qga_tests::PENDING_FOR_OURS`,
-//! which are printed only.
+//! Both agents must pass every check (the reference passing proves the harness).
 //!
 //! libvirtd runs as root in a private mount namespace (`unshare --mount`) where the
 //! test's temp dir is bind-mounted over /etc/libvirt, /run/libvirt, /var/lib/libvirt,
@@ -205,8 +203,7 @@ const CHECKS: &[Check] = &[
 ];
 
 /// A virsh command that changes the guest, checked by its effect (read back through
-/// libvirt or the agent). `needs`: the agent commands it exercises, for
-/// PENDING_FOR_OURS. Run in this order, after every [`CHECKS`] entry.
+/// libvirt or the agent). `needs`: the agent commands it exercises. Run in this order, after every [`CHECKS`] entry.
 struct Action {
     name: &'static str,
     needs: &'static [&'static str],

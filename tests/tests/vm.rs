@@ -8,8 +8,8 @@
 //! at the PCI address QMP reports). The commands that change the guest are checked by
 //! their effect: vCPU 1 off and on, guest-exec round trips, guest-set-time through
 //! busybox's hwclock (the guest boots with its RTC 2 h off its clock), ssh keys of a
-//! guest user, passwords through a chpasswd shim that logs its input. For our agent,
-//! the checks needing a command in `qga_tests::PENDING_FOR_OURS` are printed only.
+//! guest user, passwords through a chpasswd shim that logs its input. Both agents must
+//! pass every check.
 //!
 //! Needs qemu-system-x86, busybox-static, cpio, e2fsprogs and the reference agent
 //! (scripts/test.sh installs them) and a Debian kernel package, fetched once with
@@ -27,10 +27,7 @@ use qga_proto::{
     Base64, ErrorClass, FsfreezeStatus, GuestExec, GuestExecCaptureOutput,
     GuestExecCaptureOutputMode, GuestExecStatusResult, GuestLogicalProcessor, SeekOrigin,
 };
-use qga_tests::{
-    chpasswd_called, Verdicts, CHPASSWD_LOG, GUEST_RTC_SKEW, GUEST_USER, NOT_IN_72,
-    PENDING_FOR_OURS,
-};
+use qga_tests::{chpasswd_called, Verdicts, CHPASSWD_LOG, GUEST_RTC_SKEW, GUEST_USER, NOT_IN_72};
 use serde_json::{json, Value};
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -385,8 +382,7 @@ async fn chpasswd_log(c: &mut Agent) -> Result<String, String> {
 }
 
 /// Part 2 of the modern commands: the ones that change the guest, each checked by
-/// its effect. Asserted for the reference; for ours, the checks needing a command in
-/// PENDING_FOR_OURS are only printed.
+/// its effect, for both agents.
 async fn act_modern(c: &mut Agent, agent: &str) {
     let ours = agent == "ours";
     let mut v = Verdicts::new(agent);
@@ -954,25 +950,16 @@ async fn exercise(vm: &mut Vm, agent: &str) -> ReadOnly {
     let listed: Vec<&str> = commands.iter().map(|c| c.0.as_str()).collect();
     for spec in qga_proto::COMMANDS {
         let name = spec.name;
-        if ours && PENDING_FOR_OURS.contains(&name) {
-            eprintln!(
-                "ours: {name} listed by guest-info: {}",
-                listed.contains(&name)
-            );
-        } else {
-            // 7.2 has all but the newer ones; ours has all.
-            let want = ours || !NOT_IN_72.contains(&name);
-            assert_eq!(
-                listed.contains(&name),
-                want,
-                "{agent}: {name} in guest-info"
-            );
-        }
+        // 7.2 has all but the newer ones; ours has all.
+        let want = ours || !NOT_IN_72.contains(&name);
+        assert_eq!(
+            listed.contains(&name),
+            want,
+            "{agent}: {name} in guest-info"
+        );
     }
     // Compared: the commands both agents have.
-    commands.retain(|c| {
-        !NOT_IN_72.contains(&c.0.as_str()) && !PENDING_FOR_OURS.contains(&c.0.as_str())
-    });
+    commands.retain(|c| !NOT_IN_72.contains(&c.0.as_str()));
 
     let ifs = c.network_interfaces().await.unwrap();
     let mut interfaces: Vec<(String, Option<String>, Vec<String>)> = ifs

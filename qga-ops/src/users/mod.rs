@@ -125,11 +125,13 @@ pub fn check_password_args(user: &str, password: &[u8]) -> Result<(), OpsError> 
 }
 
 /// Checks one public key as qemu-ga does (no comment, no newline), and also refuses
-/// what cannot be a key line at all: blank keys, carriage returns and NUL bytes.
+/// what cannot be a key line at all: carriage returns and NUL bytes. A blank key is
+/// accepted, as 7.2 accepts it (libvirt's `set-user-sshkeys --file` sends one for
+/// a file's trailing newline), and ignored by add and remove.
 /// The text is qemu-ga's: `invalid OpenSSH public key: 'key'`.
 pub fn check_key(key: &str) -> Result<(), OpsError> {
     let t = key.trim_ascii();
-    if t.is_empty() || t.starts_with('#') || key.contains(['\n', '\r', '\0']) {
+    if t.starts_with('#') || key.contains(['\n', '\r', '\0']) {
         return Err(OpsError::failed(format!(
             "invalid OpenSSH public key: '{key}'"
         )));
@@ -179,7 +181,7 @@ pub fn parse_authorized_keys(contents: &[u8]) -> Vec<String> {
 /// lines) is kept as it was; the result ends with a newline unless it is empty.
 pub fn add_keys(existing: Option<&[u8]>, keys: &[String]) -> Vec<u8> {
     let mut out = existing.map(lines).unwrap_or_default();
-    for k in keys {
+    for k in keys.iter().filter(|k| !k.trim_ascii().is_empty()) {
         if !out.iter().any(|l| same_key(l, k)) {
             out.push(k.as_bytes());
         }
@@ -191,7 +193,11 @@ pub fn add_keys(existing: Option<&[u8]>, keys: &[String]) -> Vec<u8> {
 /// blanks); every other line is kept as it was.
 pub fn remove_keys(existing: &[u8], keys: &[String]) -> Vec<u8> {
     let mut out = lines(existing);
-    out.retain(|l| !keys.iter().any(|k| same_key(l, k)));
+    out.retain(|l| {
+        !keys
+            .iter()
+            .any(|k| !k.trim_ascii().is_empty() && same_key(l, k))
+    });
     join(&out)
 }
 
@@ -787,7 +793,12 @@ mod tests {
     #[test]
     fn key_rules() {
         assert!(check_key("ssh-ed25519 AAAA x").is_ok());
-        for bad in ["", "  ", "#c", " # c", "a\nb", "a\rb", "a\0b"] {
+        // Blank keys pass (7.2 takes them; add and remove ignore them).
+        assert!(check_key("").is_ok() && check_key("  ").is_ok());
+        let keys = |v: &[&str]| v.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        assert_eq!(add_keys(None, &keys(&["k a", "", " "])), b"k a\n");
+        assert_eq!(remove_keys(b"k a\n\nk b\n", &keys(&[""])), b"k a\n\nk b\n");
+        for bad in ["#c", " # c", "a\nb", "a\rb", "a\0b"] {
             let e = check_key(bad).unwrap_err().to_string();
             assert_eq!(e, format!("invalid OpenSSH public key: '{bad}'"));
         }
