@@ -47,7 +47,9 @@ for bin in "$ours" /usr/sbin/qemu-ga; do
 done
 # Modules in load order: each module's dependencies (modules.dep lists them last
 # to first), then the module.
-want="virtio_pci virtio_console virtio_blk virtio_net crc32c_generic ext4"
+# The vsock ones serve qga_method=vsock (tests/tests/vsock.rs); without a vsock device
+# they load and stay idle.
+want="virtio_pci virtio_console virtio_blk virtio_net crc32c_generic ext4 vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
 order=()
 add() {
     local m=$1 line deps path

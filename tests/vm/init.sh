@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # /init of the end-to-end test guest: pseudo filesystems, modules, the agent port,
 # hostname, network, the data disk, then the agent chosen on the kernel command line
-# (qga=ours | qga=ref), restarted if it exits.
+# (qga=ours | qga=ref), restarted if it exits. It listens on the virtio-serial port,
+# or with qga_method=vsock on AF_VSOCK at qga_vsock=CID:PORT (default 3:1234).
 /bin/busybox --install -s
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
@@ -24,16 +25,30 @@ hostname -F /etc/hostname
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 mount -t ext4 -o discard /dev/vda /mnt/data || echo "init: mounting /mnt/data failed"
-agent=ours
+agent=ours method=virtio-serial vsock=3:1234
 for arg in $(cat /proc/cmdline); do
-    case "$arg" in qga=*) agent=${arg#qga=} ;; esac
+    case "$arg" in
+        qga=*) agent=${arg#qga=} ;;
+        qga_method=*) method=${arg#qga_method=} ;;
+        qga_vsock=*) vsock=${arg#qga_vsock=} ;;
+    esac
 done
-echo "init: starting agent '$agent'"
+channel="-m virtio-serial"
+if [ "$method" = vsock ]; then
+    channel="-m vsock-listen -p $vsock"
+    # The virtio vsock device probes asynchronously, and binding to the guest's CID
+    # fails until it has (the loop below would restart the agent, a second later).
+    for i in $(seq 1 50); do
+        ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport 2>/dev/null | grep -q '^virtio' && break
+        sleep 0.1
+    done
+fi
+echo "init: starting agent '$agent' ($channel)"
 while true; do
     if [ "$agent" = ref ]; then
-        /usr/sbin/qemu-ga -m virtio-serial -t /run
+        /usr/sbin/qemu-ga $channel -t /run
     else
-        /usr/sbin/qga-agent -m virtio-serial -t /run
+        /usr/sbin/qga-agent $channel -t /run
     fi
     echo "init: agent exited with $?"
     sleep 1
