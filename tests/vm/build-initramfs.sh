@@ -37,6 +37,9 @@ ln -s busybox "$root/bin/sh"
 install -m 755 "$here/init.sh" "$root/init"
 for p in poweroff halt reboot shutdown; do install -m 755 "$here/power.sh" "$root/sbin/$p"; done
 install -m 755 "$ours" "$root/usr/sbin/qga-agent"
+# A test build carries ~20 MB of debug info the guest never uses: without it the
+# initramfs is half the size, and loads and unpacks faster under TCG.
+if command -v strip >/dev/null; then strip --strip-debug "$root/usr/sbin/qga-agent"; fi
 install -m 755 /usr/sbin/qemu-ga "$root/usr/sbin/qemu-ga"
 # Shared libraries of both agents, and the ELF interpreter.
 for bin in "$ours" /usr/sbin/qemu-ga; do

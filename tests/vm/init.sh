@@ -9,11 +9,20 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /run /tmp /mnt/data /dev/virtio-ports
+agent=ours method=virtio-serial vsock=3:1234
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        qga=*) agent=${arg#qga=} ;;
+        qga_method=*) method=${arg#qga_method=} ;;
+        qga_vsock=*) vsock=${arg#qga_vsock=} ;;
+    esac
+done
 for m in $(cat /etc/modules.load); do
     insmod "/lib/modules/$m" || echo "init: insmod $m failed"
 done
-# Wait for the agent port (virtio_console probes asynchronously).
-for i in $(seq 1 50); do
+# Wait for the agent port (virtio_console probes asynchronously); a vsock guest may
+# have no port at all.
+[ "$method" = vsock ] || for i in $(seq 1 50); do
     [ -e /sys/class/virtio-ports ] && [ -n "$(ls /sys/class/virtio-ports 2>/dev/null)" ] && break
     sleep 0.1
 done
@@ -25,14 +34,6 @@ hostname -F /etc/hostname
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 mount -t ext4 -o discard /dev/vda /mnt/data || echo "init: mounting /mnt/data failed"
-agent=ours method=virtio-serial vsock=3:1234
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in
-        qga=*) agent=${arg#qga=} ;;
-        qga_method=*) method=${arg#qga_method=} ;;
-        qga_vsock=*) vsock=${arg#qga_vsock=} ;;
-    esac
-done
 channel="-m virtio-serial"
 if [ "$method" = vsock ]; then
     channel="-m vsock-listen -p $vsock"
