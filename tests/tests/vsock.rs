@@ -33,6 +33,10 @@ const BACKEND: &str = "vhost-device-vsock";
 const GUEST_CID: u32 = 3;
 /// The port the guest's agent listens on.
 const PORT: u32 = 4321;
+/// Host ports the guest's qga-vsock-probe connects to: an agent listens on the first
+/// (vhost-device-vsock hands it to `<uds-path>_PORT`), nothing on the second.
+const PROBE_PORT: u32 = 5000;
+const PROBE_PORT_CLOSED: u32 = 5001;
 /// Guest RAM, MiB: the initramfs unpacks into it, and the 16 MiB file lives in it.
 const RAM_MIB: u32 = 512;
 
@@ -128,6 +132,50 @@ impl Drop for Backend {
     }
 }
 
+/// An agent on the host in unix-listen mode at `<uds-path>_PROBE_PORT`, where
+/// vhost-device-vsock sends the guest's connections to host port PROBE_PORT: the
+/// server side of the guest's qga-vsock-probe. A child, killed by pid when dropped.
+struct HostAgent {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl HostAgent {
+    fn start(agent: &str, backend: &Backend, dir: &Path) -> HostAgent {
+        let program = match agent {
+            "ref" => Path::new(qga_tests::REFERENCE),
+            _ => Path::new(env!("CARGO_BIN_EXE_qga-agent-e2e")),
+        };
+        let mut sock = backend.uds.clone().into_os_string();
+        sock.push(format!("_{PROBE_PORT}"));
+        let sock = PathBuf::from(sock);
+        let state = dir.join("host-agent");
+        std::fs::create_dir(&state).unwrap();
+        let log = dir.join("host-agent.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(program)
+            .args(["-m", "unix-listen", "-p"])
+            .arg(&sock)
+            .arg("-t")
+            .arg(&state)
+            .current_dir(&state)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start the host agent");
+        wait_for_path(&sock, "the host agent", &log, &mut child);
+        HostAgent { child, sock }
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running VM with a vhost-user vsock device; killed by pid (only this QEMU) when
 /// dropped, printing the tail of its console if the test is failing.
 struct Vm {
@@ -155,7 +203,8 @@ impl Vm {
             .arg(guest.join("initrd.gz"))
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 panic=-1 qga={agent} qga_method=vsock qga_vsock={GUEST_CID}:{PORT}"
+                "console=ttyS0 panic=-1 qga={agent} qga_method=vsock qga_vsock={GUEST_CID}:{PORT} \
+                 qga_probe=2:{PROBE_PORT},2:{PROBE_PORT_CLOSED}"
             ))
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
@@ -246,6 +295,49 @@ async fn connect_booting(
     Err(format!("no sync within {within:?}; last error: {last}"))
 }
 
+/// The guest's qga-vsock-probe (qga-client's AF_VSOCK transport): it reached the host
+/// agent (sync, ping, guest-info with the version the host agent tells us directly),
+/// and connecting to a port nobody listens on failed with an error naming the address.
+async fn check_probe(vm: &Vm, host: &HostAgent, agent: &str) {
+    let mut direct = qga_client::connect_unix(&host.sock).await.unwrap();
+    let version = direct.info().await.unwrap().version;
+    let ok = format!("vsock-probe: 2:{PROBE_PORT} ");
+    let closed = format!("vsock-probe: 2:{PROBE_PORT_CLOSED} ");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let console = loop {
+        let text = std::fs::read_to_string(&vm.console).unwrap_or_default();
+        if text.contains(&ok) && text.contains(&closed) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{agent}: the guest's qga-vsock-probe did not report"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let line = |prefix: &str| -> String {
+        let start = console.find(prefix).unwrap() + prefix.len();
+        console[start..]
+            .lines()
+            .next()
+            .unwrap()
+            .trim_end()
+            .to_owned()
+    };
+    let (reached, refused) = (line(&ok), line(&closed));
+    eprintln!("{agent}: guest AF_VSOCK client: {reached}; closed port: {refused}");
+    assert!(
+        reached.starts_with(&format!("ok version={version} commands=")),
+        "{agent}: the guest's AF_VSOCK client did not reach the host agent ({version}): {reached}"
+    );
+    assert!(
+        refused.starts_with(&format!(
+            "error: cannot connect to vsock 2:{PROBE_PORT_CLOSED}: "
+        )),
+        "{agent}: a closed host port should fail naming the address: {refused}"
+    );
+}
+
 /// What the read-only commands answered, normalised for comparison.
 #[derive(Debug, Clone, PartialEq)]
 struct ReadOnly {
@@ -271,7 +363,7 @@ fn payload(len: usize) -> Vec<u8> {
         .collect()
 }
 
-async fn exercise(vm: &mut Vm, uds: &Path, agent: &str) -> ReadOnly {
+async fn exercise(vm: &mut Vm, uds: &Path, host: &HostAgent, agent: &str) -> ReadOnly {
     let t = Instant::now();
     let mut c = connect_booting(vm, uds, Duration::from_secs(120))
         .await
@@ -366,6 +458,8 @@ async fn exercise(vm: &mut Vm, uds: &Path, agent: &str) -> ReadOnly {
     }
     eprintln!("{agent}: 50 reconnects in {:?}", t.elapsed());
 
+    check_probe(vm, host, agent).await;
+
     // Last: shutdown. QEMU must exit by itself, with status 0.
     let mut c = connect_hybrid_vsock(uds, PORT)
         .await
@@ -395,7 +489,11 @@ fn vsock_listen_over_hybrid_vsock_ours_and_the_reference() {
     }
     let guest = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    qga_tests::build_guest(Path::new(env!("CARGO_BIN_EXE_qga-agent-e2e")), guest.path());
+    qga_tests::build_guest_with(
+        Path::new(env!("CARGO_BIN_EXE_qga-agent-e2e")),
+        &[Path::new(env!("CARGO_BIN_EXE_qga-vsock-probe"))],
+        guest.path(),
+    );
     eprintln!("guest built in {:?}", t.elapsed());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -405,9 +503,10 @@ fn vsock_listen_over_hybrid_vsock_ours_and_the_reference() {
     for agent in ["ours", "ref"] {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::start(dir.path());
+        let host = HostAgent::start(agent, &backend, dir.path());
         let mut vm = Vm::start(guest.path(), dir.path(), &backend, agent);
         let t = Instant::now();
-        results.push(rt.block_on(exercise(&mut vm, &backend.uds, agent)));
+        results.push(rt.block_on(exercise(&mut vm, &backend.uds, &host, agent)));
         eprintln!("{agent}: whole VM run {:?}", t.elapsed());
         drop(vm);
         drop(backend);

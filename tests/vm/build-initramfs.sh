@@ -3,9 +3,12 @@
 # download into CACHE, unpacked, not installed) and an initramfs holding busybox,
 # the kernel modules the guest needs, our agent and the reference agent with their
 # shared libraries.
-# Usage: build-initramfs.sh CACHE OUR_AGENT OUT   -> OUT/vmlinuz, OUT/initrd.gz
+# Usage: build-initramfs.sh CACHE OUR_AGENT OUT [EXTRA...]   -> OUT/vmlinuz, OUT/initrd.gz
+# Each EXTRA program goes to the guest's /usr/bin under its own name.
 set -euo pipefail
 cache=$1 ours=$2 out=$3
+shift 3
+extras=("$@")
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$cache" "$out"
 
@@ -39,10 +42,14 @@ for p in poweroff halt reboot shutdown; do install -m 755 "$here/power.sh" "$roo
 install -m 755 "$ours" "$root/usr/sbin/qga-agent"
 # A test build carries ~20 MB of debug info the guest never uses: without it the
 # initramfs is half the size, and loads and unpacks faster under TCG.
-if command -v strip >/dev/null; then strip --strip-debug "$root/usr/sbin/qga-agent"; fi
+for x in "${extras[@]}"; do install -m 755 "$x" "$root/usr/bin/$(basename "$x")"; done
+if command -v strip >/dev/null; then
+    strip --strip-debug "$root/usr/sbin/qga-agent"
+    for x in "${extras[@]}"; do strip --strip-debug "$root/usr/bin/$(basename "$x")"; done
+fi
 install -m 755 /usr/sbin/qemu-ga "$root/usr/sbin/qemu-ga"
-# Shared libraries of both agents, and the ELF interpreter.
-for bin in "$ours" /usr/sbin/qemu-ga; do
+# Shared libraries of both agents and the extras, and the ELF interpreter.
+for bin in "$ours" /usr/sbin/qemu-ga "${extras[@]}"; do
     ldd "$bin" | grep -o '/[^ ]*' | while read -r lib; do
         mkdir -p "$root$(dirname "$lib")"
         cp -L "$lib" "$root$lib"

@@ -2,19 +2,21 @@
 # /init of the end-to-end test guest: pseudo filesystems, modules, the agent port,
 # hostname, network, the data disk, then the agent chosen on the kernel command line
 # (qga=ours | qga=ref), restarted if it exits. It listens on the virtio-serial port,
-# or with qga_method=vsock on AF_VSOCK at qga_vsock=CID:PORT (default 3:1234).
+# or with qga_method=vsock on AF_VSOCK at qga_vsock=CID:PORT (default 3:1234); with
+# qga_probe=..., qga-vsock-probe runs too.
 /bin/busybox --install -s
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /run /tmp /mnt/data /dev/virtio-ports
-agent=ours method=virtio-serial vsock=3:1234
+agent=ours method=virtio-serial vsock=3:1234 probe=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         qga=*) agent=${arg#qga=} ;;
         qga_method=*) method=${arg#qga_method=} ;;
         qga_vsock=*) vsock=${arg#qga_vsock=} ;;
+        qga_probe=*) probe=${arg#qga_probe=} ;;
     esac
 done
 for m in $(cat /etc/modules.load); do
@@ -43,6 +45,11 @@ if [ "$method" = vsock ]; then
         ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport 2>/dev/null | grep -q '^virtio' && break
         sleep 0.1
     done
+fi
+# qga_probe=CID:PORT[,CID:PORT]: qga-client's AF_VSOCK transport from the guest to an
+# agent on the host (tests/tests/vsock.rs reads the result on the console).
+if [ -n "$probe" ]; then
+    qga-vsock-probe $(echo "$probe" | tr , ' ') &
 fi
 echo "init: starting agent '$agent' ($channel)"
 while true; do
