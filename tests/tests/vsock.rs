@@ -122,9 +122,11 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
             eprintln!(
-                "---- {BACKEND} log ----\n{}\n----",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
+                "---- {BACKEND} log (last lines) ----\n{}\n----",
+                lines[lines.len().saturating_sub(20)..].join("\n")
             );
         }
         let _ = self.child.kill();
