@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs the Debian packages the
-# tests use (the reference agent, QEMU, busybox, e2fsprogs, libvirt), then runs every test.
+# tests use (the reference agent, QEMU, busybox, e2fsprogs, libvirt) and vhost-device-vsock,
+# then runs every test.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,15 @@ if ! getent passwd libvirt-qemu >/dev/null; then
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
         --shell /usr/sbin/nologin libvirt-qemu
+fi
+
+# rust-vmm's vhost-device-vsock: a user-space (vhost-user) vsock device for the guest of
+# tests/tests/vsock.rs, as the host kernel may have no /dev/vhost-vsock. Built from
+# crates.io once (a few minutes, pure Rust: no Debian package needed), then kept.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if ! command -v vhost-device-vsock >/dev/null 2>&1; then
+    echo "test.sh: installing vhost-device-vsock 0.3.0 (cargo install)"
+    cargo install vhost-device-vsock --version 0.3.0 --locked --quiet
 fi
 
 # The packages above are installed, so tests that use them must run, not skip.

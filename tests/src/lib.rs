@@ -136,6 +136,12 @@ pub fn have(program: &str) -> bool {
 /// into target/qga-vm-cache, and an initramfs holding busybox, `agent` (our agent's
 /// binary) and the reference agent. Panics if the build fails.
 pub fn build_guest(agent: &Path, out: &Path) {
+    build_guest_with(agent, &[], out);
+}
+
+/// [`build_guest`] with more programs in the guest's /usr/bin (each under its own
+/// file name, with its shared libraries).
+pub fn build_guest_with(agent: &Path, extras: &[&Path], out: &Path) {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let cache = manifest.join("../target/qga-vm-cache");
     let status = Command::new("bash")
@@ -143,6 +149,7 @@ pub fn build_guest(agent: &Path, out: &Path) {
         .arg(&cache)
         .arg(agent)
         .arg(out)
+        .args(extras)
         .status()
         .expect("run bash");
     assert!(status.success(), "building the guest failed");

@@ -1,18 +1,30 @@
 #!/bin/busybox sh
 # /init of the end-to-end test guest: pseudo filesystems, modules, the agent port,
 # hostname, network, the data disk, then the agent chosen on the kernel command line
-# (qga=ours | qga=ref), restarted if it exits.
+# (qga=ours | qga=ref), restarted if it exits. It listens on the virtio-serial port,
+# or with qga_method=vsock on AF_VSOCK at qga_vsock=CID:PORT (default 3:1234); with
+# qga_probe=..., qga-vsock-probe runs too.
 /bin/busybox --install -s
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /run /tmp /mnt/data /dev/virtio-ports
+agent=ours method=virtio-serial vsock=3:1234 probe=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        qga=*) agent=${arg#qga=} ;;
+        qga_method=*) method=${arg#qga_method=} ;;
+        qga_vsock=*) vsock=${arg#qga_vsock=} ;;
+        qga_probe=*) probe=${arg#qga_probe=} ;;
+    esac
+done
 for m in $(cat /etc/modules.load); do
     insmod "/lib/modules/$m" || echo "init: insmod $m failed"
 done
-# Wait for the agent port (virtio_console probes asynchronously).
-for i in $(seq 1 50); do
+# Wait for the agent port (virtio_console probes asynchronously); a vsock guest may
+# have no port at all.
+[ "$method" = vsock ] || for i in $(seq 1 50); do
     [ -e /sys/class/virtio-ports ] && [ -n "$(ls /sys/class/virtio-ports 2>/dev/null)" ] && break
     sleep 0.1
 done
@@ -47,16 +59,27 @@ for arg in $(cat /proc/cmdline); do
         echo "init: RTC set ${arg#*=} s off the system clock" ;;
     esac
 done
-agent=ours
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in qga=*) agent=${arg#qga=} ;; esac
-done
-echo "init: starting agent '$agent'"
+channel="-m virtio-serial"
+if [ "$method" = vsock ]; then
+    channel="-m vsock-listen -p $vsock"
+    # The virtio vsock device probes asynchronously, and binding to the guest's CID
+    # fails until it has (the loop below would restart the agent, a second later).
+    for i in $(seq 1 50); do
+        ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport 2>/dev/null | grep -q '^virtio' && break
+        sleep 0.1
+    done
+fi
+# qga_probe=CID:PORT[,CID:PORT]: qga-client's AF_VSOCK transport from the guest to an
+# agent on the host (tests/tests/vsock.rs reads the result on the console).
+if [ -n "$probe" ]; then
+    qga-vsock-probe $(echo "$probe" | tr , ' ') &
+fi
+echo "init: starting agent '$agent' ($channel)"
 while true; do
     if [ "$agent" = ref ]; then
-        /usr/sbin/qemu-ga -m virtio-serial -t /run
+        /usr/sbin/qemu-ga $channel -t /run
     else
-        /usr/sbin/qga-agent -m virtio-serial -t /run
+        /usr/sbin/qga-agent $channel -t /run
     fi
     echo "init: agent exited with $?"
     sleep 1
