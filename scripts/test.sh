@@ -21,6 +21,8 @@ packages=(
     libvirt-daemon
     libvirt-daemon-driver-qemu
     libvirt-clients
+    dpkg-dev           # dpkg-shlibdeps: cargo-deb's $auto Depends (tests/tests/deb.rs)
+    systemd            # systemd-analyze verify of the packaged unit (not run as init)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -43,6 +45,14 @@ if ! getent passwd libvirt-qemu >/dev/null; then
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
         --shell /usr/sbin/nologin libvirt-qemu
+fi
+
+# cargo-deb builds the agent's .deb in tests/tests/deb.rs. Pinned: its output is
+# what the test checks.
+cargo_deb_version=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $cargo_deb_version" ]; then
+    echo "test.sh: installing cargo-deb $cargo_deb_version"
+    cargo install cargo-deb --version "$cargo_deb_version" --locked
 fi
 
 # The packages above are installed, so tests that use them must run, not skip.
