@@ -34,7 +34,6 @@ fn version_and_block_help() {
     // Commands qga-proto types that the agent does not serve yet (shrinks to empty
     // as they are implemented).
     const NOT_YET: &[&str] = &[
-        "guest-set-time",
         "guest-set-user-password",
         "guest-exec-status",
         "guest-exec",

@@ -609,6 +609,13 @@ fn modern_commands_argument_and_platform_errors_match() {
             r#"{"execute":"guest-set-memory-blocks","arguments":{"mem-blks":[{"phys-index":"x","online":true}]}}"#,
             r#"{"execute":"guest-set-memory-blocks","arguments":{"mem-blks":[{"phys-index":1,"online":true,"can-offline":null}]}}"#,
             r#"{"execute":"guest-set-memory-blocks","arguments":{"mem-blks":[]}}"#,
+            // Only times both agents refuse before touching a clock (year >= 2070,
+            // or far before 1970), and type errors. Never a valid time: the reference
+            // would set this machine's clock.
+            r#"{"execute":"guest-set-time","arguments":{"time":"soon"}}"#,
+            r#"{"execute":"guest-set-time","arguments":{"time":1.5}}"#,
+            r#"{"execute":"guest-set-time","arguments":{"time":4102444800000000000}}"#,
+            r#"{"execute":"guest-set-time","arguments":{"time":-9223372036854775808}}"#,
         ]
         .map(str::to_owned),
     );

@@ -693,3 +693,28 @@ fn new_commands_follow_the_shared_rules() {
     a.ok("guest-fsfreeze-thaw", json!({}));
     a.ok("guest-get-osinfo", json!({}));
 }
+
+#[test]
+fn set_time_passes_the_time_or_none_to_the_clock() {
+    let mut a = Agent::new();
+    assert_eq!(
+        a.ok(
+            "guest-set-time",
+            json!({"time": 1_700_000_000_000_000_000i64})
+        ),
+        json!({})
+    );
+    assert_eq!(a.ok("guest-set-time", json!({})), json!({}));
+    assert_eq!(
+        *a.fakes.clock.calls.lock().unwrap(),
+        [Some(1_700_000_000_000_000_000), None]
+    );
+    a.fakes
+        .clock
+        .fail_next
+        .set(OpsError::failed("Invalid time"));
+    assert_eq!(
+        a.err("guest-set-time", json!({"time": 1})).1,
+        "Invalid time"
+    );
+}

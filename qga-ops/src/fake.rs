@@ -356,6 +356,8 @@ pub struct FakeOps {
     pub storage: Arc<FakeStorage>,
     /// System information (see [`FakeSystemInfo::default`]).
     pub sysinfo: Arc<FakeSystemInfo>,
+    /// The clocks (records every guest-set-time).
+    pub clock: Arc<FakeClock>,
 }
 
 impl Default for FakeOps {
@@ -384,6 +386,7 @@ impl Default for FakeOps {
             hardware: Arc::default(),
             storage: Arc::new(FakeStorage::new()),
             sysinfo: Arc::default(),
+            clock: Arc::default(),
         }
     }
 }
@@ -405,6 +408,7 @@ impl FakeOps {
             hardware: self.hardware.clone(),
             storage: self.storage.clone(),
             sysinfo: self.sysinfo.clone(),
+            clock: self.clock.clone(),
         }
     }
 }
@@ -732,5 +736,22 @@ impl crate::SystemInfo for FakeSystemInfo {
     fn disk_stats(&self) -> Result<Vec<crate::DiskStats>, OpsError> {
         self.fail_next.take()?;
         Ok(lock(&self.disk_stats).clone())
+    }
+}
+
+/// Records what guest-set-time asked for; sets nothing.
+#[derive(Debug, Default)]
+pub struct FakeClock {
+    /// Every call's argument, in order.
+    pub calls: Mutex<Vec<Option<i64>>>,
+    /// Fails the next call.
+    pub fail_next: FailNext,
+}
+
+impl crate::Clock for FakeClock {
+    fn set_time(&self, ns: Option<i64>) -> Result<(), OpsError> {
+        self.fail_next.take()?;
+        lock(&self.calls).push(ns);
+        Ok(())
     }
 }

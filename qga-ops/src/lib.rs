@@ -10,7 +10,7 @@
 //! calls and takes injected errors. [`Ops`] bundles one of each as trait objects.
 //! [`Storage`] (guest-get-fsinfo, guest-get-disks) reads sysfs and udev's database, no libudev.
 //! [`SystemInfo`] answers guest-get-time, -host-name, -timezone, -osinfo, -users,
-//! -load, -cpustats and -diskstats.
+//! -load, -cpustats and -diskstats; [`Clock`] sets the clocks (guest-set-time).
 //!
 //! Errors are [`OpsError`], whose `Display` is the reference agent's text
 //! (`failed to open file '/x' (mode: 'r'): No such file or directory`), so an agent
@@ -58,6 +58,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod clock;
 mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
@@ -76,6 +77,7 @@ mod trim;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use clock::{Clock, LinuxClock, SetRealtime};
 pub use error::OpsError;
 pub use files::{Files, GuestFile, LinuxFiles, OpenMode, SeekOutcome, Whence, WriteOutcome};
 pub use freeze::{run_hook, FreezeState, FsFreeze, LinuxFsFreeze};
@@ -121,6 +123,8 @@ pub struct Ops {
     /// guest-get-time, -host-name, -timezone, -osinfo, -users, -load, -cpustats,
     /// -diskstats.
     pub sysinfo: Arc<dyn SystemInfo>,
+    /// guest-set-time.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -142,6 +146,8 @@ pub struct LinuxConfig {
     pub storage: LinuxStorage,
     /// Source paths of the system information (os-release override, `/proc`, utmp).
     pub sysinfo: LinuxSystemInfo,
+    /// The clock setter and hwclock program behind guest-set-time.
+    pub clock: LinuxClock,
 }
 
 impl Ops {
@@ -161,6 +167,7 @@ impl Ops {
             hardware: Arc::new(config.hardware),
             storage: Arc::new(config.storage),
             sysinfo: Arc::new(config.sysinfo),
+            clock: Arc::new(config.clock),
         }
     }
 }

@@ -98,7 +98,8 @@ pub struct LinuxPower {
     pub config: PowerConfig,
 }
 
-fn run(program: &Path, args: &[&str]) -> io::Result<ExitStatus> {
+/// Runs `program` with `args`, stdio on /dev/null, and waits for it.
+pub(crate) fn run(program: &Path, args: &[&str]) -> io::Result<ExitStatus> {
     Command::new(program)
         .args(args)
         .stdin(Stdio::null())

@@ -32,6 +32,7 @@ pub(crate) fn stock() -> Registry {
         .register(control::sync)
         .register(control::ping)
         .register(system::get_time)
+        .register(system::set_time)
         .register(control::info)
         .register(power::shutdown);
     files::register(&mut r);

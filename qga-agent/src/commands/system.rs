@@ -1,4 +1,4 @@
-//! What a host reads about the guest system: clock, host name, time zone, OS, users,
+//! The guest system: its clock (read and set), host name, time zone, OS, users,
 //! load, CPU and disk counters.
 
 use qga_proto::*;
@@ -8,6 +8,11 @@ use crate::dispatcher::Context;
 
 pub(super) fn get_time(ctx: &mut Context, _: GuestGetTime) -> Result<i64, QgaError> {
     ctx.ops.sysinfo.time_ns().map_err(ops_err)
+}
+
+pub(super) fn set_time(ctx: &mut Context, c: GuestSetTime) -> Result<Empty, QgaError> {
+    ctx.ops.clock.set_time(c.time).map_err(ops_err)?;
+    Ok(Empty {})
 }
 
 pub(super) fn host_name(ctx: &mut Context, _: GuestGetHostName) -> Result<GuestHostName, QgaError> {
