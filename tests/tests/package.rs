@@ -192,12 +192,73 @@ fn published_crates_have_complete_valid_metadata() {
     }
 }
 
+/// Forgets what an earlier `cargo package` left of our crates, so each run verifies
+/// the crates as they are now.
+///
+/// Verifying a crate that depends on another one of the workspace builds that one
+/// as a registry crate: from the temporary registry `<target>/package/tmp-registry`,
+/// unpacked into `$CARGO_HOME/registry/src/-<hash of that path>/NAME-VERSION`.
+/// Cargo takes a registry crate of a given version to be immutable: it neither
+/// unpacks it again nor rebuilds it, so after a change to qga-ops the agent would
+/// be verified against the qga-ops of the previous run. Hence a target directory
+/// of its own, where every artifact named after our crates is from such a run and
+/// is removed (third-party ones are kept), and our crates' unpacked copies under
+/// registries with no host (local ones) are removed.
+fn forget_earlier_packaging(target: &Path) {
+    let version = env!("CARGO_PKG_VERSION");
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cargo"));
+    if let Ok(registries) = std::fs::read_dir(home.join("registry/src")) {
+        for registry in registries {
+            let registry = registry.unwrap().path();
+            if !registry
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with('-')
+            {
+                continue;
+            }
+            for name in PUBLISHED {
+                let unpacked = registry.join(format!("{name}-{version}"));
+                if unpacked.exists() {
+                    std::fs::remove_dir_all(&unpacked).unwrap();
+                }
+            }
+        }
+    }
+    for dir in [".fingerprint", "deps", "build"] {
+        let Ok(entries) = std::fs::read_dir(target.join("debug").join(dir)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            if ["qga-", "qga_", "libqga_"]
+                .iter()
+                .any(|p| file.starts_with(p))
+            {
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).unwrap();
+                } else {
+                    std::fs::remove_file(&path).unwrap();
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn cargo_package_succeeds_for_every_published_crate() {
     let meta = metadata();
+    let target_dir = Path::new(meta["target_directory"].as_str().unwrap()).join("package-verify");
+    forget_earlier_packaging(&target_dir);
     let mut cmd = Command::new(env!("CARGO"));
+    // Offline: everything the verify builds need was fetched by the workspace build.
     cmd.current_dir(workspace())
-        .args(["package", "--allow-dirty"]);
+        .args(["package", "--allow-dirty", "--offline", "--target-dir"])
+        .arg(&target_dir);
     for name in PUBLISHED {
         cmd.args(["-p", name]);
     }
@@ -209,7 +270,7 @@ fn cargo_package_succeeds_for_every_published_crate() {
         assert!(stderr.contains(&format!("Verifying {name} v")), "{stderr}");
     }
 
-    let target = Path::new(meta["target_directory"].as_str().unwrap()).join("package");
+    let target = target_dir.join("package");
     let version = env!("CARGO_PKG_VERSION");
     for name in PUBLISHED {
         let krate = target.join(format!("{name}-{version}.crate"));
