@@ -22,6 +22,8 @@ packages=(
     libvirt-daemon
     libvirt-daemon-driver-qemu
     libvirt-clients
+    dpkg-dev           # dpkg-shlibdeps: cargo-deb's $auto Depends (tests/tests/deb.rs)
+    systemd            # systemd-analyze verify of the packaged unit (not run as init)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -53,6 +55,14 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 if ! command -v vhost-device-vsock >/dev/null 2>&1; then
     echo "test.sh: installing vhost-device-vsock 0.3.0 (cargo install)"
     cargo install vhost-device-vsock --version 0.3.0 --locked --quiet
+fi
+
+# cargo-deb builds the agent's .deb in tests/tests/deb.rs. Pinned: its output is
+# what the test checks.
+cargo_deb_version=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $cargo_deb_version" ]; then
+    echo "test.sh: installing cargo-deb $cargo_deb_version"
+    cargo install cargo-deb --version "$cargo_deb_version" --locked
 fi
 
 # The packages above are installed, so tests that use them must run, not skip.

@@ -15,6 +15,15 @@
 //! It never talks JSON on its own (that is `qga-proto` and `qga-framing`) and never
 //! touches the machine except through `qga-ops` and its channel descriptors.
 //!
+//! # Building a custom agent
+//!
+//! `examples/custom_agent.rs` (`cargo run -p qga-agent --example custom_agent --
+//! SOCKET`) is a whole one: [`Registry::stock`] plus a command of its own (a
+//! [`qga_proto::Command`] type written by hand, with qemu-ga's argument errors),
+//! minus guest-shutdown and guest-suspend-* ([`Registry::remove`]), guest-file-open
+//! disabled through [`DispatcherConfig::blocked`], served on a unix socket by
+//! [`channel::run`] until SIGTERM. `tests/example.rs` runs it and talks to it.
+//!
 //! # Example: a dispatcher over fake ops
 //!
 //! ```
