@@ -347,3 +347,23 @@ fn running_out_of_descriptors_at_accept_does_not_stop_the_agent() {
     let status = agent.exit_within(Duration::from_secs(5));
     assert_eq!(status.map(|s| s.code()), Some(Some(0)));
 }
+
+#[test]
+fn a_client_that_hangs_up_mid_request_does_not_affect_the_others() {
+    let agent = Agent::start();
+    let mut other = agent.connect();
+    let r = call(&mut other, r#"{"execute":"guest-ping","id":"before"}"#);
+    assert_eq!(r, serde_json::json!({"return": {}, "id": "before"}));
+    // Half a request, then gone: its bytes must not reach anyone else's parser.
+    let mut quitter = agent.connect();
+    quitter
+        .write_all(br#"{"execute":"guest-ping","id":"half"#)
+        .unwrap();
+    drop(quitter);
+    let r = call(&mut other, r#"{"execute":"guest-ping","id":"after"}"#);
+    assert_eq!(r, serde_json::json!({"return": {}, "id": "after"}));
+    drop(other);
+    let mut next = agent.connect();
+    let r = call(&mut next, r#"{"execute":"guest-ping","id":"next"}"#);
+    assert_eq!(r, serde_json::json!({"return": {}, "id": "next"}));
+}
