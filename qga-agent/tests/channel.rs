@@ -367,3 +367,118 @@ fn a_client_that_hangs_up_mid_request_does_not_affect_the_others() {
     let r = call(&mut next, r#"{"execute":"guest-ping","id":"next"}"#);
     assert_eq!(r, serde_json::json!({"return": {}, "id": "next"}));
 }
+
+/// A `kB` field (`VmHWM`, `VmRSS`) of /proc/PID/status, in bytes.
+fn proc_status_bytes(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
+    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().unwrap();
+    kib * 1024
+}
+
+/// User plus system CPU time of PID so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// The worst case the README documents for one connection: input bound (framer
+/// limit + one read chunk) + unsent reply budget + one maximal reply (48 MiB read,
+/// base64) + the command's own transient buffers (the file data and its encoding),
+/// over the agent's baseline.
+const ONE_CONNECTION_BOUND: u64 = (64 + 1) + 1 + 65 + (48 + 65) + 16;
+
+#[test]
+fn a_client_that_does_not_read_its_replies_costs_bounded_memory_and_no_cpu() {
+    const READS: usize = 200;
+    const SIZE: usize = 16 << 20;
+    let agent = Agent::start();
+    let path = agent.dir.path().join("big");
+    // Not one repeated byte: a corrupted or misplaced chunk must show.
+    let data: Vec<u8> = (0..SIZE as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let mut s = agent.connect();
+    let open = format!(
+        r#"{{"execute":"guest-file-open","arguments":{{"path":{}}}}}"#,
+        serde_json::to_string(path.to_str().unwrap()).unwrap()
+    );
+    let handle = call(&mut s, &open)["return"].as_i64().unwrap();
+    let baseline = proc_status_bytes(agent.pid(), "VmHWM");
+    // Each read starts from the top again, so each reply carries all 16 MiB.
+    let mut batch = String::new();
+    for i in 0..READS {
+        batch.push_str(&format!(
+            r#"{{"execute":"guest-file-seek","arguments":{{"handle":{handle},"offset":0,"whence":"set"}},"id":"s{i}"}}"#
+        ));
+        batch.push_str(&format!(
+            r#"{{"execute":"guest-file-read","arguments":{{"handle":{handle},"count":{SIZE}}},"id":{i}}}"#
+        ));
+    }
+    s.write_all(batch.as_bytes()).unwrap();
+    // Not reading: the agent fills the socket, then must wait, holding at most
+    // its budget, and sleep in poll meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_before = cpu_ticks(agent.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_spent = cpu_ticks(agent.pid()) - cpu_before;
+    let hwm = proc_status_bytes(agent.pid(), "VmHWM");
+    let rss = proc_status_bytes(agent.pid(), "VmRSS");
+    eprintln!(
+        "baseline {} KiB, VmHWM {} KiB, VmRSS {} KiB, CPU {cpu_spent} ticks while not read",
+        baseline / 1024,
+        hwm / 1024,
+        rss / 1024
+    );
+    assert!(
+        hwm < baseline + ONE_CONNECTION_BOUND * MIB,
+        "peak RSS {} MiB over a baseline of {} MiB",
+        hwm / MIB,
+        baseline / MIB
+    );
+    // 2 s of waiting: a loop that spins would use ~200 ticks.
+    assert!(
+        cpu_spent <= 20,
+        "{cpu_spent} ticks of CPU while the client did not read"
+    );
+
+    // Now read everything: every reply, whole and in order.
+    let expected_b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&data)
+    };
+    let mut r = BufReader::with_capacity(1 << 20, &s);
+    let mut line = Vec::new();
+    for i in 0..READS {
+        line.clear();
+        r.read_until(b'\n', &mut line).unwrap();
+        let seek: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            seek,
+            serde_json::json!({"return": {"position": 0, "eof": false}, "id": format!("s{i}")})
+        );
+        line.clear();
+        r.read_until(b'\n', &mut line).unwrap();
+        // The file has no more after 16 MiB, but the read that got all of them did
+        // not hit its end (qemu-ga sets eof only on a short read).
+        let expected = format!(
+            r#"{{"return":{{"buf-b64":"{expected_b64}","count":{SIZE},"eof":false}},"id":{i}}}"#
+        );
+        // Compared as bytes: parsing 200 replies of 21 MiB would take minutes.
+        assert!(
+            line.strip_suffix(b"\n") == Some(expected.as_bytes()),
+            "reply {i} differs: {:?}...{:?}",
+            String::from_utf8_lossy(&line[..line.len().min(60)]),
+            String::from_utf8_lossy(&line[line.len().saturating_sub(60)..])
+        );
+    }
+}
