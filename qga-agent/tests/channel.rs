@@ -482,3 +482,110 @@ fn a_client_that_does_not_read_its_replies_costs_bounded_memory_and_no_cpu() {
         );
     }
 }
+
+#[test]
+fn a_slow_client_does_not_hold_the_others_off() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let agent = Agent::start();
+    // A request that takes 10 s at one byte every 50 ms, unless told to hurry.
+    let slow_req = format!(
+        r#"{{"execute":"guest-ping","id":"{}"}}"#,
+        "s".repeat(200 - 32)
+    );
+    assert_eq!(slow_req.len(), 200);
+    let hurry = Arc::new(AtomicBool::new(false));
+    let mut slow = agent.connect();
+    let trickler = {
+        let mut slow = slow.try_clone().unwrap();
+        let hurry = Arc::clone(&hurry);
+        let req = slow_req.clone();
+        std::thread::spawn(move || {
+            let bytes = req.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() && !hurry.load(Ordering::SeqCst) {
+                slow.write_all(&bytes[i..i + 1]).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            slow.write_all(&bytes[i..]).unwrap();
+            i
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // Meanwhile another client's 100 round trips, and a third that leaves midway.
+    let start = Instant::now();
+    let mut fast = agent.connect();
+    for i in 0..100 {
+        let r = call(
+            &mut fast,
+            &format!(r#"{{"execute":"guest-ping","id":{i}}}"#),
+        );
+        assert_eq!(r, serde_json::json!({"return": {}, "id": i}));
+        if i == 50 {
+            let mut quitter = agent.connect();
+            quitter.write_all(br#"{"execute":"guest-ping","#).unwrap();
+        }
+    }
+    let took = start.elapsed();
+    hurry.store(true, Ordering::SeqCst);
+    let trickled = trickler.join().unwrap();
+    assert!(
+        trickled < slow_req.len(),
+        "the slow client was done before the others were answered ({took:?})"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "100 pings took {took:?} next to a slow client"
+    );
+    // The slow client is answered too, once its request is whole.
+    let mut line = Vec::new();
+    BufReader::new(&mut slow)
+        .read_until(b'\n', &mut line)
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(r["id"].as_str().map(str::len), Some(200 - 32));
+    assert_eq!(r["return"], serde_json::json!({}));
+}
+
+#[test]
+fn clients_past_the_connection_bound_wait_until_one_closes() {
+    let agent = Agent::start();
+    let mut served: Vec<UnixStream> = (0..channel::MAX_CONNECTIONS)
+        .map(|_| agent.connect())
+        .collect();
+    for (i, s) in served.iter_mut().enumerate() {
+        let r = call(s, &format!(r#"{{"execute":"guest-ping","id":{i}}}"#));
+        assert_eq!(r["id"], i);
+    }
+    // One more: the kernel queues it (connect succeeds), the agent leaves it there.
+    let mut waiting = agent.connect();
+    waiting
+        .write_all(br#"{"execute":"guest-ping","id":"waiting"}"#)
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut r = BufReader::new(waiting.try_clone().unwrap());
+    let mut line = Vec::new();
+    let err = r.read_until(b'\n', &mut line).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+    assert!(line.is_empty(), "answered past the bound");
+    // The served ones still are.
+    let r0 = call(&mut served[3], r#"{"execute":"guest-ping","id":"still"}"#);
+    assert_eq!(r0["id"], "still");
+    // One closes: the waiting client is accepted and answered.
+    drop(served.remove(0));
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    r.read_until(b'\n', &mut line).unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(reply, serde_json::json!({"return": {}, "id": "waiting"}));
+}
