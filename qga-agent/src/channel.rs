@@ -2,12 +2,19 @@
 //! between the host and the dispatcher (framer -> dispatcher -> encoder) and knows
 //! nothing of JSON.
 //!
-//! Non-blocking descriptors and `poll(2)`, no async runtime: the agent serves one
-//! host connection at a time and runs commands synchronously, as qemu-ga does, so
-//! threads or a runtime would only add size and start-up time. The agent only ever
-//! blocks in `poll`, which also watches the pipe the SIGTERM/SIGINT handler writes
-//! to, so a stop request ends any wait: for a request, for a client, or for room to
-//! write a reply the peer does not read.
+//! One event loop, hand-written over `poll(2)` with non-blocking descriptors, owns
+//! every descriptor and timer: the pipe the SIGTERM/SIGINT handler writes to, the
+//! listener, up to [`MAX_CONNECTIONS`] host connections (one on a port), the
+//! auto-thaw deadline, a hostless port's pause, accept retries and idle buffer
+//! release. Commands run synchronously, one at a time, through the one dispatcher,
+//! so threads or a runtime would only add size and start-up time. The agent only
+//! ever blocks in `poll`, so a stop request ends any wait, and a client that is slow
+//! to send or does not read holds nobody else.
+//!
+//! Memory is bounded whatever the hosts do: each connection holds at most one
+//! partial request (the framer's 64 MiB limit) plus one [`READ_CHUNK`] of input, and
+//! at most [`REPLY_BUDGET`] plus one reply of output: past the budget it is neither
+//! read nor dispatched until the host reads. The README gives the formula.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -169,7 +176,7 @@ enum Kind {
 
 /// How much is read from one connection per wake-up: the same for every
 /// connection, so a fast client cannot starve a slow one.
-const READ_CHUNK: usize = 256 * 1024;
+pub const READ_CHUNK: usize = 256 * 1024;
 /// Unsent reply bytes a connection may hold before its further requests wait:
 /// while over it, the connection is neither decoded nor read (the kernel's socket
 /// buffer then holds the host back). One more reply can take it past the budget,

@@ -390,11 +390,10 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 const MIB: u64 = 1024 * 1024;
 
-/// The worst case the README documents for one connection: input bound (framer
-/// limit + one read chunk) + unsent reply budget + one maximal reply (48 MiB read,
-/// base64) + the command's own transient buffers (the file data and its encoding),
-/// over the agent's baseline.
-const ONE_CONNECTION_BOUND: u64 = (64 + 1) + 1 + 65 + (48 + 65) + 16;
+/// The bound the README documents for one connection, over the agent's baseline:
+/// input (framer limit + one read chunk) + unsent reply budget + one maximal reply
+/// (a 48 MiB read, base64) + a read's working memory (3 MiB pieces), rounded up.
+const ONE_CONNECTION_BOUND: u64 = (64 + 1) + 1 + (64 + 1) + 4;
 
 #[test]
 fn a_client_that_does_not_read_its_replies_costs_bounded_memory_and_no_cpu() {
@@ -445,6 +444,15 @@ fn a_client_that_does_not_read_its_replies_costs_bounded_memory_and_no_cpu() {
         hwm / MIB,
         baseline / MIB
     );
+    // The same formula for this case (requests of a few KiB, 21.3 MiB replies): the
+    // budget, one reply and a read's piece, with 8 MiB for the allocator.
+    let reply = (SIZE as u64).div_ceil(3) * 4 + 100;
+    assert!(
+        hwm < baseline + MIB + reply + 3 * MIB + 8 * MIB,
+        "peak RSS {} MiB over a baseline of {} MiB: more than one reply held",
+        hwm / MIB,
+        baseline / MIB
+    );
     // 2 s of waiting: a loop that spins would use ~200 ticks.
     assert!(
         cpu_spent <= 20,
@@ -481,6 +489,16 @@ fn a_client_that_does_not_read_its_replies_costs_bounded_memory_and_no_cpu() {
             String::from_utf8_lossy(&line[line.len().saturating_sub(60)..])
         );
     }
+    // Quiet for over a second: the connection's buffers are released.
+    std::thread::sleep(Duration::from_millis(1500));
+    let idle = proc_status_bytes(agent.pid(), "VmRSS");
+    eprintln!("VmRSS {} KiB once idle", idle / 1024);
+    assert!(
+        idle < baseline + 6 * MIB,
+        "idle RSS {} KiB after the replies were read, baseline {} KiB",
+        idle / 1024,
+        baseline / 1024
+    );
 }
 
 #[test]
