@@ -2,12 +2,19 @@
 //! between the host and the dispatcher (framer -> dispatcher -> encoder) and knows
 //! nothing of JSON.
 //!
-//! Non-blocking descriptors and `poll(2)`, no async runtime: the agent serves one
-//! host connection at a time and runs commands synchronously, as qemu-ga does, so
-//! threads or a runtime would only add size and start-up time. The agent only ever
-//! blocks in `poll`, which also watches the pipe the SIGTERM/SIGINT handler writes
-//! to, so a stop request ends any wait: for a request, for a client, or for room to
-//! write a reply the peer does not read.
+//! One event loop, hand-written over `poll(2)` with non-blocking descriptors, owns
+//! every descriptor and timer: the pipe the SIGTERM/SIGINT handler writes to, the
+//! listener, up to [`MAX_CONNECTIONS`] host connections (one on a port), the
+//! auto-thaw deadline, a hostless port's pause, accept retries and idle buffer
+//! release. Commands run synchronously, one at a time, through the one dispatcher,
+//! so threads or a runtime would only add size and start-up time. The agent only
+//! ever blocks in `poll`, so a stop request ends any wait, and a client that is slow
+//! to send or does not read holds nobody else.
+//!
+//! Memory is bounded whatever the hosts do: each connection holds at most one
+//! partial request (the framer's 64 MiB limit) plus one [`READ_CHUNK`] of input, and
+//! at most [`REPLY_BUDGET`] plus one reply of output: past the budget it is neither
+//! read nor dispatched until the host reads. The README gives the formula.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -134,45 +141,19 @@ fn timeout_until(deadline: Option<Instant>) -> PollTimeout {
     }
 }
 
-/// Waits until `fd` is ready for `flags`, a stop is requested, or `deadline` passes.
-/// Returns `fd`'s events (POLLHUP/POLLERR/POLLNVAL included): empty on timeout,
-/// stop or EINTR, which the callers tell apart by looking at the clock and the stop.
-fn wait_fd(
-    fd: BorrowedFd<'_>,
-    flags: PollFlags,
-    deadline: Option<Instant>,
-    stop: &Stop<'_>,
-) -> io::Result<PollFlags> {
-    if stop.requested() {
-        return Ok(PollFlags::empty());
-    }
-    let mut fds = [PollFd::new(fd, flags), PollFd::new(fd, PollFlags::empty())];
-    let n = match stop.fd {
-        Some(s) => {
-            fds[1] = PollFd::new(s, PollFlags::POLLIN);
-            2
-        }
-        None => 1,
-    };
-    match poll(&mut fds[..n], timeout_until(deadline)) {
-        Ok(_) => Ok(fds[0].revents().unwrap_or(PollFlags::empty())),
-        Err(Errno::EINTR) => Ok(PollFlags::empty()),
-        Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
-/// A connection as the serving loop sees it: a non-blocking descriptor in the
-/// binary, a scripted peer in the tests.
+/// A connection's byte stream: a non-blocking descriptor in the binary, a scripted
+/// peer in the tests. Both answer `WouldBlock` instead of waiting.
 trait Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
-    /// As [`wait_fd`].
-    fn wait(
-        &mut self,
-        flags: PollFlags,
-        deadline: Option<Instant>,
-        stop: &Stop<'_>,
-    ) -> io::Result<PollFlags>;
 }
 
 impl Conn for File {
@@ -183,43 +164,38 @@ impl Conn for File {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         Write::write(self, buf)
     }
-
-    fn wait(
-        &mut self,
-        flags: PollFlags,
-        deadline: Option<Instant>,
-        stop: &Stop<'_>,
-    ) -> io::Result<PollFlags> {
-        wait_fd(self.as_fd(), flags, deadline, stop)
-    }
-}
-
-/// Why serving a connection ended.
-#[derive(Debug, PartialEq, Eq)]
-enum End {
-    /// The peer went away (or, for a port, we should reopen it).
-    Closed,
-    /// A stop was requested.
-    Stop,
 }
 
 /// Is the fd a listening-style stream (peer gone = done) or a port that stays open
 /// while hosts come and go?
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Stream,
     Port,
 }
 
-const READ_CHUNK: usize = 256 * 1024;
+/// How much is read from one connection per wake-up: the same for every
+/// connection, so a fast client cannot starve a slow one.
+pub const READ_CHUNK: usize = 256 * 1024;
+/// Unsent reply bytes a connection may hold before its further requests wait:
+/// while over it, the connection is neither decoded nor read (the kernel's socket
+/// buffer then holds the host back). One more reply can take it past the budget,
+/// so a connection's output is at most the budget plus its largest reply. Large
+/// enough that pipelined small replies go out in few writes.
+pub const REPLY_BUDGET: usize = 1024 * 1024;
+/// Host connections served at once on unix-listen and vsock-listen; more clients
+/// wait in the listen backlog and are accepted as connections close.
+pub const MAX_CONNECTIONS: usize = 8;
 /// Buffers above this are released once idle, so memory returns to idle after a
 /// large request or reply.
 const IDLE_CAPACITY: usize = 1024 * 1024;
-/// How long the line must be quiet before large buffers are released.
+/// How long a connection must be quiet before its large buffers are released.
 const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// How long a port without a host is left alone before it is polled again (it
 /// reports a hang-up until a host connects), as qemu-ga does.
 const NO_HOST_PAUSE: Duration = Duration::from_millis(100);
+/// How long a listener is left alone after running out of descriptors at accept.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 
 /// Thaws if the `--fsfreeze-timeout` deadline has passed.
 fn auto_thaw_if_due(dispatcher: &mut Dispatcher, log: &Log) {
@@ -234,200 +210,409 @@ fn auto_thaw_if_due(dispatcher: &mut Dispatcher, log: &Log) {
     }
 }
 
-/// Why a reply was not written completely.
-#[derive(Debug)]
-enum WriteEnd {
-    /// A stop was requested while the peer was not reading.
-    Stop,
-    /// The peer is gone, or the descriptor failed.
-    Gone(io::Error),
+/// Whether a connection is still worth polling after it was served.
+#[derive(Debug, PartialEq, Eq)]
+enum Status {
+    Open,
+    /// The peer is gone (streams only: a port waits for the next host).
+    Closed,
 }
 
-/// Writes all of `out`, waiting in poll (never spinning, never in write(2)) while
-/// the peer's buffer is full; the auto-thaw timer keeps running meanwhile.
-///
-/// A hang-up without room to write ends it: a virtio-serial port without a host
-/// reports POLLHUP and answers writes with EAGAIN until a host connects, so
-/// retrying would spin.
-fn write_all(
-    conn: &mut impl Conn,
-    out: &[u8],
-    stop: &Stop<'_>,
-    dispatcher: &mut Dispatcher,
-    log: &Log,
-) -> Result<(), WriteEnd> {
-    let mut done = 0;
-    while done < out.len() {
-        if stop.requested() {
-            return Err(WriteEnd::Stop);
-        }
-        match conn.write(&out[done..]) {
-            Ok(0) => return Err(WriteEnd::Gone(io::ErrorKind::WriteZero.into())),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let ready = conn
-                    .wait(PollFlags::POLLOUT, dispatcher.auto_thaw_deadline(), stop)
-                    .map_err(WriteEnd::Gone)?;
-                if ready.contains(PollFlags::POLLOUT) {
-                    continue;
-                }
-                if ready.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
-                    return Err(WriteEnd::Gone(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "peer hung up",
-                    )));
-                }
-                auto_thaw_if_due(dispatcher, log);
-            }
-            Err(e) => return Err(WriteEnd::Gone(e)),
+/// One host connection (or the open port): its framer and its buffers. The loop
+/// polls it for what [`interest`](Connection::interest) says and hands what poll
+/// reported to [`serve`](Connection::serve); it never blocks and never waits.
+struct Connection<C> {
+    io: C,
+    kind: Kind,
+    decoder: Decoder,
+    /// Received bytes not yet framed: at most one partial message (the framer's
+    /// 64 MiB limit) plus one read chunk, as bytes are read only once the framer
+    /// has taken every complete message out.
+    input: BytesMut,
+    /// Encoded replies; `out[sent..]` is not written yet.
+    out: BytesMut,
+    sent: usize,
+    /// The last write found no room: the next POLLOUT resumes; a hang-up without
+    /// it means the replies will never be read.
+    blocked: bool,
+    /// The host stopped sending (a stream's EOF): its requests are answered, then
+    /// the connection closes.
+    eof: bool,
+    /// A port without a host is not polled until then.
+    paused_until: Option<Instant>,
+    /// When bytes last moved, for releasing large buffers once idle.
+    last_active: Instant,
+    /// The most `input` and `out` held since they were last released: what they
+    /// keep allocated (`capacity()` cannot tell: a framed message split off the
+    /// input leaves the allocation shared, and it is reused once the message goes).
+    peak: usize,
+}
+
+impl<C: Conn> Connection<C> {
+    fn new(io: C, kind: Kind) -> Self {
+        Connection {
+            io,
+            kind,
+            decoder: Decoder::new(),
+            input: BytesMut::new(),
+            out: BytesMut::new(),
+            sent: 0,
+            blocked: false,
+            eof: false,
+            paused_until: None,
+            last_active: Instant::now(),
+            peak: 0,
         }
     }
-    Ok(())
-}
 
-/// Serves one connection (or one open port) until the peer leaves or a stop.
-fn serve(
-    conn: &mut impl Conn,
-    kind: Kind,
-    dispatcher: &mut Dispatcher,
-    log: &Log,
-    stop: &Stop<'_>,
-) -> End {
-    let mut decoder = Decoder::new();
-    let mut buf = BytesMut::new();
-    let mut out = BytesMut::new();
-    let mut chunk = vec![0u8; READ_CHUNK];
-    loop {
-        if stop.requested() {
-            return End::Stop;
+    fn unsent(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Whether more requests may be framed and dispatched now.
+    fn under_budget(&self) -> bool {
+        self.unsent() < REPLY_BUDGET
+    }
+
+    /// What to poll for; empty while paused (the loop leaves it out then).
+    fn interest(&self) -> PollFlags {
+        let mut flags = PollFlags::empty();
+        if self.paused_until.is_some() {
+            return flags;
         }
-        // Large buffers are kept while requests keep coming (no page faults per
-        // reply) and released after a second of quiet.
-        let big = buf.capacity() > IDLE_CAPACITY || out.capacity() > IDLE_CAPACITY;
-        let shrink_at = big.then(|| Instant::now() + IDLE_AFTER);
-        let thaw_at = dispatcher.auto_thaw_deadline();
-        let deadline = match (shrink_at, thaw_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let ready = match conn.wait(PollFlags::POLLIN, deadline, stop) {
-            Ok(r) => r,
-            Err(e) => {
-                log.error(&format!("poll failed: {e}"));
-                return End::Closed;
-            }
-        };
-        if ready.is_empty() {
-            if big && shrink_at.is_some_and(|d| Instant::now() >= d) {
-                if buf.is_empty() {
-                    buf = BytesMut::new();
+        if !self.eof && self.under_budget() {
+            flags |= PollFlags::POLLIN;
+        }
+        if self.unsent() > 0 {
+            flags |= PollFlags::POLLOUT;
+        }
+        flags
+    }
+
+    /// The next time [`on_timer`](Connection::on_timer) has something to do.
+    fn next_timer(&self) -> Option<Instant> {
+        earliest(
+            self.paused_until,
+            self.releasable().then(|| self.last_active + IDLE_AFTER),
+        )
+    }
+
+    /// Large buffers that would shrink if released: only then is a timer armed,
+    /// so a due timer always gets something done (no wake-ups in a loop).
+    fn releasable(&self) -> bool {
+        self.peak > IDLE_CAPACITY && self.input.len() + self.unsent() < IDLE_CAPACITY
+    }
+
+    /// Ends a port's pause, and releases large buffers after a second of quiet
+    /// (kept while requests keep coming: no page faults per reply).
+    fn on_timer(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|t| now >= t) {
+            self.paused_until = None;
+        }
+        if self.releasable() && now >= self.last_active + IDLE_AFTER {
+            self.input = BytesMut::from(&self.input[..]);
+            self.out = BytesMut::from(&self.out[self.sent..]);
+            self.sent = 0;
+            self.peak = self.input.len().max(self.out.len());
+        }
+    }
+
+    /// Handles what poll reported: writes pending replies, frames and dispatches
+    /// requests while under the budget, reads one chunk if the framer needs more,
+    /// and writes the new replies at once.
+    fn serve(
+        &mut self,
+        ready: PollFlags,
+        dispatcher: &mut Dispatcher,
+        chunk: &mut [u8],
+        log: &Log,
+    ) -> Status {
+        let hung_up =
+            ready.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL);
+        if self.unsent() > 0 {
+            if ready.contains(PollFlags::POLLOUT) {
+                if let Err(e) = self.flush() {
+                    return self.gone(&e, log);
                 }
-                out = BytesMut::new();
+            } else if hung_up && self.blocked {
+                // A virtio-serial port without a host reports POLLHUP and answers
+                // writes with EAGAIN: retrying would spin.
+                return self.gone(
+                    &io::Error::new(io::ErrorKind::BrokenPipe, "peer hung up"),
+                    log,
+                );
             }
-            auto_thaw_if_due(dispatcher, log);
-            continue;
         }
-        // Readable, or hung up: read tells which (0 = no peer).
-        let n = match conn.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                continue
-            }
-            Err(e) => {
-                log.debug(&format!("read failed: {e}"));
-                0
-            }
-        };
-        if n == 0 {
-            match kind {
-                Kind::Stream => return End::Closed,
-                Kind::Port => {
-                    // No host on the other end of the port (it reports HUP/EOF until
-                    // one connects). A new host gets a clean parser. Pause instead of
-                    // spinning on the hang-up.
-                    decoder.reset();
-                    buf = BytesMut::new();
-                    stop.sleep(NO_HOST_PAUSE);
-                    continue;
+        // Requests held back by the budget, now that replies have left.
+        self.dispatch(dispatcher);
+        if !self.eof && self.under_budget() && (ready.contains(PollFlags::POLLIN) || hung_up) {
+            // Readable, or hung up: read tells which (0 = no peer).
+            match self.io.read(chunk) {
+                Ok(0) => {
+                    if let Some(status) = self.end_of_input(log) {
+                        return status;
+                    }
                 }
-            }
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        while let Some(frame) = decoder.decode(&mut buf) {
-            dispatcher.handle_frame(frame, &mut out);
-        }
-        if !out.is_empty() {
-            let written = write_all(conn, &out, stop, dispatcher, log);
-            out.clear();
-            match written {
-                Ok(()) => {}
-                Err(WriteEnd::Stop) => return End::Stop,
-                Err(WriteEnd::Gone(e)) => {
-                    // A host that left with replies unread: drop them. A stream is
-                    // done; a port waits for the next host, with a clean parser.
-                    log.debug(&format!("write failed, reply dropped: {e}"));
-                    match kind {
-                        Kind::Stream => return End::Closed,
-                        Kind::Port => {
-                            decoder.reset();
-                            buf.clear();
-                        }
+                Ok(n) => {
+                    self.last_active = Instant::now();
+                    self.input.extend_from_slice(&chunk[..n]);
+                    self.peak = self.peak.max(self.input.len());
+                    self.dispatch(dispatcher);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) => {}
+                Err(e) => {
+                    log.debug(&format!("read failed: {e}"));
+                    if let Some(status) = self.end_of_input(log) {
+                        return status;
                     }
                 }
             }
         }
+        if self.unsent() > 0 && !self.blocked {
+            if let Err(e) = self.flush() {
+                return self.gone(&e, log);
+            }
+        }
+        if self.eof && self.unsent() == 0 {
+            // Every complete request is answered: the framer held no more.
+            return Status::Closed;
+        }
+        Status::Open
+    }
+
+    /// Frames and dispatches buffered requests until the framer needs more bytes or
+    /// the unsent replies reach the budget.
+    fn dispatch(&mut self, dispatcher: &mut Dispatcher) {
+        if !self.under_budget() || (self.input.is_empty() && !self.decoder.is_mid_message()) {
+            return;
+        }
+        // Written replies leave before new ones are appended, so the buffer holds
+        // unsent bytes only (at most the budget here: a copy of that, at most).
+        if self.sent > 0 {
+            self.out.copy_within(self.sent.., 0);
+            self.out.truncate(self.out.len() - self.sent);
+            self.sent = 0;
+        }
+        while self.under_budget() {
+            match self.decoder.decode(&mut self.input) {
+                Some(frame) => dispatcher.handle_frame(frame, &mut self.out),
+                None => break,
+            }
+        }
+        self.peak = self.peak.max(self.out.len());
+    }
+
+    /// Writes unsent replies until done or the peer has no room (`blocked`).
+    fn flush(&mut self) -> io::Result<()> {
+        self.blocked = false;
+        while self.sent < self.out.len() {
+            match self.io.write(&self.out[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.sent += n;
+                    self.last_active = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.blocked = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.sent = 0;
+        Ok(())
+    }
+
+    /// The peer sent EOF (or reading failed). A stream answers what it got, then
+    /// closes (`None` while replies are still going out); a port has no host.
+    fn end_of_input(&mut self, log: &Log) -> Option<Status> {
+        match self.kind {
+            Kind::Stream => {
+                self.eof = true;
+                (self.unsent() == 0).then_some(Status::Closed)
+            }
+            Kind::Port => {
+                self.no_host(log);
+                Some(Status::Open)
+            }
+        }
+    }
+
+    /// The peer will not read the replies: drop them. A stream is done; a port
+    /// waits for its next host.
+    fn gone(&mut self, e: &io::Error, log: &Log) -> Status {
+        log.debug(&format!("write failed, reply dropped: {e}"));
+        match self.kind {
+            Kind::Stream => Status::Closed,
+            Kind::Port => {
+                self.no_host(log);
+                Status::Open
+            }
+        }
+    }
+
+    /// A port's host left (it reports HUP/EOF until one connects): the next host
+    /// gets a clean parser and no stale replies, and the port is left alone for a
+    /// moment instead of spinning on the hang-up.
+    fn no_host(&mut self, log: &Log) {
+        if self.unsent() > 0 {
+            log.debug("host left: unsent replies dropped");
+        }
+        self.decoder.reset();
+        self.input = BytesMut::new();
+        self.out = BytesMut::new();
+        self.sent = 0;
+        self.blocked = false;
+        self.peak = 0;
+        self.paused_until = Some(Instant::now() + NO_HOST_PAUSE);
     }
 }
 
-fn listen_loop(
-    listener: OwnedFd,
+/// A listening socket and, after running out of descriptors, when to try again.
+struct Listener {
+    fd: OwnedFd,
+    retry_at: Option<Instant>,
+}
+
+impl Listener {
+    /// Accepts waiting clients while there is room for them. `Err` only for an
+    /// error that retrying cannot fix.
+    fn accept(&mut self, conns: &mut Vec<Connection<File>>, log: &Log) -> Result<(), AgentError> {
+        use nix::sys::socket::{accept4, SockFlag};
+        while conns.len() < MAX_CONNECTIONS {
+            // Non-blocking: a client that stops reading must leave the agent waiting
+            // in poll (where a stop request and the other clients reach it), never
+            // inside write(2).
+            match accept4(
+                self.fd.as_raw_fd(),
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            ) {
+                Ok(fd) => {
+                    log.debug("client connected");
+                    conns.push(Connection::new(File::from(owned(fd)), Kind::Stream));
+                }
+                // None left, or gone before we got to it: poll again.
+                Err(Errno::EAGAIN) => return Ok(()),
+                Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPROTO) => {}
+                // Out of descriptors (open file handles count against RLIMIT_NOFILE)
+                // or memory: the client stays queued. Retrying at once would spin on
+                // the still-readable listener, giving up would drop every handle; so
+                // retry every second, serving the other clients meanwhile.
+                Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
+                    log.error(&format!("accept failed: {e}; retrying in 1 s"));
+                    self.retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                    return Ok(());
+                }
+                Err(e) => return Err(AgentError::Io(format!("accept failed: {e}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The one loop that owns every descriptor and timer: the stop pipe, the listener
+/// (polled only while under [`MAX_CONNECTIONS`]), each connection (for POLLIN while
+/// under its [`REPLY_BUDGET`], for POLLOUT while it has unsent replies), the
+/// auto-thaw deadline, ports' pauses, idle buffer release and accept retries. It
+/// sleeps in poll whenever no peer can make progress, and returns on a stop.
+///
+/// Requests are dispatched one at a time through the one dispatcher, in the order
+/// they are read; connections are served in the order they were accepted, one read
+/// chunk each per wake-up.
+fn event_loop(
+    mut listener: Option<Listener>,
+    mut conns: Vec<Connection<File>>,
     dispatcher: &mut Dispatcher,
     log: &Log,
     stop: &Stop<'_>,
 ) -> Result<(), AgentError> {
+    let mut chunk = vec![0u8; READ_CHUNK];
+    // Where each connection sits in the poll set (None: not polled).
+    let mut slots: Vec<Option<usize>> = Vec::with_capacity(MAX_CONNECTIONS);
+    let mut ready: Vec<PollFlags> = Vec::with_capacity(MAX_CONNECTIONS + 2);
     loop {
         if stop.requested() {
             return Ok(());
         }
-        let deadline = dispatcher.auto_thaw_deadline();
-        let ready = wait_fd(listener.as_fd(), PollFlags::POLLIN, deadline, stop)
-            .map_err(|e| AgentError::Io(format!("poll failed: {e}")))?;
-        if ready.is_empty() {
-            auto_thaw_if_due(dispatcher, log);
-            continue;
+        let now = Instant::now();
+        auto_thaw_if_due(dispatcher, log);
+        let mut deadline = dispatcher.auto_thaw_deadline();
+        for c in &mut conns {
+            c.on_timer(now);
+            deadline = earliest(deadline, c.next_timer());
         }
-        // Non-blocking: a client that stops reading must leave the agent waiting in
-        // poll (where a stop request reaches it), never inside write(2).
-        let fd = match nix::sys::socket::accept4(
-            listener.as_raw_fd(),
-            nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        ) {
-            Ok(fd) => fd,
-            // Gone before we got to it, or a signal: wait for the next one.
-            Err(Errno::EINTR | Errno::EAGAIN | Errno::ECONNABORTED | Errno::EPROTO) => continue,
-            // Out of descriptors (open file handles count against RLIMIT_NOFILE) or
-            // memory: the client stays queued. Retrying at once would spin on the
-            // still-readable listener, giving up would drop every handle; so retry
-            // every second.
-            Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
-                log.error(&format!("accept failed: {e}; retrying in 1 s"));
-                stop.sleep(Duration::from_secs(1));
-                continue;
+        if let Some(l) = &mut listener {
+            if l.retry_at.is_some_and(|t| now >= t) {
+                l.retry_at = None;
             }
-            Err(e) => return Err(AgentError::Io(format!("accept failed: {e}"))),
-        };
-        let mut conn = File::from(owned(fd));
-        log.debug("client connected");
-        if let End::Stop = serve(&mut conn, Kind::Stream, dispatcher, log, stop) {
+            deadline = earliest(deadline, l.retry_at);
+        }
+
+        let accepting = listener
+            .as_ref()
+            .is_some_and(|l| l.retry_at.is_none() && conns.len() < MAX_CONNECTIONS);
+        let mut listener_slot = None;
+        {
+            let mut fds = Vec::with_capacity(conns.len() + 2);
+            if let Some(s) = stop.fd {
+                fds.push(PollFd::new(s, PollFlags::POLLIN));
+            }
+            if let Some(l) = listener.as_ref().filter(|_| accepting) {
+                fds.push(PollFd::new(l.fd.as_fd(), PollFlags::POLLIN));
+                listener_slot = Some(fds.len() - 1);
+            }
+            slots.clear();
+            for c in &conns {
+                let interest = c.interest();
+                if interest.is_empty() {
+                    slots.push(None);
+                } else {
+                    fds.push(PollFd::new(c.io.as_fd(), interest));
+                    slots.push(Some(fds.len() - 1));
+                }
+            }
+            match poll(&mut fds, timeout_until(deadline)) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(AgentError::Channel(format!("poll failed: {e}"))),
+            }
+            ready.clear();
+            ready.extend(
+                fds.iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty())),
+            );
+        }
+        if stop.requested() {
             return Ok(());
         }
-        log.debug("client disconnected");
+        let listener_ready = listener_slot.is_some_and(|i| !ready[i].is_empty());
+
+        // Connections in accept order; closed ones leave without disturbing it.
+        let mut i = 0;
+        let mut k = 0;
+        while i < conns.len() {
+            let flags = slots[k].map_or(PollFlags::empty(), |s| ready[s]);
+            k += 1;
+            if !flags.is_empty()
+                && conns[i].serve(flags, dispatcher, &mut chunk, log) == Status::Closed
+            {
+                conns.remove(i);
+                log.debug("client disconnected");
+                continue;
+            }
+            i += 1;
+        }
+        if listener_ready {
+            if let Some(l) = &mut listener {
+                l.accept(&mut conns, log)?;
+            }
+        }
     }
 }
 
@@ -467,7 +652,8 @@ fn open_channel(config: &Config) -> Result<Channel, AgentError> {
             )
             .map_err(|e| err(&e))?;
             bind(fd.as_raw_fd(), &VsockAddr::new(cid, port)).map_err(|e| err(&e))?;
-            listen(&fd, Backlog::new(1).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+            // Clients past MAX_CONNECTIONS wait here until one closes.
+            listen(&fd, Backlog::new(128).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
             Ok(Channel::Listener(fd))
         }
         Method::VirtioSerial | Method::IsaSerial => {
@@ -528,11 +714,14 @@ fn run_channel(
 ) -> Result<(), AgentError> {
     loop {
         let result = open_channel(config).and_then(|channel| match channel {
-            Channel::Listener(fd) => listen_loop(fd, dispatcher, log, stop),
-            Channel::Port(mut file) => match serve(&mut file, Kind::Port, dispatcher, log, stop) {
-                End::Stop => Ok(()),
-                End::Closed => Err(AgentError::Channel("channel closed".into())),
-            },
+            Channel::Listener(fd) => {
+                let listener = Listener { fd, retry_at: None };
+                event_loop(Some(listener), Vec::new(), dispatcher, log, stop)
+            }
+            Channel::Port(file) => {
+                let port = Connection::new(file, Kind::Port);
+                event_loop(None, vec![port], dispatcher, log, stop)
+            }
         });
         match result {
             Ok(()) => return Ok(()),
@@ -552,13 +741,6 @@ fn run_channel(
 mod tests {
     use std::collections::VecDeque;
 
-    impl<'a> Stop<'a> {
-        /// A stop that only a test sets, with no pipe to poll.
-        fn flag_only(flag: &'a AtomicBool) -> Self {
-            Stop { flag, fd: None }
-        }
-    }
-
     use qga_ops::fake::FakeOps;
 
     use super::*;
@@ -566,41 +748,59 @@ mod tests {
 
     /// A scripted peer. While `hung_up` it behaves like a virtio-serial port without
     /// a host: reads return 0, writes EAGAIN, poll reports POLLHUP and never POLLOUT.
-    struct Script<'a> {
-        input: VecDeque<&'static [u8]>,
+    /// While `full`, writes find no room and poll never reports POLLOUT.
+    struct Script {
+        input: VecDeque<Vec<u8>>,
         hung_up: bool,
         /// Hang up when the first reply is about to be written.
         hang_up_on_write: bool,
+        full: bool,
         written: Vec<u8>,
         writes: usize,
-        waits: usize,
-        /// Requested once the script is played out (a port never ends by itself).
-        stop: &'a AtomicBool,
+        polls: usize,
     }
 
-    impl<'a> Script<'a> {
-        fn new(stop: &'a AtomicBool, input: &[&'static [u8]]) -> Self {
+    impl Script {
+        fn new(input: &[&[u8]]) -> Self {
             Script {
-                input: input.iter().copied().collect(),
+                input: input.iter().map(|c| c.to_vec()).collect(),
                 hung_up: false,
                 hang_up_on_write: false,
+                full: false,
                 written: Vec::new(),
                 writes: 0,
-                waits: 0,
-                stop,
+                polls: 0,
             }
+        }
+
+        /// What poll would report for `interest`.
+        fn poll(&mut self, interest: PollFlags) -> PollFlags {
+            self.polls += 1;
+            if self.hung_up {
+                return PollFlags::POLLHUP;
+            }
+            let mut ready = PollFlags::empty();
+            if interest.contains(PollFlags::POLLIN) && !self.input.is_empty() {
+                ready |= PollFlags::POLLIN;
+            }
+            if interest.contains(PollFlags::POLLOUT) && !self.full {
+                ready |= PollFlags::POLLOUT;
+            }
+            ready
         }
     }
 
-    impl Conn for Script<'_> {
+    impl Conn for Script {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if let Some(chunk) = self.input.pop_front() {
-                buf[..chunk.len()].copy_from_slice(chunk);
-                return Ok(chunk.len());
+            if let Some(mut chunk) = self.input.pop_front() {
+                let n = chunk.len().min(buf.len());
+                buf[..n].copy_from_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    self.input.push_front(chunk.split_off(n));
+                }
+                return Ok(n);
             }
             if self.hung_up {
-                // The hang-up has been seen: the script is over.
-                self.stop.store(true, Ordering::SeqCst);
                 return Ok(0);
             }
             Err(io::ErrorKind::WouldBlock.into())
@@ -609,35 +809,32 @@ mod tests {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.writes += 1;
             self.hung_up |= self.hang_up_on_write;
-            if self.hung_up {
+            if self.hung_up || self.full {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             self.written.extend_from_slice(buf);
             Ok(buf.len())
         }
+    }
 
-        fn wait(
-            &mut self,
-            flags: PollFlags,
-            _: Option<Instant>,
-            stop: &Stop<'_>,
-        ) -> io::Result<PollFlags> {
-            self.waits += 1;
-            // A loop that keeps polling a dead peer would never end: stop it, and
-            // let the counters tell.
-            if self.waits > 1000 || stop.requested() {
-                self.stop.store(true, Ordering::SeqCst);
-                return Ok(PollFlags::empty());
+    /// Runs the loop's part for one scripted connection: poll, serve, until poll
+    /// reports nothing (the loop would sleep) or the connection pauses or closes.
+    /// Returns how it ended.
+    fn drive(conn: &mut Connection<Script>, d: &mut Dispatcher, rounds: usize) -> &'static str {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        for _ in 0..rounds {
+            if conn.paused_until.is_some() {
+                return "paused";
             }
-            if self.hung_up {
-                return Ok(PollFlags::POLLHUP);
+            let ready = conn.io.poll(conn.interest());
+            if ready.is_empty() {
+                return "asleep";
             }
-            if flags.contains(PollFlags::POLLIN) && self.input.is_empty() {
-                self.stop.store(true, Ordering::SeqCst);
-                return Ok(PollFlags::empty());
+            if conn.serve(ready, d, &mut chunk, &log()) == Status::Closed {
+                return "closed";
             }
-            Ok(flags)
         }
+        "spinning"
     }
 
     fn dispatcher(fakes: &FakeOps) -> Dispatcher {
@@ -653,52 +850,139 @@ mod tests {
         Log::new(None, false)
     }
 
+    const PING: &[u8] = b"{\"execute\":\"guest-ping\"}";
+    const PONG: &[u8] = b"{\"return\":{}}\n";
+
     #[test]
     fn a_reply_to_a_port_whose_host_left_is_dropped_without_spinning() {
-        let flag = AtomicBool::new(false);
-        let stop = Stop::flag_only(&flag);
         let fakes = FakeOps::new();
         let mut d = dispatcher(&fakes);
-        let mut port = Script::new(&flag, &[b"{\"execute\":\"guest-ping\"}"]);
-        port.hang_up_on_write = true;
-        let end = serve(&mut port, Kind::Port, &mut d, &log(), &stop);
-        assert_eq!(end, End::Stop);
+        let mut port = Connection::new(Script::new(&[PING]), Kind::Port);
+        port.io.hang_up_on_write = true;
+        assert_eq!(drive(&mut port, &mut d, 100), "paused");
         // One write got EAGAIN, one poll said POLLHUP without POLLOUT: the reply
-        // was dropped there, and the loop went back to waiting for a host.
-        assert_eq!(port.writes, 1, "the write was retried");
-        assert!(port.waits <= 3, "{} polls", port.waits);
-        assert!(port.written.is_empty());
+        // was dropped there, and the port is left alone for a while.
+        assert_eq!(port.io.writes, 1, "the write was retried");
+        assert!(port.io.polls <= 3, "{} polls", port.io.polls);
+        assert!(port.io.written.is_empty());
+        assert_eq!(port.unsent(), 0, "the reply is still held");
+        assert!(port.interest().is_empty(), "a paused port is polled");
+        // The pause ends; the host is back with a new request and gets a clean
+        // parser and only its own reply.
+        port.on_timer(Instant::now() + NO_HOST_PAUSE);
+        port.io.hung_up = false;
+        port.io.hang_up_on_write = false;
+        port.io.input.push_back(PING.to_vec());
+        assert_eq!(drive(&mut port, &mut d, 100), "asleep");
+        assert_eq!(port.io.written, PONG);
     }
 
     #[test]
-    fn a_stop_request_ends_a_reply_the_peer_does_not_read() {
-        let flag = AtomicBool::new(false);
-        let stop = Stop::flag_only(&flag);
+    fn a_port_without_a_host_is_paused_not_spun_on() {
         let fakes = FakeOps::new();
         let mut d = dispatcher(&fakes);
-        /// Never has room, never hangs up; a stop arrives while waiting.
-        struct Full<'a>(&'a AtomicBool, usize);
-        impl Conn for Full<'_> {
-            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-                unreachable!()
-            }
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                self.1 += 1;
-                Err(io::ErrorKind::WouldBlock.into())
-            }
-            fn wait(
-                &mut self,
-                _: PollFlags,
-                _: Option<Instant>,
-                _: &Stop<'_>,
-            ) -> io::Result<PollFlags> {
-                self.0.store(true, Ordering::SeqCst);
-                Ok(PollFlags::empty())
-            }
-        }
-        let mut conn = Full(&flag, 0);
-        let r = write_all(&mut conn, b"{\"return\":{}}\n", &stop, &mut d, &log());
-        assert!(matches!(r, Err(WriteEnd::Stop)), "{r:?}");
-        assert_eq!(conn.1, 1);
+        let mut port = Connection::new(Script::new(&[b"{\"execute\":"]), Kind::Port);
+        port.io.hung_up = true;
+        assert_eq!(drive(&mut port, &mut d, 100), "paused");
+        assert!(port.io.polls <= 2, "{} polls", port.io.polls);
+        // The host's half request is forgotten with it.
+        assert!(port.input.is_empty() && !port.decoder.is_mid_message());
+        let due = port.next_timer().unwrap();
+        assert!(due > Instant::now() + NO_HOST_PAUSE / 2, "pause too short");
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_stops_dispatching_at_the_budget() {
+        let fakes = FakeOps::new();
+        let mut d = dispatcher(&fakes);
+        // Far more pings than the budget has room for replies, sent at once.
+        let pings = REPLY_BUDGET / PONG.len() * 3;
+        let input = PING.repeat(pings);
+        let mut conn = Connection::new(Script::new(&[&input]), Kind::Stream);
+        conn.io.full = true;
+        assert_eq!(drive(&mut conn, &mut d, 1000), "asleep");
+        // Over the budget by less than one reply; the rest of the requests wait,
+        // unread or unframed, and the connection is no longer polled for input.
+        let held = conn.unsent();
+        assert!(
+            held >= REPLY_BUDGET && held < REPLY_BUDGET + PONG.len(),
+            "{held}"
+        );
+        assert!(!conn.interest().contains(PollFlags::POLLIN));
+        assert!(conn.interest().contains(PollFlags::POLLOUT));
+        let unread: usize = conn.io.input.iter().map(Vec::len).sum();
+        assert!(unread > 0, "everything was read");
+        assert!(
+            conn.input.len() <= READ_CHUNK,
+            "{} bytes buffered",
+            conn.input.len()
+        );
+        // The peer reads: every request is answered, once, in order.
+        conn.io.full = false;
+        assert_eq!(drive(&mut conn, &mut d, 10_000), "asleep");
+        assert_eq!(conn.io.written.len(), pings * PONG.len());
+        assert!(conn.io.written.chunks(PONG.len()).all(|r| r == PONG));
+        assert_eq!(conn.unsent(), 0);
+    }
+
+    #[test]
+    fn a_stream_answers_what_it_got_before_closing_on_eof() {
+        let fakes = FakeOps::new();
+        let mut d = dispatcher(&fakes);
+        let input = PING.repeat(3);
+        let mut conn = Connection::new(Script::new(&[&input, b"{\"execute\""]), Kind::Stream);
+        conn.io.full = true;
+        assert_eq!(drive(&mut conn, &mut d, 100), "asleep");
+        // EOF arrives while the replies wait for room: they still go out.
+        conn.io.hung_up = true;
+        conn.io.full = false;
+        conn.io.input.clear();
+        // The hang-up is seen (POLLHUP) with replies pending and no room: dropped.
+        assert_eq!(drive(&mut conn, &mut d, 100), "closed");
+        assert!(conn.io.written.is_empty());
+
+        // Half-closed instead: EOF, but the peer still reads.
+        let mut conn = Connection::new(Script::new(&[&input]), Kind::Stream);
+        let mut chunk = vec![0u8; READ_CHUNK];
+        assert_eq!(
+            conn.serve(PollFlags::POLLIN, &mut d, &mut chunk, &log()),
+            Status::Open
+        );
+        assert_eq!(
+            conn.serve(PollFlags::POLLIN, &mut d, &mut chunk, &log()),
+            Status::Open,
+            "no EOF yet"
+        );
+        conn.io.hung_up = true;
+        assert_eq!(
+            conn.serve(PollFlags::POLLIN, &mut d, &mut chunk, &log()),
+            Status::Closed
+        );
+        assert_eq!(conn.io.written, PONG.repeat(3));
+    }
+
+    #[test]
+    fn large_buffers_are_released_after_a_quiet_second_only() {
+        let fakes = FakeOps::new();
+        let mut d = dispatcher(&fakes);
+        // A 3 MiB request (rejected as garbage, one error) grows the input buffer.
+        let mut big = b"{\"execute\":\"guest-ping\",\"arguments\":{\"x\":\"".to_vec();
+        big.resize(3 << 20, b'a');
+        big.extend_from_slice(b"\"}}");
+        let mut conn = Connection::new(Script::new(&[&big]), Kind::Stream);
+        assert_eq!(drive(&mut conn, &mut d, 100), "asleep");
+        assert!(!conn.io.written.is_empty());
+        assert!(conn.peak >= 3 << 20);
+        let due = conn.next_timer().expect("no release timer");
+        conn.on_timer(due - Duration::from_millis(10));
+        assert!(conn.peak >= 3 << 20, "released early");
+        // The split-off message left the input sharing its 3 MiB allocation, which
+        // it would reuse: released, it holds what it needs and no more.
+        conn.on_timer(due);
+        assert!(conn.input.capacity() <= IDLE_CAPACITY);
+        assert!(conn.out.capacity() <= IDLE_CAPACITY);
+        assert!(conn.peak <= IDLE_CAPACITY);
+        // Nothing left to release: no timer keeps waking the loop.
+        assert_eq!(conn.next_timer(), None);
     }
 }

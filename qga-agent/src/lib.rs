@@ -7,9 +7,10 @@
 //!   frozen mode (persisted as a marker; only guest-ping, guest-info, guest-sync,
 //!   guest-sync-delimited, guest-fsfreeze-status and guest-fsfreeze-thaw run while
 //!   frozen) and blocked/allowed commands. Embed it to build a custom agent.
-//! * [`channel`]: the only code that owns descriptors: unix-listen (one client at a
-//!   time, each with a fresh framer), vsock-listen, virtio-serial and isa-serial
-//!   ports (which wait for a host without spinning), `--retry-path`.
+//! * [`channel`]: the only code that owns descriptors: unix-listen and vsock-listen
+//!   (up to 8 clients at once, each with a fresh framer and a bounded reply budget),
+//!   virtio-serial and isa-serial ports (which wait for a host without spinning),
+//!   `--retry-path`.
 //! * [`Config`]/[`Cli`]: qemu-ga's command line and `[general]` key file, `-D` dump.
 //!
 //! It never talks JSON on its own (that is `qga-proto` and `qga-framing`) and never

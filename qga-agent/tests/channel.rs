@@ -347,3 +347,263 @@ fn running_out_of_descriptors_at_accept_does_not_stop_the_agent() {
     let status = agent.exit_within(Duration::from_secs(5));
     assert_eq!(status.map(|s| s.code()), Some(Some(0)));
 }
+
+#[test]
+fn a_client_that_hangs_up_mid_request_does_not_affect_the_others() {
+    let agent = Agent::start();
+    let mut other = agent.connect();
+    let r = call(&mut other, r#"{"execute":"guest-ping","id":"before"}"#);
+    assert_eq!(r, serde_json::json!({"return": {}, "id": "before"}));
+    // Half a request, then gone: its bytes must not reach anyone else's parser.
+    let mut quitter = agent.connect();
+    quitter
+        .write_all(br#"{"execute":"guest-ping","id":"half"#)
+        .unwrap();
+    drop(quitter);
+    let r = call(&mut other, r#"{"execute":"guest-ping","id":"after"}"#);
+    assert_eq!(r, serde_json::json!({"return": {}, "id": "after"}));
+    drop(other);
+    let mut next = agent.connect();
+    let r = call(&mut next, r#"{"execute":"guest-ping","id":"next"}"#);
+    assert_eq!(r, serde_json::json!({"return": {}, "id": "next"}));
+}
+
+/// A `kB` field (`VmHWM`, `VmRSS`) of /proc/PID/status, in bytes.
+fn proc_status_bytes(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
+    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().unwrap();
+    kib * 1024
+}
+
+/// User plus system CPU time of PID so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// The bound the README documents for one connection, over the agent's baseline:
+/// input (framer limit + one read chunk) + unsent reply budget + one maximal reply
+/// (a 48 MiB read, base64) + a read's working memory (3 MiB pieces), rounded up.
+const ONE_CONNECTION_BOUND: u64 = (64 + 1) + 1 + (64 + 1) + 4;
+
+#[test]
+fn a_client_that_does_not_read_its_replies_costs_bounded_memory_and_no_cpu() {
+    const READS: usize = 200;
+    const SIZE: usize = 16 << 20;
+    let agent = Agent::start();
+    let path = agent.dir.path().join("big");
+    // Not one repeated byte: a corrupted or misplaced chunk must show.
+    let data: Vec<u8> = (0..SIZE as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let mut s = agent.connect();
+    let open = format!(
+        r#"{{"execute":"guest-file-open","arguments":{{"path":{}}}}}"#,
+        serde_json::to_string(path.to_str().unwrap()).unwrap()
+    );
+    let handle = call(&mut s, &open)["return"].as_i64().unwrap();
+    let baseline = proc_status_bytes(agent.pid(), "VmHWM");
+    // Each read starts from the top again, so each reply carries all 16 MiB.
+    let mut batch = String::new();
+    for i in 0..READS {
+        batch.push_str(&format!(
+            r#"{{"execute":"guest-file-seek","arguments":{{"handle":{handle},"offset":0,"whence":"set"}},"id":"s{i}"}}"#
+        ));
+        batch.push_str(&format!(
+            r#"{{"execute":"guest-file-read","arguments":{{"handle":{handle},"count":{SIZE}}},"id":{i}}}"#
+        ));
+    }
+    s.write_all(batch.as_bytes()).unwrap();
+    // Not reading: the agent fills the socket, then must wait, holding at most
+    // its budget, and sleep in poll meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_before = cpu_ticks(agent.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_spent = cpu_ticks(agent.pid()) - cpu_before;
+    let hwm = proc_status_bytes(agent.pid(), "VmHWM");
+    let rss = proc_status_bytes(agent.pid(), "VmRSS");
+    eprintln!(
+        "baseline {} KiB, VmHWM {} KiB, VmRSS {} KiB, CPU {cpu_spent} ticks while not read",
+        baseline / 1024,
+        hwm / 1024,
+        rss / 1024
+    );
+    assert!(
+        hwm < baseline + ONE_CONNECTION_BOUND * MIB,
+        "peak RSS {} MiB over a baseline of {} MiB",
+        hwm / MIB,
+        baseline / MIB
+    );
+    // The same formula for this case (requests of a few KiB, 21.3 MiB replies): the
+    // budget, one reply and a read's piece, with 8 MiB for the allocator.
+    let reply = (SIZE as u64).div_ceil(3) * 4 + 100;
+    assert!(
+        hwm < baseline + MIB + reply + 3 * MIB + 8 * MIB,
+        "peak RSS {} MiB over a baseline of {} MiB: more than one reply held",
+        hwm / MIB,
+        baseline / MIB
+    );
+    // 2 s of waiting: a loop that spins would use ~200 ticks.
+    assert!(
+        cpu_spent <= 20,
+        "{cpu_spent} ticks of CPU while the client did not read"
+    );
+
+    // Now read everything: every reply, whole and in order.
+    let expected_b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&data)
+    };
+    let mut r = BufReader::with_capacity(1 << 20, &s);
+    let mut line = Vec::new();
+    for i in 0..READS {
+        line.clear();
+        r.read_until(b'\n', &mut line).unwrap();
+        let seek: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            seek,
+            serde_json::json!({"return": {"position": 0, "eof": false}, "id": format!("s{i}")})
+        );
+        line.clear();
+        r.read_until(b'\n', &mut line).unwrap();
+        // The file has no more after 16 MiB, but the read that got all of them did
+        // not hit its end (qemu-ga sets eof only on a short read).
+        let expected = format!(
+            r#"{{"return":{{"buf-b64":"{expected_b64}","count":{SIZE},"eof":false}},"id":{i}}}"#
+        );
+        // Compared as bytes: parsing 200 replies of 21 MiB would take minutes.
+        assert!(
+            line.strip_suffix(b"\n") == Some(expected.as_bytes()),
+            "reply {i} differs: {:?}...{:?}",
+            String::from_utf8_lossy(&line[..line.len().min(60)]),
+            String::from_utf8_lossy(&line[line.len().saturating_sub(60)..])
+        );
+    }
+    // Quiet for over a second: the connection's buffers are released.
+    std::thread::sleep(Duration::from_millis(1500));
+    let idle = proc_status_bytes(agent.pid(), "VmRSS");
+    eprintln!("VmRSS {} KiB once idle", idle / 1024);
+    assert!(
+        idle < baseline + 6 * MIB,
+        "idle RSS {} KiB after the replies were read, baseline {} KiB",
+        idle / 1024,
+        baseline / 1024
+    );
+}
+
+#[test]
+fn a_slow_client_does_not_hold_the_others_off() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let agent = Agent::start();
+    // A request that takes 10 s at one byte every 50 ms, unless told to hurry.
+    let slow_req = format!(
+        r#"{{"execute":"guest-ping","id":"{}"}}"#,
+        "s".repeat(200 - 32)
+    );
+    assert_eq!(slow_req.len(), 200);
+    let hurry = Arc::new(AtomicBool::new(false));
+    let mut slow = agent.connect();
+    let trickler = {
+        let mut slow = slow.try_clone().unwrap();
+        let hurry = Arc::clone(&hurry);
+        let req = slow_req.clone();
+        std::thread::spawn(move || {
+            let bytes = req.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() && !hurry.load(Ordering::SeqCst) {
+                slow.write_all(&bytes[i..i + 1]).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            slow.write_all(&bytes[i..]).unwrap();
+            i
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // Meanwhile another client's 100 round trips, and a third that leaves midway.
+    let start = Instant::now();
+    let mut fast = agent.connect();
+    for i in 0..100 {
+        let r = call(
+            &mut fast,
+            &format!(r#"{{"execute":"guest-ping","id":{i}}}"#),
+        );
+        assert_eq!(r, serde_json::json!({"return": {}, "id": i}));
+        if i == 50 {
+            let mut quitter = agent.connect();
+            quitter.write_all(br#"{"execute":"guest-ping","#).unwrap();
+        }
+    }
+    let took = start.elapsed();
+    hurry.store(true, Ordering::SeqCst);
+    let trickled = trickler.join().unwrap();
+    assert!(
+        trickled < slow_req.len(),
+        "the slow client was done before the others were answered ({took:?})"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "100 pings took {took:?} next to a slow client"
+    );
+    // The slow client is answered too, once its request is whole.
+    let mut line = Vec::new();
+    BufReader::new(&mut slow)
+        .read_until(b'\n', &mut line)
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(r["id"].as_str().map(str::len), Some(200 - 32));
+    assert_eq!(r["return"], serde_json::json!({}));
+}
+
+#[test]
+fn clients_past_the_connection_bound_wait_until_one_closes() {
+    let agent = Agent::start();
+    let mut served: Vec<UnixStream> = (0..channel::MAX_CONNECTIONS)
+        .map(|_| agent.connect())
+        .collect();
+    for (i, s) in served.iter_mut().enumerate() {
+        let r = call(s, &format!(r#"{{"execute":"guest-ping","id":{i}}}"#));
+        assert_eq!(r["id"], i);
+    }
+    // One more: the kernel queues it (connect succeeds), the agent leaves it there.
+    let mut waiting = agent.connect();
+    waiting
+        .write_all(br#"{"execute":"guest-ping","id":"waiting"}"#)
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut r = BufReader::new(waiting.try_clone().unwrap());
+    let mut line = Vec::new();
+    let err = r.read_until(b'\n', &mut line).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+    assert!(line.is_empty(), "answered past the bound");
+    // The served ones still are.
+    let r0 = call(&mut served[3], r#"{"execute":"guest-ping","id":"still"}"#);
+    assert_eq!(r0["id"], "still");
+    // One closes: the waiting client is accepted and answered.
+    drop(served.remove(0));
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    r.read_until(b'\n', &mut line).unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(reply, serde_json::json!({"return": {}, "id": "waiting"}));
+}
