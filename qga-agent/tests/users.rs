@@ -651,9 +651,22 @@ fn throwaway_user_round_trips_match_the_reference() {
         stdout.contains("test result: ok. 1 passed"),
         "the test did not run in the private namespace"
     );
-    // And changed the copy: userdel -r removed the user and its home there.
-    let copy = std::fs::read_to_string(tmp.path().join("etc/passwd")).unwrap();
-    assert!(!copy.contains(&format!("\n{name}:")), "userdel did not run");
+    // The writes went to the copy: useradd/chpasswd/userdel leave the previous
+    // version of each file they rewrite as FILE- (here: with the user), and
+    // userdel -r removed the user and its home there.
+    let etc = tmp.path().join("etc");
+    let line = format!("\n{name}:");
+    for f in ["passwd-", "shadow-"] {
+        let text = std::fs::read_to_string(etc.join(f)).unwrap();
+        assert!(text.contains(&line), "{f} in the copy has no {name}");
+    }
+    for f in ["passwd", "shadow"] {
+        let text = std::fs::read_to_string(etc.join(f)).unwrap();
+        assert!(
+            !text.contains(&line),
+            "userdel left {name} in the copy's {f}"
+        );
+    }
     assert!(!tmp.path().join("home").join(&name).exists());
 }
 
