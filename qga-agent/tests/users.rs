@@ -1,7 +1,10 @@
 //! guest-set-user-password and guest-ssh-*-authorized-keys: the dispatcher over the
 //! fake users, then differential runs against `/usr/sbin/qemu-ga`: argument errors
-//! for users that do not exist, and (as root, with `useradd`) full round trips for
-//! a throwaway user `qgatest<random>` the test creates and always removes.
+//! for users that do not exist, and (as root) full round trips for a throwaway user
+//! `qgatest<random>` that `useradd` creates in a private copy of /etc and /home,
+//! bind-mounted over the real ones in a private mount namespace where both agents
+//! run too: the machine's own users and passwords are never changed (checked byte
+//! for byte afterwards).
 //! Documented deviations (README, "Passwords and ssh keys") are normalised:
 //! the unknown-user text, the order of get's keys, a final newline in the file.
 
@@ -343,37 +346,149 @@ fn argument_errors_match_the_reference() {
     }
 }
 
-/// A user created for this test and removed when dropped (userdel -r), also when
-/// the test fails.
+// ---------------------------------------------------------------------------
+// The throwaway user, in a private copy of /etc and /home.
+//
+// The test must never change this machine's users or passwords, so the user
+// database and the home directories it (and both agents) change are private
+// copies: the test copies /etc to TMP/etc (`cp -a`), makes an empty TMP/home, and
+// re-executes this test binary (only this test) under `unshare --mount
+// --propagation private`, after bind-mounting TMP/etc over /etc and TMP/home over
+// /home in that new mount namespace. The re-executed copy (told by CHILD_DIR_ENV)
+// proves that /etc and /home are the copies before it runs `useradd`, then starts
+// both agents (they inherit its namespace), runs the scripts, reads the copy's
+// shadow file and removes the user again. The outer test compares the machine's
+// real user database byte for byte before and after.
+
+/// Set (to TMP) in the re-executed copy of this binary that runs inside the
+/// private mount namespace; its absence means "the outer test".
+const CHILD_DIR_ENV: &str = "QGA_USERS_NS_DIR";
+/// The name of the marker file that only TMP/etc has.
+const CHILD_MARKER_ENV: &str = "QGA_USERS_NS_MARKER";
+/// The throwaway user's name, chosen by the outer test.
+const CHILD_USER_ENV: &str = "QGA_USERS_NS_USER";
+/// This test's name, for the re-executed copy's `--exact` filter.
+const THROWAWAY_TEST: &str = "throwaway_user_round_trips_match_the_reference";
+
+const USERADD: &str = "/usr/sbin/useradd";
+const USERDEL: &str = "/usr/sbin/userdel";
+
+/// The files of the real machine that must be byte-identical after the test:
+/// the user database, and the login records `useradd` would initialise without -l.
+const WATCHED: &[&str] = &[
+    "/etc/passwd",
+    "/etc/shadow",
+    "/etc/group",
+    "/etc/gshadow",
+    "/etc/subuid",
+    "/etc/subgid",
+    "/var/log/lastlog",
+    "/var/log/faillog",
+];
+
+/// A skip that CI (QGA_REQUIRE_ROOT_TESTS=1) turns into a failure.
+fn skip_root_test(why: &str) {
+    if std::env::var_os("QGA_REQUIRE_ROOT_TESTS").is_some_and(|v| v == "1") {
+        panic!("throwaway-user differential test cannot run: {why} (QGA_REQUIRE_ROOT_TESTS=1)");
+    }
+    eprintln!("SKIPPED throwaway-user differential test: {why}");
+}
+
+/// Why the private namespace cannot be had here, if it cannot.
+fn namespace_unavailable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root".into());
+    }
+    for tool in [USERADD, USERDEL] {
+        if !Path::new(tool).exists() {
+            return Some(format!("{tool} is missing"));
+        }
+    }
+    match Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(st) if st.success() => None,
+        Ok(st) => Some(format!("unshare --mount failed ({st})")),
+        Err(e) => Some(format!("cannot run unshare: {e}")),
+    }
+}
+
+/// The watched files' bytes (`None`: absent), for comparing before and after.
+fn snapshot() -> Vec<(&'static str, Option<Vec<u8>>)> {
+    WATCHED
+        .iter()
+        .map(|p| match std::fs::read(p) {
+            Ok(b) => (*p, Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (*p, None),
+            Err(e) => panic!("cannot read {p}: {e}"),
+        })
+        .collect()
+}
+
+fn home_entries() -> Vec<std::ffi::OsString> {
+    let mut v: Vec<_> = std::fs::read_dir("/home")
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// (device, inode) of a directory: equal for a bind mount and its source.
+fn dev_ino(p: &Path) -> (u64, u64) {
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.dev(), m.ino())
+}
+
+/// Panics unless /etc and /home are TMP's copies (in the private namespace):
+/// the marker only TMP/etc has is at /etc, and both are the same directories.
+/// Nothing that changes users runs before this has passed.
+fn assert_private_copies(tmp: &Path, marker: &str) {
+    assert!(
+        Path::new("/etc").join(marker).is_file(),
+        "refusing to change users: /etc/{marker} is missing, so /etc is not the private copy"
+    );
+    for d in ["etc", "home"] {
+        assert_eq!(
+            dev_ino(&Path::new("/").join(d)),
+            dev_ino(&tmp.join(d)),
+            "refusing to change users: /{d} is not {}",
+            tmp.join(d).display()
+        );
+    }
+}
+
+/// A user created for this test in the private copy of /etc (see above) and
+/// removed when dropped (userdel -r), also when the test fails.
 struct ThrowawayUser {
     name: String,
     home: PathBuf,
 }
 
 impl ThrowawayUser {
-    fn create() -> Option<ThrowawayUser> {
-        if !nix::unistd::geteuid().is_root() || !Path::new("/usr/sbin/useradd").exists() {
-            eprintln!("SKIPPED throwaway-user differential test: needs root and useradd");
-            return None;
-        }
-        let rand = std::collections::hash_map::RandomState::new();
-        let n = std::hash::BuildHasher::hash_one(&rand, std::process::id()) % 1_000_000;
-        let name = format!("qgatest{n}");
-        let st = Command::new("/usr/sbin/useradd")
-            .args(["-m", "-s", "/usr/sbin/nologin", &name])
+    /// Creates `name` with `useradd`, only after [`assert_private_copies`] passed.
+    fn create(tmp: &Path, marker: &str, name: &str) -> ThrowawayUser {
+        assert_private_copies(tmp, marker);
+        // -l: no lastlog/faillog records (those files are not in the copy).
+        let st = Command::new(USERADD)
+            .args(["-m", "-l", "-s", "/usr/sbin/nologin", name])
             .status()
             .unwrap();
         assert!(st.success(), "useradd {name} failed");
         let user = ThrowawayUser {
             home: PathBuf::from(format!("/home/{name}")),
-            name,
+            name: name.to_owned(),
         };
         let entry = nix::unistd::User::from_name(&user.name).unwrap().unwrap();
         assert_eq!(entry.dir, user.home);
-        Some(user)
+        // The home directory went to the copy of /home.
+        assert!(tmp.join("home").join(name).is_dir());
+        user
     }
 
-    /// The user's `/etc/shadow` password field (only this user's line is read).
+    /// The user's `/etc/shadow` password field (the private copy's; only this
+    /// user's line is read).
     fn shadow_field(&self) -> String {
         let text = std::fs::read_to_string("/etc/shadow").unwrap();
         let prefix = format!("{}:", self.name);
@@ -384,7 +499,7 @@ impl ThrowawayUser {
 
 impl Drop for ThrowawayUser {
     fn drop(&mut self) {
-        let _ = Command::new("/usr/sbin/userdel")
+        let _ = Command::new(USERDEL)
             .args(["-r", &self.name])
             .stderr(Stdio::null())
             .status();
@@ -452,14 +567,112 @@ fn run_keys(agent: &mut Agent, user: &ThrowawayUser) -> Vec<(Value, FileState)> 
         .collect()
 }
 
+/// The outer test: sets up TMP, re-executes this test inside the private mount
+/// namespace (see above) and checks that the machine's user database is unchanged.
 #[test]
 fn throwaway_user_round_trips_match_the_reference() {
+    if let Some(tmp) = std::env::var_os(CHILD_DIR_ENV) {
+        let marker = std::env::var(CHILD_MARKER_ENV).unwrap();
+        let name = std::env::var(CHILD_USER_ENV).unwrap();
+        in_private_namespace(Path::new(&tmp), &marker, &name);
+        return;
+    }
     if !reference_available() {
         return;
     }
-    let Some(user) = ThrowawayUser::create() else {
+    if let Some(why) = namespace_unavailable() {
+        skip_root_test(&why);
         return;
-    };
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let st = Command::new("cp")
+        .args(["-a", "/etc"])
+        .arg(tmp.path().join("etc"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a /etc failed");
+    std::fs::create_dir(tmp.path().join("home")).unwrap();
+    let rand = std::collections::hash_map::RandomState::new();
+    let n = std::hash::BuildHasher::hash_one(&rand, std::process::id()) % 1_000_000;
+    let marker = format!("qga-users-ns-marker-{}-{n}", std::process::id());
+    std::fs::write(tmp.path().join("etc").join(&marker), "").unwrap();
+    assert!(
+        !Path::new("/etc").join(&marker).exists(),
+        "the marker must only be in the copy"
+    );
+    let name = format!("qgatest{n}");
+    assert!(nix::unistd::User::from_name(&name).unwrap().is_none());
+
+    let before = snapshot();
+    let home_before = home_entries();
+    let script = "mount --bind \"$1\" /etc && mount --bind \"$2\" /home && shift 2 && exec \"$@\"";
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(tmp.path().join("etc"))
+        .arg(tmp.path().join("home"))
+        .arg(std::env::current_exe().unwrap())
+        .args([THROWAWAY_TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR_ENV, tmp.path())
+        .env(CHILD_MARKER_ENV, &marker)
+        .env(CHILD_USER_ENV, &name)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "--- in the private namespace ({}):\n{stdout}{}---",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Whatever happened in there, the machine's users are as they were.
+    for ((path, b), (_, a)) in before.iter().zip(&snapshot()) {
+        assert!(b == a, "{path} changed during the test");
+    }
+    assert_eq!(home_entries(), home_before, "/home changed during the test");
+    assert!(!Path::new("/etc").join(&marker).exists());
+    assert!(nix::unistd::User::from_name(&name).unwrap().is_none());
+
+    assert!(
+        out.status.success(),
+        "the test failed in the private namespace"
+    );
+    // It ran (a filter that matched nothing would pass too).
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "the test did not run in the private namespace"
+    );
+    // The writes went to the copy: useradd/chpasswd/userdel leave the previous
+    // version of each file they rewrite as FILE- (here: with the user), and
+    // userdel -r removed the user and its home there.
+    let etc = tmp.path().join("etc");
+    let line = format!("\n{name}:");
+    for f in ["passwd-", "shadow-"] {
+        let text = std::fs::read_to_string(etc.join(f)).unwrap();
+        assert!(text.contains(&line), "{f} in the copy has no {name}");
+    }
+    for f in ["passwd", "shadow"] {
+        let text = std::fs::read_to_string(etc.join(f)).unwrap();
+        assert!(
+            !text.contains(&line),
+            "userdel left {name} in the copy's {f}"
+        );
+    }
+    assert!(!tmp.path().join("home").join(&name).exists());
+}
+
+/// The test proper, in the private namespace: /etc and /home are TMP's copies.
+fn in_private_namespace(tmp: &Path, marker: &str, name: &str) {
+    let user = ThrowawayUser::create(tmp, marker, name);
     let uid = nix::unistd::User::from_name(&user.name)
         .unwrap()
         .unwrap()
