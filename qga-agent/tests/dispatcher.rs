@@ -162,6 +162,50 @@ fn allow_list_disables_everything_else() {
         a.err("guest-sync", json!({"id": 1})).1,
         "Command guest-sync has been disabled: the command is not allowed"
     );
+    // A disabled command never reaches the ops, not even with valid arguments.
+    assert_eq!(
+        a.err("guest-set-time", json!({"time": 1})).0,
+        "CommandNotFound"
+    );
+    assert!(a.fakes.clock.calls.lock().unwrap().is_empty());
+}
+
+#[test]
+fn blocking_wins_over_allowing() {
+    let mut a = Agent::with(
+        StateDir::in_memory(),
+        DispatcherConfig {
+            allowed: Some(
+                ["guest-info", "guest-ping", "guest-exec"]
+                    .map(str::to_owned)
+                    .into(),
+            ),
+            blocked: ["guest-exec".to_owned()].into(),
+            ..Default::default()
+        },
+    );
+    a.ok("guest-ping", json!({}));
+    assert_eq!(
+        a.err("guest-exec", json!({"path": "/bin/true"})),
+        (
+            "CommandNotFound".into(),
+            "Command guest-exec has been disabled".into()
+        )
+    );
+    let info = a.ok("guest-info", json!({}));
+    let listed = |name: &str| {
+        info["supported_commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["enabled"]
+            .clone()
+    };
+    assert_eq!(listed("guest-exec"), false);
+    assert_eq!(listed("guest-ping"), true);
+    assert_eq!(listed("guest-file-open"), false);
+    assert!(a.fakes.processes.spawned().is_empty());
 }
 
 #[test]
