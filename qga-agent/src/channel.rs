@@ -344,7 +344,9 @@ impl<C: Conn> Connection<C> {
             }
         }
         // Requests held back by the budget, now that replies have left.
-        self.dispatch(dispatcher);
+        if let Err(e) = self.pump(dispatcher) {
+            return self.gone(&e, log);
+        }
         if !self.eof && self.under_budget() && (ready.contains(PollFlags::POLLIN) || hung_up) {
             // Readable, or hung up: read tells which (0 = no peer).
             match self.io.read(chunk) {
@@ -357,7 +359,9 @@ impl<C: Conn> Connection<C> {
                     self.last_active = Instant::now();
                     self.input.extend_from_slice(&chunk[..n]);
                     self.peak = self.peak.max(self.input.len());
-                    self.dispatch(dispatcher);
+                    if let Err(e) = self.pump(dispatcher) {
+                        return self.gone(&e, log);
+                    }
                 }
                 Err(e)
                     if matches!(
@@ -372,16 +376,25 @@ impl<C: Conn> Connection<C> {
                 }
             }
         }
-        if self.unsent() > 0 && !self.blocked {
-            if let Err(e) = self.flush() {
-                return self.gone(&e, log);
-            }
-        }
         if self.eof && self.unsent() == 0 {
             // Every complete request is answered: the framer held no more.
             return Status::Closed;
         }
         Status::Open
+    }
+
+    /// Dispatches and writes until the peer has no room (`blocked`) or the framer
+    /// needs more bytes and every reply is out. Stopping as soon as a write drains
+    /// the output would leave requests buffered with nothing to wake the loop for
+    /// them: a peer that reads as fast as we write empties the output every time.
+    fn pump(&mut self, dispatcher: &mut Dispatcher) -> io::Result<()> {
+        loop {
+            self.dispatch(dispatcher);
+            if self.unsent() == 0 || self.blocked {
+                return Ok(());
+            }
+            self.flush()?;
+        }
     }
 
     /// Frames and dispatches buffered requests until the framer needs more bytes or
@@ -923,6 +936,24 @@ mod tests {
         assert_eq!(conn.io.written.len(), pings * PONG.len());
         assert!(conn.io.written.chunks(PONG.len()).all(|r| r == PONG));
         assert_eq!(conn.unsent(), 0);
+    }
+
+    #[test]
+    fn requests_held_by_the_budget_are_answered_when_the_peer_reads_at_once() {
+        let fakes = FakeOps::new();
+        let mut d = dispatcher(&fakes);
+        // Fits in one read; the replies (a few KiB each) are many times the budget.
+        let requests = 2000;
+        let input = b"{\"execute\":\"guest-info\"}".repeat(requests);
+        assert!(input.len() < READ_CHUNK);
+        // Every write finds room: the output drains each time, and nothing more
+        // comes from the peer to wake the loop for the requests still buffered.
+        let mut conn = Connection::new(Script::new(&[&input]), Kind::Stream);
+        assert_eq!(drive(&mut conn, &mut d, 10), "asleep");
+        let replies = conn.io.written.iter().filter(|&&b| b == b'\n').count();
+        assert!(conn.io.written.len() > 4 * REPLY_BUDGET);
+        assert_eq!(replies, requests);
+        assert!(conn.interest().contains(PollFlags::POLLIN));
     }
 
     #[test]
