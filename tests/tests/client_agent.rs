@@ -36,13 +36,24 @@ async fn exercise(sock: &Path, dir: &Path, expect_version: Option<&str>) {
     if let Some(v) = expect_version {
         assert_eq!(info.version, v);
     }
+    // Ours serves every command qga-proto types; 7.2 all but the newer ones.
+    let ours = expect_version.is_some();
     for spec in qga_proto::COMMANDS {
+        if !ours && qga_tests::NOT_IN_72.contains(&spec.name) {
+            continue;
+        }
         let listed = info
             .supported_commands
             .iter()
             .find(|x| x.name == spec.name)
             .unwrap_or_else(|| panic!("{} missing from guest-info", spec.name));
-        assert!(listed.enabled);
+        // Windows only: registered but disabled on Linux, by both.
+        assert_eq!(
+            listed.enabled,
+            spec.name != "guest-get-devices",
+            "{}",
+            spec.name
+        );
         assert_eq!(listed.success_response, spec.success_response);
     }
     let ifs = c.network_interfaces().await.unwrap();
