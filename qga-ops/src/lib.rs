@@ -20,8 +20,10 @@
 //! can reply with it as is. The crate knows nothing of the wire protocol (no
 //! `qga-proto`): the agent maps its domain types to wire types. It keeps no
 //! process-wide state; every implementation is `Send + Sync`. All `unsafe` code
-//! (the FIFREEZE/FITHAW/FITRIM ioctls, the NVMe admin ioctl) is in one private
-//! module, plus one per-thread `setgroups` call in the users module's own.
+//! is in three small private modules, each call with its SAFETY comment: `sys` (the
+//! FIFREEZE/FITHAW/FITRIM and NVMe admin ioctls, marking descriptors close-on-exec),
+//! `sysinfo::ffi` (uname, gethostname, sysconf, tzset, localtime_r) and `users::sys`
+//! (a per-thread setgroups).
 //!
 //! # Embedding in a custom agent
 //!
