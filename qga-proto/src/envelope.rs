@@ -76,14 +76,7 @@ impl<'a> Request<'a> {
     pub fn parse(msg: &'a [u8]) -> Result<Self, EnvelopeError> {
         let text = std::str::from_utf8(msg)
             .map_err(|_| EnvelopeError::parse("invalid UTF-8 sequence in string"))?;
-        let parsed = parse_top_level(text).map_err(|what| {
-            // A bare lower-case word is a keyword token to qemu-ga's lexer.
-            if !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase()) {
-                EnvelopeError::parse(format!("invalid keyword '{text}'"))
-            } else {
-                EnvelopeError::parse(what)
-            }
-        })?;
+        let parsed = parse_top_level(text).map_err(EnvelopeError::parse)?;
         let members = match parsed {
             TopLevel::Object(m) => m,
             TopLevel::NotObject => {

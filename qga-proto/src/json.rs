@@ -386,27 +386,53 @@ fn error_offset(text: &str, e: &serde_json::Error) -> usize {
     (line_start + e.column().saturating_sub(1)).min(text.len())
 }
 
-/// [`parse_error_text`], with the keyword quoted where qemu-ga quotes it.
+/// [`parse_error_text`], with a misspelt keyword named as qemu-ga names it.
+///
+/// qemu-ga's lexer takes any run of lower-case letters as a keyword token, and its
+/// parser rejects one that is not `true`, `false` or `null` wherever it reads a value
+/// or a key: `invalid keyword 'junk'`. So when serde_json stops at such a run that
+/// stands where a value or a key goes (first in the text, or after `[ { , :`), that
+/// is the reference's error, whatever serde_json's own words (`expected value` for
+/// `junk`, `expected ident` for `nul`, `key must be a string` for `{junk:1}`, a
+/// missing separator after the `true` of `truex`).
 fn describe_error(text: &str, e: &serde_json::Error) -> String {
     let what = parse_error_text(e);
-    if what != "invalid keyword" {
-        return what;
+    let at_a_value = matches!(
+        what.as_str(),
+        "expecting value"
+            | "invalid keyword"
+            | "key is not a string in object"
+            | "expected separator in dict"
+            | "expected separator in list"
+    );
+    match keyword_at(text, error_offset(text, e)) {
+        Some(word) if at_a_value => format!("invalid keyword '{word}'"),
+        _ => what,
     }
-    // qemu-ga's lexer takes a keyword as a run of lower-case letters.
-    let at = error_offset(text, e);
+}
+
+/// The run of lower-case letters that holds byte `at` or ends just before it, if it
+/// is no valid keyword and stands where a value or a key goes.
+fn keyword_at(text: &str, at: usize) -> Option<&str> {
     let bytes = text.as_bytes();
     let mut start = at.min(bytes.len());
     while start > 0 && bytes[start - 1].is_ascii_lowercase() {
         start -= 1;
     }
-    let mut end = start;
-    while end < bytes.len() && bytes[end].is_ascii_lowercase() {
-        end += 1;
+    let end = start
+        + bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_lowercase())
+            .count();
+    let word = &text[start..end];
+    if word.is_empty() || matches!(word, "true" | "false" | "null") {
+        return None;
     }
-    if end == start {
-        return what;
-    }
-    format!("invalid keyword '{}'", &text[start..end])
+    let before = bytes[..start]
+        .iter()
+        .rev()
+        .find(|&&b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    matches!(before, None | Some(b'[' | b'{' | b',' | b':')).then_some(word)
 }
 
 /// Maps a serde_json error to the reference's `JSON parse error, <what>` suffix.
@@ -539,6 +565,38 @@ mod tests {
         // Escapes that are valid characters still decode, and compare as keys.
         let m = Members::parse_object(r#"{"\ud83d\ude00":1,"\u0000":2}"#).unwrap();
         assert_eq!(m.get("\u{1F600}").unwrap().get(), "1");
+    }
+
+    #[test]
+    fn a_run_of_lower_case_letters_where_a_value_goes_is_an_invalid_keyword() {
+        // Texts observed from qemu-ga 7.2.22 for the same messages.
+        for (input, want) in [
+            ("junk", "invalid keyword 'junk'"),
+            ("truex", "invalid keyword 'truex'"),
+            (
+                r#"{"execute":"guest-ping","id":junk}"#,
+                "invalid keyword 'junk'",
+            ),
+            (r#"{"id":nullx}"#, "invalid keyword 'nullx'"),
+            (r#"{"id":[truex]}"#, "invalid keyword 'truex'"),
+            (r#"{"id":[truefalse]}"#, "invalid keyword 'truefalse'"),
+            (r#"{"id":[1, junk]}"#, "invalid keyword 'junk'"),
+            (
+                r#"{"execute":"guest-ping",junk:1}"#,
+                "invalid keyword 'junk'",
+            ),
+            (r#"{"id":nul}"#, "invalid keyword 'nul'"),
+            // Where qemu-ga expects a separator or a colon, it says so.
+            (r#"{"id":[true x]}"#, "expected separator in list"),
+            (r#"{"id":1 junk}"#, "expected separator in dict"),
+            (r#"{"id" junk}"#, "missing : in object pair"),
+            // A valid keyword is no keyword error.
+            (r#"{"id":true junk}"#, "expected separator in dict"),
+            (r#"{"id":[true,junk]}"#, "invalid keyword 'junk'"),
+            ("{1:2}", "key is not a string in object"),
+        ] {
+            assert_eq!(parse_err(input), want, "{input}");
+        }
     }
 
     #[test]
