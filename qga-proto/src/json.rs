@@ -8,6 +8,8 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::QgaError;
+
 /// A string that borrows from the input when it holds no escapes.
 pub(crate) struct BorrowedStr<'a>(pub(crate) Cow<'a, str>);
 
@@ -136,8 +138,13 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
 /// reported, as qemu-ga's parser would.
 pub(crate) fn parse_top_level(text: &str) -> Result<TopLevel<'_>, String> {
     let strict = strict_issue(text);
-    if let Some((_, Issue::TooDeep)) = strict {
-        return Err(Issue::TooDeep.text(text));
+    if let Some((at, Issue::TooDeep)) = strict {
+        // qemu-ga's streamer counts the nesting as the tokens arrive: a lexer error
+        // before the opener that broke the limit comes first.
+        return Err(match lexer_error(text) {
+            Some((start, end)) if end <= at => stray_text(text, start, end),
+            _ => Issue::TooDeep.text(text),
+        });
     }
     let mut de = serde_json::Deserializer::from_str(text);
     // Safe: the nesting is at most MAX_DEPTH levels (checked above).
@@ -146,9 +153,118 @@ pub(crate) fn parse_top_level(text: &str) -> Result<TopLevel<'_>, String> {
     match (parsed, strict) {
         (Ok(top), None) => Ok(top),
         (Ok(_), Some((_, issue))) => Err(issue.text(text)),
-        (Err(e), Some((at, issue))) if at <= error_offset(text, &e) => Err(issue.text(text)),
-        (Err(e), _) => Err(describe_error(text, &e)),
+        (Err(e), strict) => {
+            // qemu-ga parses a message only once it has lexed all of it: a token its
+            // lexer refuses, anywhere, is the error (and serde_json accepts no text
+            // that lexer refuses, so this runs only here).
+            if let Some((start, end)) = lexer_error(text) {
+                return Err(stray_text(text, start, end));
+            }
+            match strict {
+                Some((at, issue)) if at <= error_offset(text, &e) => Err(issue.text(text)),
+                _ => Err(describe_error(text, &e)),
+            }
+        }
     }
+}
+
+/// `stray '<token>'` for the partial token at `start..end`, shown as qemu-ga shows it.
+fn stray_text(text: &str, start: usize, end: usize) -> String {
+    let desc = QgaError::stray(&text.as_bytes()[start..end]).desc;
+    match desc.strip_prefix("JSON parse error, ") {
+        Some(what) => what.to_owned(),
+        None => desc,
+    }
+}
+
+/// The first token qemu-ga's lexer refuses in `text`, as the byte range of the
+/// partial token it quotes in `stray '<token>'`: from the token's first byte up to
+/// and including the byte it could not take (or to the end of `text`, where the
+/// token was cut short).
+///
+/// The lexer's grammar: whitespace (space, TAB, CR, LF) and `{ } [ ] , :`; strings in
+/// double or single quotes, with any byte from 0x20 escaped or not (the parser judges
+/// escapes); numbers `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, so `01`, `-x`,
+/// `5.}` and `1e}` are refused with the byte that broke them; keywords `[a-z]+` (the
+/// parser judges which). Any other byte starts no token (`stray 'T'`, `stray '.'`,
+/// `stray '\u{FFFD}'` for a non-ASCII byte): a complete number or keyword just before
+/// it ends there, one cut short (`-é`) is quoted with it.
+pub(crate) fn lexer_error(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let len = bytes.len();
+    let mut i = 0;
+    while i < len {
+        let start = i;
+        match bytes[i] {
+            b' ' | b'\t' | b'\n' | b'\r' | b'{' | b'}' | b'[' | b']' | b',' | b':' => i += 1,
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                loop {
+                    match bytes.get(i) {
+                        // Cut short: the parser's matter, not the lexer's.
+                        None => return None,
+                        Some(&b) if b < 0x20 => return Some((start, i + 1)),
+                        Some(b'\\') => match bytes.get(i + 1) {
+                            None => return None,
+                            Some(&b) if b < 0x20 => return Some((start, i + 2)),
+                            Some(_) => i += 2,
+                        },
+                        Some(&b) if b == quote => {
+                            i += 1;
+                            break;
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => match number_end(bytes, i) {
+                Ok(end) => i = end,
+                Err(bad) => return Some((start, (bad + 1).min(len))),
+            },
+            b'a'..=b'z' => {
+                i += bytes[i..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_lowercase())
+                    .count();
+            }
+            _ => return Some((start, start + 1)),
+        }
+    }
+    None
+}
+
+/// Lexes the number starting at `i` with qemu-ga's grammar: where it ends, or the
+/// offset of the byte that broke it (`bytes.len()` if it was cut short).
+fn number_end(bytes: &[u8], mut i: usize) -> Result<usize, usize> {
+    let digit = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
+    let digits = |i: usize| i + bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if bytes[i] == b'-' {
+        i += 1;
+    }
+    match bytes.get(i) {
+        // No leading zeros: `01` breaks at the `1`.
+        Some(b'0') if digit(i + 1) => return Err(i + 1),
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(i),
+        _ => return Err(i),
+    }
+    if bytes.get(i) == Some(&b'.') {
+        if !digit(i + 1) {
+            return Err(i + 1);
+        }
+        i = digits(i + 1);
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(bytes.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digit(i) {
+            return Err(i);
+        }
+        i = digits(i);
+    }
+    Ok(i)
 }
 
 /// Deserializes a value that [`parse_top_level`] has already checked (so its nesting
@@ -597,6 +713,61 @@ mod tests {
         ] {
             assert_eq!(parse_err(input), want, "{input}");
         }
+    }
+
+    #[test]
+    fn a_token_qemu_ga_lexer_refuses_is_a_stray_with_its_partial_text() {
+        // The first reply qemu-ga 7.2.22 gives to each (it may add `expecting value`
+        // replies for the tail it lexes afresh; we give one error per message).
+        for (input, want) in [
+            (r#"{"execute":"guest-ping","id":01}"#, "stray '01'"),
+            (r#"{"id":-01}"#, "stray '-01'"),
+            (r#"{"id":00}"#, "stray '00'"),
+            (r#"{"id":[01,2]}"#, "stray '01'"),
+            (r#"{"id":5.}"#, "stray '5.}'"),
+            (r#"{"id":1e}"#, "stray '1e}'"),
+            (r#"{"id":1E+}"#, "stray '1E+}'"),
+            (r#"{"id":-x}"#, "stray '-x'"),
+            (r#"{"id":-}"#, "stray '-}'"),
+            (r#"{"id":0.1.2}"#, "stray '.'"),
+            (r#"{"id":.5}"#, "stray '.'"),
+            (r#"{"id":+5}"#, "stray '+'"),
+            (r#"{"id":tRUE}"#, "stray 'R'"),
+            ("Junk", "stray 'J'"),
+            // A non-ASCII byte: qemu-ga quotes the one byte, as U+FFFD.
+            ("{\"id\":é}", "stray '\u{FFFD}'"),
+            ("{\"id\":abcé}", "stray '\u{FFFD}'"),
+            ("{\"id\":-é}", "stray '-\u{FFFD}'"),
+            // The lexer runs over the whole message before the parser: its error wins
+            // over a parser error earlier in the text.
+            (r#"{"a" 1, "id":01}"#, "stray '01'"),
+            (r#"{"a":1,"a":2,"x":-}"#, "stray '-}'"),
+            (r#"{"id":"\u12G4","x":01}"#, "stray '01'"),
+            (r#"{"id":junk,"x":01}"#, "stray '01'"),
+            // A control byte inside a string (the framer reports these first).
+            ("{\"id\":\"ab\n\"}", "stray '\"ab\n'"),
+        ] {
+            assert_eq!(parse_err(input), want, "{input}");
+        }
+        // What the lexer takes and the parser refuses keeps the parser's words.
+        for (input, want) in [
+            (r#"{"id":0x}"#, "expected separator in dict"),
+            (r#"{"id":[1,2,]}"#, "expecting value"),
+        ] {
+            assert_eq!(parse_err(input), want, "{input}");
+        }
+        // Valid numbers pass the lexer.
+        for n in ["0", "-0", "10", "-1.5e+3", "0.25E-2", "1e9", "123"] {
+            assert_eq!(lexer_error(&format!("[{n}]")), None, "{n}");
+        }
+    }
+
+    #[test]
+    fn nesting_past_the_limit_after_a_lexer_error_is_the_lexer_error() {
+        let deep = format!("[01,{}", "[".repeat(MAX_DEPTH));
+        assert_eq!(parse_err(&deep), "stray '01'");
+        let deep = format!("{}01", "[".repeat(MAX_DEPTH + 1));
+        assert_eq!(parse_err(&deep), "JSON nesting depth limit exceeded");
     }
 
     #[test]
