@@ -135,7 +135,9 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
 /// serde_json parses; [`strict_issue`] finds what qemu-ga rejects and serde_json does
 /// not (a duplicate key at any depth, a `\u` escape that is no valid character,
 /// nesting past 1024 levels). When both object, the one earlier in the text is
-/// reported, as qemu-ga's parser would.
+/// reported, as qemu-ga's parser would; but a token qemu-ga's lexer refuses
+/// ([`lexer_error`]) anywhere in the message comes first, as it does in qemu-ga, whose
+/// parser never sees such a message.
 pub(crate) fn parse_top_level(text: &str) -> Result<TopLevel<'_>, String> {
     let strict = strict_issue(text);
     if let Some((at, Issue::TooDeep)) = strict {
@@ -150,21 +152,19 @@ pub(crate) fn parse_top_level(text: &str) -> Result<TopLevel<'_>, String> {
     // Safe: the nesting is at most MAX_DEPTH levels (checked above).
     de.disable_recursion_limit();
     let parsed = TopLevel::deserialize(&mut de).and_then(|top| de.end().map(|()| top));
-    match (parsed, strict) {
-        (Ok(top), None) => Ok(top),
-        (Ok(_), Some((_, issue))) => Err(issue.text(text)),
-        (Err(e), strict) => {
-            // qemu-ga parses a message only once it has lexed all of it: a token its
-            // lexer refuses, anywhere, is the error (and serde_json accepts no text
-            // that lexer refuses, so this runs only here).
-            if let Some((start, end)) = lexer_error(text) {
-                return Err(stray_text(text, start, end));
-            }
-            match strict {
-                Some((at, issue)) if at <= error_offset(text, &e) => Err(issue.text(text)),
-                _ => Err(describe_error(text, &e)),
-            }
-        }
+    // Which error the parser would report: the first in the text.
+    let parser_error = match (parsed, strict) {
+        (Ok(top), None) => return Ok(top),
+        (Ok(_), Some((_, issue))) => issue.text(text),
+        (Err(e), Some((at, issue))) if at <= error_offset(text, &e) => issue.text(text),
+        (Err(e), _) => describe_error(text, &e),
+    };
+    // qemu-ga parses a message only once it has lexed all of it: a token its lexer
+    // refuses, anywhere, is the error. (Only on the error path: serde_json refuses all
+    // such text but for the `0E5` qemu-ga's lexer splits, which we accept.)
+    match lexer_error(text) {
+        Some((start, end)) => Err(stray_text(text, start, end)),
+        None => Err(parser_error),
     }
 }
 
@@ -244,6 +244,9 @@ fn number_end(bytes: &[u8], mut i: usize) -> Result<usize, usize> {
     match bytes.get(i) {
         // No leading zeros: `01` breaks at the `1`.
         Some(b'0') if digit(i + 1) => return Err(i + 1),
+        // A bare zero takes no exponent in qemu-ga's lexer: `0e5` lexes as `0`, `e`,
+        // `5` (so its parser wants a separator) and `0E5` as `0` and a stray `E`.
+        Some(b'0') if bytes.get(i + 1) != Some(&b'.') => return Ok(i + 1),
         Some(b'0') => i += 1,
         Some(b'1'..=b'9') => i = digits(i),
         _ => return Err(i),
@@ -581,6 +584,50 @@ pub(crate) fn parse_error_text(e: &serde_json::Error) -> String {
     mapped.to_owned()
 }
 
+/// A double as qemu-ga 7.2 prints it, C's `%.17g`: 17 significant digits, trailing
+/// zeros (and a trailing point) dropped, in exponent form (`e+XX`, at least two
+/// exponent digits) when the exponent is below -4 or above 16: `1.0` is `1`, `0.1`
+/// is `0.10000000000000001`, `-0.0` is `-0`, `1e17` is `1e+17`, `1e-7` is
+/// `9.9999999999999995e-08`. Always valid JSON for a finite `x`; `inf`, `-inf` or
+/// `nan` otherwise, as C prints them (serde_json values are never such).
+pub(crate) fn format_g17(x: f64) -> String {
+    if !x.is_finite() {
+        return if x.is_nan() {
+            "nan".to_owned()
+        } else if x > 0.0 {
+            "inf".to_owned()
+        } else {
+            "-inf".to_owned()
+        };
+    }
+    // Correctly rounded to 17 significant digits (ties to even, as glibc's printf).
+    let sci = format!("{:.16e}", x.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let sign = if x.is_sign_negative() { "-" } else { "" };
+    let (int, frac) = if !(-4..17).contains(&exp) {
+        (digits[..1].to_owned(), digits[1..].to_owned())
+    } else if exp >= 0 {
+        let point = exp as usize + 1;
+        (digits[..point].to_owned(), digits[point..].to_owned())
+    } else {
+        let zeros = "0".repeat((-exp - 1) as usize);
+        ("0".to_owned(), zeros + &digits)
+    };
+    let frac = frac.trim_end_matches('0');
+    let mut out = format!("{sign}{int}");
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    if !(-4..17).contains(&exp) {
+        let exp_sign = if exp < 0 { '-' } else { '+' };
+        out.push_str(&format!("e{exp_sign}{:02}", exp.unsigned_abs()));
+    }
+    out
+}
+
 /// Sorts dictionary keys into the order qemu-ga (7.2) iterates a parsed object:
 /// its QDict is a 512-bucket hash table walked from bucket 0 to 511, newest entry
 /// first within a bucket. `names` must be in input (insertion) order.
@@ -733,6 +780,11 @@ mod tests {
             (r#"{"id":.5}"#, "stray '.'"),
             (r#"{"id":+5}"#, "stray '+'"),
             (r#"{"id":tRUE}"#, "stray 'R'"),
+            (r#"{"id":0.}"#, "stray '0.}'"),
+            (r#"{"id":1.e5}"#, "stray '1.e'"),
+            // qemu-ga's lexer takes no exponent after a bare zero.
+            (r#"{"id":0E5,"x":}"#, "stray 'E'"),
+            (r#"{"id":-0E5,"id":1}"#, "stray 'E'"),
             ("Junk", "stray 'J'"),
             // A non-ASCII byte: qemu-ga quotes the one byte, as U+FFFD.
             ("{\"id\":é}", "stray '\u{FFFD}'"),
@@ -757,7 +809,7 @@ mod tests {
             assert_eq!(parse_err(input), want, "{input}");
         }
         // Valid numbers pass the lexer.
-        for n in ["0", "-0", "10", "-1.5e+3", "0.25E-2", "1e9", "123"] {
+        for n in ["0", "-0", "10", "-1.5e+3", "0.25E-2", "0.0e1", "1e9", "123"] {
             assert_eq!(lexer_error(&format!("[{n}]")), None, "{n}");
         }
     }
@@ -804,6 +856,85 @@ mod tests {
         assert_eq!(parse_err(&nest(1024)), "JSON nesting depth limit exceeded");
         // serde_json alone stops at 128.
         assert!(parse_top_level(&nest(200)).is_ok());
+    }
+
+    #[test]
+    fn doubles_print_as_qemu_ga_prints_them() {
+        // Each observed in qemu-ga 7.2.22's echo of the id (the number as sent, then
+        // the echo).
+        for (sent, echoed) in [
+            ("1.0", "1"),
+            ("1e2", "100"),
+            ("0.1", "0.10000000000000001"),
+            ("-0.0", "-0"),
+            ("1e20", "1e+20"),
+            ("1.5", "1.5"),
+            ("12345678901234567890123", "1.2345678901234568e+22"),
+            ("1e-7", "9.9999999999999995e-08"),
+            ("1e21", "1e+21"),
+            ("1e16", "10000000000000000"),
+            ("1e17", "1e+17"),
+            ("-9223372036854775809", "-9.2233720368547758e+18"),
+            ("18446744073709551616", "1.8446744073709552e+19"),
+            ("1.00000762939453125", "1.0000076293945312"),
+            ("5e-324", "4.9406564584124654e-324"),
+            ("1.7976931348623157e308", "1.7976931348623157e+308"),
+            ("0.5", "0.5"),
+            ("100.25", "100.25"),
+            ("1e-5", "1.0000000000000001e-05"),
+            ("1e-4", "0.0001"),
+            ("123456789.125", "123456789.125"),
+            ("2.5e15", "2500000000000000"),
+        ] {
+            let x: f64 = sent.parse().unwrap();
+            assert_eq!(format_g17(x), echoed, "{sent}");
+        }
+        assert_eq!(format_g17(f64::INFINITY), "inf");
+    }
+
+    extern "C" {
+        fn snprintf(buf: *mut std::ffi::c_char, n: usize, fmt: *const std::ffi::c_char, ...)
+            -> i32;
+    }
+
+    /// glibc's `%.17g`, which qemu-ga prints doubles with.
+    fn libc_g17(x: f64) -> String {
+        let mut buf = [0 as std::ffi::c_char; 64];
+        // SAFETY: the buffer is 64 bytes and snprintf writes at most that many, NUL
+        // included; the format takes exactly one double.
+        let n = unsafe { snprintf(buf.as_mut_ptr(), buf.len(), c"%.17g".as_ptr(), x) };
+        let bytes: Vec<u8> = buf[..n as usize].iter().map(|&c| c as u8).collect();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn format_g17_is_glibc_printf(bits: u64) {
+            let x = f64::from_bits(bits);
+            proptest::prop_assume!(x.is_finite());
+            proptest::prop_assert_eq!(format_g17(x), libc_g17(x));
+        }
+
+        #[test]
+        fn format_g17_is_glibc_printf_on_short_decimals(m in -100_000i64..100_000, e in -30i32..30) {
+            // Numbers as people write them: few digits, any scale, and their ties.
+            let x: f64 = format!("{m}e{e}").parse().unwrap();
+            proptest::prop_assert_eq!(format_g17(x), libc_g17(x));
+            let tie = x + x * f64::EPSILON / 2.0;
+            proptest::prop_assert_eq!(format_g17(tie), libc_g17(tie));
+        }
+    }
+
+    #[test]
+    fn format_g17_is_glibc_printf_at_edges() {
+        let mut cases = vec![0.0, -0.0, f64::MIN_POSITIVE, f64::MAX, f64::MIN, 5e-324];
+        for k in 0..64 {
+            let p = 2f64.powi(k);
+            cases.extend([p, p + 1.0, p - 1.0, 1.0 + 1.0 / p, 10f64.powi(k - 20)]);
+        }
+        for x in cases {
+            assert_eq!(format_g17(x), libc_g17(x), "{x:e}");
+        }
     }
 
     fn order(keys: &[&'static str]) -> Vec<&'static str> {
