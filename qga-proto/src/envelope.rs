@@ -252,6 +252,12 @@ impl<T: Serialize> Serialize for Response<T> {
 /// Whether `v` holds a number that is a double (not an integer) at any depth.
 /// Iterative, so any nesting is safe.
 fn has_float(v: &Value) -> bool {
+    // Most ids are one integer or string: no walk, no allocation.
+    match v {
+        Value::Number(n) => return n.is_f64(),
+        Value::Array(_) | Value::Object(_) => {}
+        _ => return false,
+    }
     let mut todo = vec![v];
     while let Some(v) = todo.pop() {
         match v {
