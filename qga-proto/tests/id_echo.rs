@@ -56,6 +56,8 @@ fn integer_and_string_ids_are_echoed_unchanged() {
         ("-9223372036854775808", "-9223372036854775808"),
         (r#""abc""#, r#""abc""#),
         (r#"[1,{"a":null}]"#, r#"[1,{"a":null}]"#),
+        // A `-0` inside a string is text, whatever escapes precede it.
+        (r#"["a\"-0","\\",-0]"#, r#"["a\"-0","\\",0]"#),
     ] {
         assert_eq!(echoed(sent), want, "id {sent}");
     }
