@@ -219,6 +219,15 @@ const GOLDEN: &[&str] = &[
     r#"{"execute":"guest-suspend-hybrid","arguments":{"x":1}}"#,
     r#"{"execute":"guest-fsfreeze-freeze-list","arguments":{"mountpoints":[1]}}"#,
     "{\"execute\":\"guest-ping\"} junk {\"execute\":\"guest-ping\",\"id\":3}",
+    r#"{"execute":"guest-ping","id":1.0}"#,
+    r#"{"execute":"guest-ping","id":1e2}"#,
+    r#"{"execute":"guest-ping","id":-0.0}"#,
+    r#"{"execute":"guest-ping","id":1e20}"#,
+    r#"{"execute":"guest-ping","id":1.5}"#,
+    r#"{"execute":"guest-ping","id":12345678901234567890123}"#,
+    r#"{"execute":"guest-ping","id":1e-7}"#,
+    r#"{"execute":"guest-ping","id":[-0,-0.0,1.0,{"a":2e0}]}"#,
+    r#"{"execute":"guest-ping","id":0.48407401419446915}"#,
 ];
 
 #[test]
@@ -342,6 +351,14 @@ fn strict_json_errors_match() {
         br#"{"execute":"guest-ping","id":"\ud83d\ude00"}"#,
         br#"{"execute":"guest-ping","id":nul}"#,
         br#"{"execute":"guest-ping","id":{"a":1,"a":"\uFFFF"}}"#,
+        br#"{"execute":"guest-ping","id":junk}"#,
+        br#"{"execute":"guest-ping","id":[truex]}"#,
+        br#"{"execute":"guest-ping",junk:1}"#,
+        br#"{"execute":"guest-ping","id":[true x]}"#,
+        br#"{"execute":"guest-ping","id":5.}"#,
+        br#"{"execute":"guest-ping","id":1E+}"#,
+        br#"{"execute":"guest-ping","id":-}"#,
+        br#"{"execute":"guest-ping","id":1,"id":2,"x":1e}"#,
         deep.as_bytes(),
     ];
     let n = script.len();

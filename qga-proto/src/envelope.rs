@@ -4,12 +4,14 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::ser::SerializeMap;
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::json::{from_checked_str, parse_error_text, parse_top_level, BorrowedStr, TopLevel};
+use crate::json::{
+    format_g17, from_checked_str, parse_error_text, parse_top_level, BorrowedStr, TopLevel,
+};
 use crate::{Command, QgaError};
 
 /// A parsed request whose `arguments` are still raw JSON, borrowed from the message.
@@ -76,14 +78,7 @@ impl<'a> Request<'a> {
     pub fn parse(msg: &'a [u8]) -> Result<Self, EnvelopeError> {
         let text = std::str::from_utf8(msg)
             .map_err(|_| EnvelopeError::parse("invalid UTF-8 sequence in string"))?;
-        let parsed = parse_top_level(text).map_err(|what| {
-            // A bare lower-case word is a keyword token to qemu-ga's lexer.
-            if !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase()) {
-                EnvelopeError::parse(format!("invalid keyword '{text}'"))
-            } else {
-                EnvelopeError::parse(what)
-            }
-        })?;
+        let parsed = parse_top_level(text).map_err(EnvelopeError::parse)?;
         let members = match parsed {
             TopLevel::Object(m) => m,
             TopLevel::NotObject => {
@@ -91,10 +86,9 @@ impl<'a> Request<'a> {
             }
         };
         let id = match members.get("id") {
-            Some(raw) => Some(
-                from_checked_str::<Value>(raw.get())
-                    .map_err(|e| EnvelopeError::parse(parse_error_text(&e)))?,
-            ),
+            Some(raw) => {
+                Some(parse_id(raw.get()).map_err(|e| EnvelopeError::parse(parse_error_text(&e)))?)
+            }
             None => None,
         };
         let mut execute = None;
@@ -140,6 +134,39 @@ impl<'a> Request<'a> {
             None => Err(EnvelopeError::new(id, "QMP input lacks member 'execute'")),
         }
     }
+}
+
+/// Parses the (checked) raw `id`. serde_json reads the integer `-0` as the double
+/// `-0.0`, which would be echoed as `-0`; qemu-ga reads it as the integer 0 and echoes
+/// `0`. So an integer `-0` is read as `0` (a double `-0.0` stays `-0.0`).
+fn parse_id(raw: &str) -> serde_json::Result<Value> {
+    if memchr::memmem::find(raw.as_bytes(), b"-0").is_none() {
+        return from_checked_str(raw);
+    }
+    let mut text = raw.as_bytes().to_vec();
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                // Skip the string.
+                i += 1;
+                while i < text.len() && text[i] != b'"' {
+                    i += if text[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' if text.get(i + 1) == Some(&b'0')
+                && !matches!(text.get(i + 2), Some(b'0'..=b'9' | b'.' | b'e' | b'E')) =>
+            {
+                text[i] = b' ';
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    // Only an ASCII '-' was replaced by a space: still UTF-8.
+    let text = String::from_utf8(text).map_err(serde::de::Error::custom)?;
+    from_checked_str(&text)
 }
 
 /// A request to send: `{"execute": .., "arguments": .., "id": ..}`, serialisable.
@@ -212,9 +239,68 @@ impl<T: Serialize> Serialize for Response<T> {
             Err(e) => map.serialize_entry("error", e)?,
         }
         if let Some(id) = &self.id {
-            map.serialize_entry("id", id)?;
+            if has_float(id) {
+                map.serialize_entry("id", &EchoId(id))?;
+            } else {
+                map.serialize_entry("id", id)?;
+            }
         }
         map.end()
+    }
+}
+
+/// Whether `v` holds a number that is a double (not an integer) at any depth.
+/// Iterative, so any nesting is safe.
+fn has_float(v: &Value) -> bool {
+    // Most ids are one integer or string: no walk, no allocation.
+    match v {
+        Value::Number(n) => return n.is_f64(),
+        Value::Array(_) | Value::Object(_) => {}
+        _ => return false,
+    }
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        match v {
+            Value::Number(n) if n.is_f64() => return true,
+            Value::Array(a) => todo.extend(a),
+            Value::Object(m) => todo.extend(m.values()),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// An id serialised as qemu-ga 7.2 echoes it: a double re-printed with `%.17g`
+/// (`1.0` as `1`, `0.1` as `0.10000000000000001`, `1e20` as `1e+20`), the rest as
+/// serde_json writes it. The double goes out as raw JSON text, so the exact text needs
+/// serde_json's serializer; others get the same number.
+struct EchoId<'a>(&'a Value);
+
+impl Serialize for EchoId<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Number(n) if n.is_f64() => {
+                let x = n.as_f64().unwrap_or_default();
+                let raw =
+                    RawValue::from_string(format_g17(x)).map_err(serde::ser::Error::custom)?;
+                raw.serialize(s)
+            }
+            Value::Array(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(&EchoId(v))?;
+                }
+                seq.end()
+            }
+            Value::Object(m) => {
+                let mut map = s.serialize_map(Some(m.len()))?;
+                for (k, v) in m {
+                    map.serialize_entry(k, &EchoId(v))?;
+                }
+                map.end()
+            }
+            other => other.serialize(s),
+        }
     }
 }
 

@@ -8,6 +8,8 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::QgaError;
+
 /// A string that borrows from the input when it holds no escapes.
 pub(crate) struct BorrowedStr<'a>(pub(crate) Cow<'a, str>);
 
@@ -133,22 +135,139 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
 /// serde_json parses; [`strict_issue`] finds what qemu-ga rejects and serde_json does
 /// not (a duplicate key at any depth, a `\u` escape that is no valid character,
 /// nesting past 1024 levels). When both object, the one earlier in the text is
-/// reported, as qemu-ga's parser would.
+/// reported, as qemu-ga's parser would; but a token qemu-ga's lexer refuses
+/// ([`lexer_error`]) anywhere in the message comes first, as it does in qemu-ga, whose
+/// parser never sees such a message.
 pub(crate) fn parse_top_level(text: &str) -> Result<TopLevel<'_>, String> {
     let strict = strict_issue(text);
-    if let Some((_, Issue::TooDeep)) = strict {
-        return Err(Issue::TooDeep.text(text));
+    if let Some((at, Issue::TooDeep)) = strict {
+        // qemu-ga's streamer counts the nesting as the tokens arrive: a lexer error
+        // before the opener that broke the limit comes first.
+        return Err(match lexer_error(text) {
+            Some((start, end)) if end <= at => stray_text(text, start, end),
+            _ => Issue::TooDeep.text(text),
+        });
     }
     let mut de = serde_json::Deserializer::from_str(text);
     // Safe: the nesting is at most MAX_DEPTH levels (checked above).
     de.disable_recursion_limit();
     let parsed = TopLevel::deserialize(&mut de).and_then(|top| de.end().map(|()| top));
-    match (parsed, strict) {
-        (Ok(top), None) => Ok(top),
-        (Ok(_), Some((_, issue))) => Err(issue.text(text)),
-        (Err(e), Some((at, issue))) if at <= error_offset(text, &e) => Err(issue.text(text)),
-        (Err(e), _) => Err(describe_error(text, &e)),
+    // Which error the parser would report: the first in the text.
+    let parser_error = match (parsed, strict) {
+        (Ok(top), None) => return Ok(top),
+        (Ok(_), Some((_, issue))) => issue.text(text),
+        (Err(e), Some((at, issue))) if at <= error_offset(text, &e) => issue.text(text),
+        (Err(e), _) => describe_error(text, &e),
+    };
+    // qemu-ga parses a message only once it has lexed all of it: a token its lexer
+    // refuses, anywhere, is the error. (Only on the error path: serde_json refuses all
+    // such text but for the `0E5` qemu-ga's lexer splits, which we accept.)
+    match lexer_error(text) {
+        Some((start, end)) => Err(stray_text(text, start, end)),
+        None => Err(parser_error),
     }
+}
+
+/// `stray '<token>'` for the partial token at `start..end`, shown as qemu-ga shows it.
+fn stray_text(text: &str, start: usize, end: usize) -> String {
+    let desc = QgaError::stray(&text.as_bytes()[start..end]).desc;
+    match desc.strip_prefix("JSON parse error, ") {
+        Some(what) => what.to_owned(),
+        None => desc,
+    }
+}
+
+/// The first token qemu-ga's lexer refuses in `text`, as the byte range of the
+/// partial token it quotes in `stray '<token>'`: from the token's first byte up to
+/// and including the byte it could not take (or to the end of `text`, where the
+/// token was cut short).
+///
+/// The lexer's grammar: whitespace (space, TAB, CR, LF) and `{ } [ ] , :`; strings in
+/// double or single quotes, with any byte from 0x20 escaped or not (the parser judges
+/// escapes); numbers `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, so `01`, `-x`,
+/// `5.}` and `1e}` are refused with the byte that broke them; keywords `[a-z]+` (the
+/// parser judges which). Any other byte starts no token (`stray 'T'`, `stray '.'`,
+/// `stray '\u{FFFD}'` for a non-ASCII byte): a complete number or keyword just before
+/// it ends there, one cut short (`-é`) is quoted with it.
+pub(crate) fn lexer_error(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let len = bytes.len();
+    let mut i = 0;
+    while i < len {
+        let start = i;
+        match bytes[i] {
+            b' ' | b'\t' | b'\n' | b'\r' | b'{' | b'}' | b'[' | b']' | b',' | b':' => i += 1,
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                loop {
+                    match bytes.get(i) {
+                        // Cut short: the parser's matter, not the lexer's.
+                        None => return None,
+                        Some(&b) if b < 0x20 => return Some((start, i + 1)),
+                        Some(b'\\') => match bytes.get(i + 1) {
+                            None => return None,
+                            Some(&b) if b < 0x20 => return Some((start, i + 2)),
+                            Some(_) => i += 2,
+                        },
+                        Some(&b) if b == quote => {
+                            i += 1;
+                            break;
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => match number_end(bytes, i) {
+                Ok(end) => i = end,
+                Err(bad) => return Some((start, (bad + 1).min(len))),
+            },
+            b'a'..=b'z' => {
+                i += bytes[i..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_lowercase())
+                    .count();
+            }
+            _ => return Some((start, start + 1)),
+        }
+    }
+    None
+}
+
+/// Lexes the number starting at `i` with qemu-ga's grammar: where it ends, or the
+/// offset of the byte that broke it (`bytes.len()` if it was cut short).
+fn number_end(bytes: &[u8], mut i: usize) -> Result<usize, usize> {
+    let digit = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
+    let digits = |i: usize| i + bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if bytes[i] == b'-' {
+        i += 1;
+    }
+    match bytes.get(i) {
+        // No leading zeros: `01` breaks at the `1`.
+        Some(b'0') if digit(i + 1) => return Err(i + 1),
+        // A bare zero takes no exponent in qemu-ga's lexer: `0e5` lexes as `0`, `e`,
+        // `5` (so its parser wants a separator) and `0E5` as `0` and a stray `E`.
+        Some(b'0') if bytes.get(i + 1) != Some(&b'.') => return Ok(i + 1),
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(i),
+        _ => return Err(i),
+    }
+    if bytes.get(i) == Some(&b'.') {
+        if !digit(i + 1) {
+            return Err(i + 1);
+        }
+        i = digits(i + 1);
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(bytes.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digit(i) {
+            return Err(i);
+        }
+        i = digits(i);
+    }
+    Ok(i)
 }
 
 /// Deserializes a value that [`parse_top_level`] has already checked (so its nesting
@@ -386,27 +505,53 @@ fn error_offset(text: &str, e: &serde_json::Error) -> usize {
     (line_start + e.column().saturating_sub(1)).min(text.len())
 }
 
-/// [`parse_error_text`], with the keyword quoted where qemu-ga quotes it.
+/// [`parse_error_text`], with a misspelt keyword named as qemu-ga names it.
+///
+/// qemu-ga's lexer takes any run of lower-case letters as a keyword token, and its
+/// parser rejects one that is not `true`, `false` or `null` wherever it reads a value
+/// or a key: `invalid keyword 'junk'`. So when serde_json stops at such a run that
+/// stands where a value or a key goes (first in the text, or after `[ { , :`), that
+/// is the reference's error, whatever serde_json's own words (`expected value` for
+/// `junk`, `expected ident` for `nul`, `key must be a string` for `{junk:1}`, a
+/// missing separator after the `true` of `truex`).
 fn describe_error(text: &str, e: &serde_json::Error) -> String {
     let what = parse_error_text(e);
-    if what != "invalid keyword" {
-        return what;
+    let at_a_value = matches!(
+        what.as_str(),
+        "expecting value"
+            | "invalid keyword"
+            | "key is not a string in object"
+            | "expected separator in dict"
+            | "expected separator in list"
+    );
+    match keyword_at(text, error_offset(text, e)) {
+        Some(word) if at_a_value => format!("invalid keyword '{word}'"),
+        _ => what,
     }
-    // qemu-ga's lexer takes a keyword as a run of lower-case letters.
-    let at = error_offset(text, e);
+}
+
+/// The run of lower-case letters that holds byte `at` or ends just before it, if it
+/// is no valid keyword and stands where a value or a key goes.
+fn keyword_at(text: &str, at: usize) -> Option<&str> {
     let bytes = text.as_bytes();
     let mut start = at.min(bytes.len());
     while start > 0 && bytes[start - 1].is_ascii_lowercase() {
         start -= 1;
     }
-    let mut end = start;
-    while end < bytes.len() && bytes[end].is_ascii_lowercase() {
-        end += 1;
+    let end = start
+        + bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_lowercase())
+            .count();
+    let word = &text[start..end];
+    if word.is_empty() || matches!(word, "true" | "false" | "null") {
+        return None;
     }
-    if end == start {
-        return what;
-    }
-    format!("invalid keyword '{}'", &text[start..end])
+    let before = bytes[..start]
+        .iter()
+        .rev()
+        .find(|&&b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    matches!(before, None | Some(b'[' | b'{' | b',' | b':')).then_some(word)
 }
 
 /// Maps a serde_json error to the reference's `JSON parse error, <what>` suffix.
@@ -437,6 +582,50 @@ pub(crate) fn parse_error_text(e: &serde_json::Error) -> String {
         _ => msg,
     };
     mapped.to_owned()
+}
+
+/// A double as qemu-ga 7.2 prints it, C's `%.17g`: 17 significant digits, trailing
+/// zeros (and a trailing point) dropped, in exponent form (`e+XX`, at least two
+/// exponent digits) when the exponent is below -4 or above 16: `1.0` is `1`, `0.1`
+/// is `0.10000000000000001`, `-0.0` is `-0`, `1e17` is `1e+17`, `1e-7` is
+/// `9.9999999999999995e-08`. Always valid JSON for a finite `x`; `inf`, `-inf` or
+/// `nan` otherwise, as C prints them (serde_json values are never such).
+pub(crate) fn format_g17(x: f64) -> String {
+    if !x.is_finite() {
+        return if x.is_nan() {
+            "nan".to_owned()
+        } else if x > 0.0 {
+            "inf".to_owned()
+        } else {
+            "-inf".to_owned()
+        };
+    }
+    // Correctly rounded to 17 significant digits (ties to even, as glibc's printf).
+    let sci = format!("{:.16e}", x.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let sign = if x.is_sign_negative() { "-" } else { "" };
+    let (int, frac) = if !(-4..17).contains(&exp) {
+        (digits[..1].to_owned(), digits[1..].to_owned())
+    } else if exp >= 0 {
+        let point = exp as usize + 1;
+        (digits[..point].to_owned(), digits[point..].to_owned())
+    } else {
+        let zeros = "0".repeat((-exp - 1) as usize);
+        ("0".to_owned(), zeros + &digits)
+    };
+    let frac = frac.trim_end_matches('0');
+    let mut out = format!("{sign}{int}");
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    if !(-4..17).contains(&exp) {
+        let exp_sign = if exp < 0 { '-' } else { '+' };
+        out.push_str(&format!("e{exp_sign}{:02}", exp.unsigned_abs()));
+    }
+    out
 }
 
 /// Sorts dictionary keys into the order qemu-ga (7.2) iterates a parsed object:
@@ -542,6 +731,98 @@ mod tests {
     }
 
     #[test]
+    fn a_run_of_lower_case_letters_where_a_value_goes_is_an_invalid_keyword() {
+        // Texts observed from qemu-ga 7.2.22 for the same messages.
+        for (input, want) in [
+            ("junk", "invalid keyword 'junk'"),
+            ("truex", "invalid keyword 'truex'"),
+            (
+                r#"{"execute":"guest-ping","id":junk}"#,
+                "invalid keyword 'junk'",
+            ),
+            (r#"{"id":nullx}"#, "invalid keyword 'nullx'"),
+            (r#"{"id":[truex]}"#, "invalid keyword 'truex'"),
+            (r#"{"id":[truefalse]}"#, "invalid keyword 'truefalse'"),
+            (r#"{"id":[1, junk]}"#, "invalid keyword 'junk'"),
+            (
+                r#"{"execute":"guest-ping",junk:1}"#,
+                "invalid keyword 'junk'",
+            ),
+            (r#"{"id":nul}"#, "invalid keyword 'nul'"),
+            // Where qemu-ga expects a separator or a colon, it says so.
+            (r#"{"id":[true x]}"#, "expected separator in list"),
+            (r#"{"id":1 junk}"#, "expected separator in dict"),
+            (r#"{"id" junk}"#, "missing : in object pair"),
+            // A valid keyword is no keyword error.
+            (r#"{"id":true junk}"#, "expected separator in dict"),
+            (r#"{"id":[true,junk]}"#, "invalid keyword 'junk'"),
+            ("{1:2}", "key is not a string in object"),
+        ] {
+            assert_eq!(parse_err(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn a_token_qemu_ga_lexer_refuses_is_a_stray_with_its_partial_text() {
+        // The first reply qemu-ga 7.2.22 gives to each (it may add `expecting value`
+        // replies for the tail it lexes afresh; we give one error per message).
+        for (input, want) in [
+            (r#"{"execute":"guest-ping","id":01}"#, "stray '01'"),
+            (r#"{"id":-01}"#, "stray '-01'"),
+            (r#"{"id":00}"#, "stray '00'"),
+            (r#"{"id":[01,2]}"#, "stray '01'"),
+            (r#"{"id":5.}"#, "stray '5.}'"),
+            (r#"{"id":1e}"#, "stray '1e}'"),
+            (r#"{"id":1E+}"#, "stray '1E+}'"),
+            (r#"{"id":-x}"#, "stray '-x'"),
+            (r#"{"id":-}"#, "stray '-}'"),
+            (r#"{"id":0.1.2}"#, "stray '.'"),
+            (r#"{"id":.5}"#, "stray '.'"),
+            (r#"{"id":+5}"#, "stray '+'"),
+            (r#"{"id":tRUE}"#, "stray 'R'"),
+            (r#"{"id":0.}"#, "stray '0.}'"),
+            (r#"{"id":1.e5}"#, "stray '1.e'"),
+            // qemu-ga's lexer takes no exponent after a bare zero.
+            (r#"{"id":0E5,"x":}"#, "stray 'E'"),
+            (r#"{"id":-0E5,"id":1}"#, "stray 'E'"),
+            ("Junk", "stray 'J'"),
+            // A non-ASCII byte: qemu-ga quotes the one byte, as U+FFFD.
+            ("{\"id\":é}", "stray '\u{FFFD}'"),
+            ("{\"id\":abcé}", "stray '\u{FFFD}'"),
+            ("{\"id\":-é}", "stray '-\u{FFFD}'"),
+            // The lexer runs over the whole message before the parser: its error wins
+            // over a parser error earlier in the text.
+            (r#"{"a" 1, "id":01}"#, "stray '01'"),
+            (r#"{"a":1,"a":2,"x":-}"#, "stray '-}'"),
+            (r#"{"id":"\u12G4","x":01}"#, "stray '01'"),
+            (r#"{"id":junk,"x":01}"#, "stray '01'"),
+            // A control byte inside a string (the framer reports these first).
+            ("{\"id\":\"ab\n\"}", "stray '\"ab\n'"),
+        ] {
+            assert_eq!(parse_err(input), want, "{input}");
+        }
+        // What the lexer takes and the parser refuses keeps the parser's words.
+        for (input, want) in [
+            (r#"{"id":0x}"#, "expected separator in dict"),
+            (r#"{"id":[1,2,]}"#, "expecting value"),
+        ] {
+            assert_eq!(parse_err(input), want, "{input}");
+        }
+        // Valid numbers pass the lexer.
+        for n in ["0", "-0", "10", "-1.5e+3", "0.25E-2", "0.0e1", "1e9", "123"] {
+            assert_eq!(lexer_error(&format!("[{n}]")), None, "{n}");
+        }
+    }
+
+    #[test]
+    fn nesting_past_the_limit_after_a_lexer_error_is_the_lexer_error() {
+        let deep = format!("[01,{}", "[".repeat(MAX_DEPTH));
+        assert_eq!(parse_err(&deep), "stray '01'");
+        let deep = format!("{}01", "[".repeat(MAX_DEPTH + 1));
+        assert_eq!(parse_err(&deep), "JSON nesting depth limit exceeded");
+    }
+
+    #[test]
     fn the_first_problem_in_the_text_is_the_one_reported() {
         // The duplicate is noticed after its value is read, as qemu-ga does.
         assert_eq!(
@@ -575,6 +856,85 @@ mod tests {
         assert_eq!(parse_err(&nest(1024)), "JSON nesting depth limit exceeded");
         // serde_json alone stops at 128.
         assert!(parse_top_level(&nest(200)).is_ok());
+    }
+
+    #[test]
+    fn doubles_print_as_qemu_ga_prints_them() {
+        // Each observed in qemu-ga 7.2.22's echo of the id (the number as sent, then
+        // the echo).
+        for (sent, echoed) in [
+            ("1.0", "1"),
+            ("1e2", "100"),
+            ("0.1", "0.10000000000000001"),
+            ("-0.0", "-0"),
+            ("1e20", "1e+20"),
+            ("1.5", "1.5"),
+            ("12345678901234567890123", "1.2345678901234568e+22"),
+            ("1e-7", "9.9999999999999995e-08"),
+            ("1e21", "1e+21"),
+            ("1e16", "10000000000000000"),
+            ("1e17", "1e+17"),
+            ("-9223372036854775809", "-9.2233720368547758e+18"),
+            ("18446744073709551616", "1.8446744073709552e+19"),
+            ("1.00000762939453125", "1.0000076293945312"),
+            ("5e-324", "4.9406564584124654e-324"),
+            ("1.7976931348623157e308", "1.7976931348623157e+308"),
+            ("0.5", "0.5"),
+            ("100.25", "100.25"),
+            ("1e-5", "1.0000000000000001e-05"),
+            ("1e-4", "0.0001"),
+            ("123456789.125", "123456789.125"),
+            ("2.5e15", "2500000000000000"),
+        ] {
+            let x: f64 = sent.parse().unwrap();
+            assert_eq!(format_g17(x), echoed, "{sent}");
+        }
+        assert_eq!(format_g17(f64::INFINITY), "inf");
+    }
+
+    extern "C" {
+        fn snprintf(buf: *mut std::ffi::c_char, n: usize, fmt: *const std::ffi::c_char, ...)
+            -> i32;
+    }
+
+    /// glibc's `%.17g`, which qemu-ga prints doubles with.
+    fn libc_g17(x: f64) -> String {
+        let mut buf = [0 as std::ffi::c_char; 64];
+        // SAFETY: the buffer is 64 bytes and snprintf writes at most that many, NUL
+        // included; the format takes exactly one double.
+        let n = unsafe { snprintf(buf.as_mut_ptr(), buf.len(), c"%.17g".as_ptr(), x) };
+        let bytes: Vec<u8> = buf[..n as usize].iter().map(|&c| c as u8).collect();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn format_g17_is_glibc_printf(bits: u64) {
+            let x = f64::from_bits(bits);
+            proptest::prop_assume!(x.is_finite());
+            proptest::prop_assert_eq!(format_g17(x), libc_g17(x));
+        }
+
+        #[test]
+        fn format_g17_is_glibc_printf_on_short_decimals(m in -100_000i64..100_000, e in -30i32..30) {
+            // Numbers as people write them: few digits, any scale, and their ties.
+            let x: f64 = format!("{m}e{e}").parse().unwrap();
+            proptest::prop_assert_eq!(format_g17(x), libc_g17(x));
+            let tie = x + x * f64::EPSILON / 2.0;
+            proptest::prop_assert_eq!(format_g17(tie), libc_g17(tie));
+        }
+    }
+
+    #[test]
+    fn format_g17_is_glibc_printf_at_edges() {
+        let mut cases = vec![0.0, -0.0, f64::MIN_POSITIVE, f64::MAX, f64::MIN, 5e-324];
+        for k in 0..64 {
+            let p = 2f64.powi(k);
+            cases.extend([p, p + 1.0, p - 1.0, 1.0 + 1.0 / p, 10f64.powi(k - 20)]);
+        }
+        for x in cases {
+            assert_eq!(format_g17(x), libc_g17(x), "{x:e}");
+        }
     }
 
     fn order(keys: &[&'static str]) -> Vec<&'static str> {

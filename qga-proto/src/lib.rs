@@ -32,15 +32,28 @@
 //! * Only standard JSON (RFC 8259) is accepted: 7.2 also takes single-quoted strings.
 //! * Numbers too large for a double (`1.5e400`) are a parse error; 7.2 echoes them as
 //!   the invalid token `inf`.
-//! * A numeric `id` is echoed as serde_json reads it (`1.0` stays `1.0`, `1e2` becomes
-//!   `100.0`); 7.2 re-prints numbers (`1`, `100`). Integers and strings, what clients
-//!   send, are echoed identically.
+//! * `0e5` and `0E5` (valid JSON) are the number 0; 7.2's lexer takes no exponent
+//!   after a bare zero and refuses them (`expected separator in dict`, `stray 'E'`).
+//! * One error per malformed message. A token 7.2's lexer refuses (`01`, `-x`, `5.}`,
+//!   a capital letter) gets 7.2's first reply, `JSON parse error, stray '01'`, but not
+//!   the replies 7.2 adds for the rest of the message, which its lexer reads afresh
+//!   after dropping the broken token (`expecting value` for the `}` of
+//!   `{"execute":"guest-ping","id":01}`; five replies for `{"id":[01,2]}`). Matching
+//!   them would take 7.2's number grammar and its other stray printable bytes into the
+//!   framer, which finds where a message ends by its brackets alone and on the hot
+//!   path of every message; a client gains nothing from the extra errors.
 //!
 //! What serde_json accepts and 7.2 refuses is refused here too, in 7.2's words: a
 //! duplicate key at any depth (`duplicate key`), a `\u` escape that is a lone
 //! surrogate, a non-character or not four hex digits (`\uFFFF is not a valid Unicode
 //! character`), a misspelt keyword (`invalid keyword 'nul'`); and nesting is allowed to
 //! 7.2's 1024 levels (serde_json alone stops at 128) and refused past them.
+//!
+//! The `id` is echoed as 7.2 echoes it: integers (to 64 bits, signed or not) and
+//! strings as sent, and every other number, a double, re-printed with C's `%.17g`
+//! (`1.0` as `1`, `1e2` as `100`, `0.1` as `0.10000000000000001`, `-0.0` as `-0`,
+//! `1e20` as `1e+20`, `12345678901234567890123` as `1.2345678901234568e+22`), parsed to
+//! the nearest double first as 7.2's `strtod` does.
 //!
 //! # Example
 //!
