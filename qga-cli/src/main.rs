@@ -4,7 +4,8 @@
 //! `qga ... | head`); 1 the agent refused (an error reply); 2 bad command line;
 //! 3 the agent was unreachable, closed the connection or timed out; 4 the agent's
 //! answer made no sense; 5 a local file (or stdout) could not be opened, read or
-//! written.
+//! written. `exec` otherwise exits with the guest program's status (128 + N for
+//! signal N).
 
 use std::fmt::Display;
 use std::io::{self, IsTerminal, Write};
@@ -25,7 +26,8 @@ mod views;
 use out::{Out, Table};
 
 const EXIT_STATUS_HELP: &str = "Exit status: 0 answered, 1 refused by the agent, 2 usage error, \
-    3 unreachable or timed out, 4 protocol error, 5 local file error.";
+    3 unreachable or timed out, 4 protocol error, 5 local file error; \
+    exec otherwise exits with the program's status (128+N for signal N).";
 
 #[derive(Parser)]
 #[command(
