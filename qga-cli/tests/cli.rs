@@ -424,12 +424,19 @@ fn bash_completions_know_the_subcommands() {
         "fsfreeze",
         "get",
         "put",
+        "exec",
+        "passwd",
+        "ssh-keys",
         "completions",
         "man",
     ] {
         assert!(r.stdout.contains(sub), "{sub} missing");
     }
     assert!(r.stdout.contains("--mountpoint"), "nested options missing");
+    assert!(
+        r.stdout.contains("--capture") && r.stdout.contains("--reset"),
+        "action verbs' options missing"
+    );
     // Every shell clap_complete knows works.
     for shell in ["zsh", "fish", "elvish", "powershell"] {
         let r = qga(&["completions", shell]);
