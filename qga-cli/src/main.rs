@@ -4,7 +4,8 @@
 //! `qga ... | head`); 1 the agent refused (an error reply); 2 bad command line;
 //! 3 the agent was unreachable, closed the connection or timed out; 4 the agent's
 //! answer made no sense; 5 a local file (or stdout) could not be opened, read or
-//! written.
+//! written. `exec` otherwise exits with the guest program's status (128 + N for
+//! signal N).
 
 use std::fmt::Display;
 use std::io::{self, IsTerminal, Write};
@@ -18,13 +19,15 @@ use qga_client::{Client, ClientError, Timeouts};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod local;
 mod out;
 mod views;
 
 use out::{Out, Table};
 
 const EXIT_STATUS_HELP: &str = "Exit status: 0 answered, 1 refused by the agent, 2 usage error, \
-    3 unreachable or timed out, 4 protocol error, 5 local file error.";
+    3 unreachable or timed out, 4 protocol error, 5 local file error; \
+    exec otherwise exits with the program's status (128+N for signal N).";
 
 #[derive(Parser)]
 #[command(
@@ -102,8 +105,14 @@ enum Cmd {
     Ifconfig,
     /// Kernel and distribution (guest-get-osinfo).
     Osinfo,
-    /// The guest's clock, in UTC (guest-get-time).
-    Time,
+    /// The guest's clock, in UTC (guest-get-time); with --set, set it (guest-set-time).
+    Time {
+        /// Set the guest's clock: to NS nanoseconds since the epoch, to this host's
+        /// current time with `now`, or from the guest's hardware clock when no value
+        /// is given.
+        #[arg(long, value_name = "NS|now", num_args = 0..=1)]
+        set: Option<Option<String>>,
+    },
     /// The guest's host name (guest-get-host-name).
     Hostname,
     /// The guest's time zone and UTC offset (guest-get-timezone).
@@ -116,8 +125,16 @@ enum Cmd {
     Disks,
     /// Devices and their drivers; Windows agents (guest-get-devices).
     Devices,
-    /// Logical CPUs and whether they are online (guest-get-vcpus).
-    Vcpus,
+    /// Logical CPUs and whether they are online (guest-get-vcpus); with --online or
+    /// --offline, change them (guest-set-vcpus).
+    Vcpus {
+        /// Bring these CPUs online (comma-separated or repeated).
+        #[arg(long, value_name = "CPU", value_delimiter = ',')]
+        online: Vec<i64>,
+        /// Take these CPUs offline (comma-separated or repeated).
+        #[arg(long, value_name = "CPU", value_delimiter = ',')]
+        offline: Vec<i64>,
+    },
     /// Memory blocks and whether they are online (guest-get-memory-blocks).
     MemoryBlocks,
     /// The size of a memory block (guest-get-memory-block-info).
@@ -130,6 +147,38 @@ enum Cmd {
     Load,
     /// Routing tables (guest-network-get-route; QEMU 9.1 agents and ours).
     Routes,
+    /// Run a program in the guest and wait for it: its stdout and stderr are
+    /// copied to ours, and qga exits with its status (128+N for signal N).
+    /// `qga exec -- ls -l /`. No shell; --timeout bounds the whole run.
+    Exec {
+        /// Feed this file (`-`: our stdin) to the program's stdin.
+        #[arg(long, value_name = "FILE|-")]
+        input: Option<PathBuf>,
+        /// An environment entry (repeatable); given, the entries replace the
+        /// agent's whole environment.
+        #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+        env: Vec<String>,
+        /// What the agent captures (stdout, stderr, merged: QEMU 8.0+ agents).
+        #[arg(long, value_enum, default_value = "separated")]
+        capture: CaptureMode,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "PROG ARGS")]
+        command: Vec<String>,
+    },
+    /// Set a guest user's password (guest-set-user-password): prompted for on a
+    /// terminal, else stdin's first line. Never on the command line.
+    Passwd {
+        /// The guest user.
+        user: String,
+        /// The password is already a crypt(3) hash.
+        #[arg(long)]
+        crypted: bool,
+    },
+    /// A guest user's ssh authorized keys.
+    SshKeys {
+        #[command(subcommand)]
+        action: SshKeysAction,
+    },
     /// Shut the guest down.
     Shutdown {
         /// halt, powerdown or reboot.
@@ -166,6 +215,64 @@ enum FreezeAction {
     Thaw,
 }
 
+#[derive(Subcommand)]
+enum SshKeysAction {
+    /// Print the user's keys, one per line (guest-ssh-get-authorized-keys).
+    Get {
+        /// The guest user.
+        user: String,
+    },
+    /// Add keys, one per line; blank lines and # comments are skipped
+    /// (guest-ssh-add-authorized-keys).
+    Add {
+        /// The guest user.
+        user: String,
+        /// The public keys (`-` or none: stdin).
+        #[arg(value_name = "KEYFILE|-")]
+        keyfile: Option<PathBuf>,
+        /// Replace the user's keys with these (none given: remove them all).
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Remove keys, one per line (guest-ssh-remove-authorized-keys).
+    Remove {
+        /// The guest user.
+        user: String,
+        /// The public keys (`-` or none: stdin).
+        #[arg(value_name = "KEYFILE|-")]
+        keyfile: Option<PathBuf>,
+    },
+}
+
+/// `exec --capture`.
+#[derive(Clone, Copy, ValueEnum)]
+enum CaptureMode {
+    /// Capture nothing: the output goes nowhere.
+    None,
+    /// stdout and stderr, separately (sent as `true`, which 7.2 agents know too).
+    Separated,
+    /// stdout only.
+    Stdout,
+    /// stderr only.
+    Stderr,
+    /// Both into stdout, interleaved as written.
+    Merged,
+}
+
+impl CaptureMode {
+    /// The `capture-output` argument; none for `none`, the agent's default.
+    fn to_arg(self) -> Option<proto::GuestExecCaptureOutput> {
+        use proto::{GuestExecCaptureOutput as C, GuestExecCaptureOutputMode as M};
+        Some(match self {
+            CaptureMode::None => return None,
+            CaptureMode::Separated => C::Flag(true),
+            CaptureMode::Stdout => C::Mode(M::Stdout),
+            CaptureMode::Stderr => C::Mode(M::Stderr),
+            CaptureMode::Merged => C::Mode(M::Merged),
+        })
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ShutdownMode {
     Halt,
@@ -189,14 +296,16 @@ fn query_command(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Info => proto::GuestInfo::NAME,
         Cmd::Ifconfig => proto::GuestNetworkGetInterfaces::NAME,
         Cmd::Osinfo => proto::GuestGetOsinfo::NAME,
-        Cmd::Time => proto::GuestGetTime::NAME,
+        Cmd::Time { set: None } => proto::GuestGetTime::NAME,
         Cmd::Hostname => proto::GuestGetHostName::NAME,
         Cmd::Timezone => proto::GuestGetTimezone::NAME,
         Cmd::Users => proto::GuestGetUsers::NAME,
         Cmd::Fsinfo => proto::GuestGetFsinfo::NAME,
         Cmd::Disks => proto::GuestGetDisks::NAME,
         Cmd::Devices => proto::GuestGetDevices::NAME,
-        Cmd::Vcpus => proto::GuestGetVcpus::NAME,
+        Cmd::Vcpus { online, offline } if online.is_empty() && offline.is_empty() => {
+            proto::GuestGetVcpus::NAME
+        }
         Cmd::MemoryBlocks => proto::GuestGetMemoryBlocks::NAME,
         Cmd::MemoryBlockInfo => proto::GuestGetMemoryBlockInfo::NAME,
         Cmd::Cpustats => proto::GuestGetCpustats::NAME,
@@ -216,6 +325,44 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: the timeout must be positive"));
     }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `exec --env`: `NAME=value`, with a name.
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((name, _)) if !name.is_empty() => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} is not NAME=value")),
+    }
+}
+
+/// `time --set`: the time to send, in nanoseconds since the epoch (`None`: from
+/// the hardware clock).
+fn set_time_arg(v: Option<&str>) -> Result<Option<i64>, CliError> {
+    match v {
+        None => Ok(None),
+        Some("now") => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| CliError::Usage(format!("this host's clock is before 1970: {e}")))?;
+            i64::try_from(now.as_nanos())
+                .map(Some)
+                .map_err(|_| CliError::Usage("this host's clock is past 2262".into()))
+        }
+        Some(ns) => ns.parse().map(Some).map_err(|_| {
+            CliError::Usage(format!(
+                "--set {ns:?}: expected nanoseconds since the epoch, or `now`"
+            ))
+        }),
+    }
+}
+
+/// A program's end as a shell reports it: its exit status, or 128 + the signal.
+fn exit_status(exit: qga_client::ExecExit) -> Option<u8> {
+    match exit {
+        qga_client::ExecExit::Code(c) => Some(u8::try_from(c).unwrap_or(1)),
+        qga_client::ExecExit::Signal(n) => Some(u8::try_from(128 + n).unwrap_or(255)),
+        qga_client::ExecExit::Unknown => None,
+    }
 }
 
 /// Why `qga` failed: the agent side, the command line, or the local side.
@@ -241,6 +388,12 @@ enum CliError {
         what: PathBuf,
         source: io::Error,
     },
+    /// `exec`'s program was still running when --timeout passed.
+    #[error(
+        "guest process {pid} still running after the timeout on {target}; poll it with: \
+         qga exec-raw '{{\"execute\":\"guest-exec-status\",\"arguments\":{{\"pid\":{pid}}}}}'"
+    )]
+    ExecTimeout { pid: i64, target: String },
     /// stdout's reader went away (`qga ... | head`): stop quietly, as other tools do.
     #[error("stdout closed")]
     StdoutClosed,
@@ -272,6 +425,7 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         let client = match self {
             CliError::Connect(e) | CliError::Client { source: e, .. } => e,
+            CliError::ExecTimeout { .. } => return 3,
             CliError::Usage(_) => return 2,
             CliError::Local { .. } => return 5,
             CliError::StdoutClosed => return 0,
@@ -301,10 +455,11 @@ fn main() -> ExitCode {
             let result = rt.block_on(run(cli, &mut out));
             // What was printed goes out even when a later step failed.
             let flushed = out.flush();
-            result.and(flushed)
+            result.and_then(|code| flushed.map(|()| code))
         });
     match result {
-        Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
+        Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             // Not eprintln!: it panics when stderr is closed.
             let _ = writeln!(io::stderr(), "qga: {e}");
@@ -333,20 +488,71 @@ fn parse_raw(json: &str) -> Result<(String, Option<Value>), CliError> {
     Ok((name.to_owned(), v.get("arguments").cloned()))
 }
 
-async fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
+/// What a verb read on this side before connecting.
+#[derive(Default)]
+struct Local {
+    /// `exec --input`.
+    input: Option<Vec<u8>>,
+    /// `passwd`.
+    password: Vec<u8>,
+    /// `ssh-keys add|remove`.
+    keys: Vec<String>,
+}
+
+/// Reads what the verb needs from this side (files, stdin, the terminal) and checks
+/// its arguments, all before the agent is contacted.
+fn read_local(cmd: &Cmd) -> Result<Local, CliError> {
+    let mut local = Local::default();
+    match cmd {
+        Cmd::Exec { input, .. } => local.input = local::exec_input(input.as_deref())?,
+        Cmd::Passwd { user, .. } => local.password = local::password(user)?,
+        Cmd::SshKeys {
+            action: SshKeysAction::Add { keyfile, reset, .. },
+        } => {
+            local.keys = local::ssh_keys(keyfile.as_deref())?;
+            if local.keys.is_empty() && !reset {
+                return Err(CliError::Usage(
+                    "no keys to add (with --reset, no keys removes them all)".into(),
+                ));
+            }
+        }
+        Cmd::SshKeys {
+            action: SshKeysAction::Remove { keyfile, .. },
+        } => {
+            local.keys = local::ssh_keys(keyfile.as_deref())?;
+            if local.keys.is_empty() {
+                return Err(CliError::Usage("no keys to remove".into()));
+            }
+        }
+        Cmd::Time { set: Some(v) } => {
+            set_time_arg(v.as_deref())?;
+        }
+        Cmd::Vcpus { online, offline } => {
+            if let Some(cpu) = online.iter().find(|c| offline.contains(c)) {
+                return Err(CliError::Usage(format!(
+                    "CPU {cpu} cannot go both online and offline"
+                )));
+            }
+        }
+        _ => {}
+    }
+    Ok(local)
+}
+
+async fn run(cli: Cli, out: &mut Out) -> Result<u8, CliError> {
     // Commands that need no agent.
     match &cli.command {
         Cmd::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "qga", &mut script);
-            return out.bytes(&script);
+            return out.bytes(&script).map(|()| 0);
         }
         Cmd::Man => {
             let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
                 .render(&mut page)
                 .map_err(CliError::stdout)?;
-            return out.bytes(&page);
+            return out.bytes(&page).map(|()| 0);
         }
         // Refuse a bad request before connecting.
         Cmd::ExecRaw { request } => {
@@ -364,12 +570,13 @@ async fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
             "give exactly one of --socket, --vsock or --hybrid-vsock".into(),
         ));
     }
+    let local = read_local(&cli.command)?;
     if let Some(path) = &cli.socket {
         let c = qga_client::connect_unix(path)
             .await
             .map_err(CliError::Connect)?;
         let target = format!("unix socket {}", path.display());
-        return drive(c, &cli, &target, out).await;
+        return drive(c, &cli, &target, out, local).await;
     }
     if let Some(v) = &cli.vsock {
         let (cid, port) = split_port(v)?;
@@ -379,7 +586,7 @@ async fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
         let c = qga_client::connect_vsock(cid, port)
             .await
             .map_err(CliError::Connect)?;
-        return drive(c, &cli, &format!("vsock {cid}:{port}"), out).await;
+        return drive(c, &cli, &format!("vsock {cid}:{port}"), out, local).await;
     }
     if let Some(h) = &cli.hybrid_vsock {
         let (path, port) = split_port(h)?;
@@ -387,7 +594,7 @@ async fn run(cli: Cli, out: &mut Out) -> Result<(), CliError> {
             .await
             .map_err(CliError::Connect)?;
         let target = format!("hybrid vsock {path} port {port}");
-        return drive(c, &cli, &target, out).await;
+        return drive(c, &cli, &target, out, local).await;
     }
     unreachable!("exactly one target was checked above")
 }
@@ -424,7 +631,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
     cli: &Cli,
     target: &str,
     out: &mut Out,
-) -> Result<(), CliError> {
+    local: Local,
+) -> Result<u8, CliError> {
     let mut timeouts = Timeouts::default();
     if let Some(d) = cli.timeout {
         timeouts = Timeouts {
@@ -444,7 +652,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
     if json {
         if let Some(name) = query_command(&cli.command) {
             let v = c.execute_raw(name, None).await.map_err(failed(name))?;
-            return out.json(&v);
+            return out.json(&v).map(|()| 0);
         }
     }
     // The human-readable forms; the error names the command as query_command does.
@@ -591,9 +799,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
             let os = c.get_osinfo().await.map_err(failed(what))?;
             out.table(&views::osinfo(&os))?;
         }
-        Cmd::Time => {
+        Cmd::Time { set: None } => {
             let ns = c.get_time().await.map_err(failed(what))?;
             out.line(views::utc_ns(ns))?;
+        }
+        Cmd::Time { set: Some(v) } => {
+            // `now` is read at the last moment.
+            let time = set_time_arg(v.as_deref())?;
+            c.set_time(time).await.map_err(failed("guest-set-time"))?;
+            if json {
+                out.json(&serde_json::json!({}))?;
+            }
         }
         Cmd::Hostname => {
             let name = c.get_host_name().await.map_err(failed(what))?;
@@ -619,10 +835,157 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
             let devs = c.get_devices().await.map_err(failed(what))?;
             out.table(&views::devices(&devs))?;
         }
-        Cmd::Vcpus => {
+        Cmd::Vcpus { online, offline } if online.is_empty() && offline.is_empty() => {
             let cpus = c.get_vcpus().await.map_err(failed(what))?;
             out.table(&views::vcpus(&cpus))?;
         }
+        Cmd::Vcpus { online, offline } => {
+            let cpu = |&logical_id: &i64, online: bool| proto::GuestLogicalProcessor {
+                logical_id,
+                online,
+                can_offline: None,
+            };
+            let vcpus: Vec<_> = online
+                .iter()
+                .map(|id| cpu(id, true))
+                .chain(offline.iter().map(|id| cpu(id, false)))
+                .collect();
+            let n = c
+                .set_vcpus(vcpus.clone())
+                .await
+                .map_err(failed("guest-set-vcpus"))?;
+            if json {
+                out.json(&n)?;
+            } else {
+                out.line(format_args!("{n} of {} vcpus processed", vcpus.len()))?;
+            }
+            // The agent stops at the first CPU it cannot change.
+            if n < vcpus.len() as i64 {
+                out.flush()?;
+                let stuck = usize::try_from(n).ok().and_then(|i| vcpus.get(i));
+                let _ = match stuck {
+                    Some(v) => writeln!(
+                        io::stderr(),
+                        "qga: guest-set-vcpus stopped at CPU {} (nothing done from there on)",
+                        v.logical_id
+                    ),
+                    None => writeln!(io::stderr(), "qga: guest-set-vcpus processed {n}"),
+                };
+                return Ok(1);
+            }
+        }
+        Cmd::Exec {
+            env,
+            capture,
+            command,
+            ..
+        } => {
+            let (path, args) = command
+                .split_first()
+                .ok_or_else(|| CliError::Usage("no program given".into()))?;
+            let cmd = qga_client::ExecCommand {
+                path: path.clone(),
+                args: args.to_vec(),
+                env: (!env.is_empty()).then(|| env.clone()),
+                input: local.input,
+                capture: capture.to_arg(),
+            };
+            // Without --timeout, wait as long as the program runs.
+            let bound = cli.timeout.unwrap_or(Duration::MAX);
+            let r = match c.exec_wait(&cmd, bound).await {
+                Ok(r) => r,
+                Err(ClientError::ExecTimeout { pid }) => {
+                    return Err(CliError::ExecTimeout {
+                        pid,
+                        target: target.to_owned(),
+                    })
+                }
+                Err(e) => return Err(failed(&format!("guest-exec {path}"))(e)),
+            };
+            let status = exit_status(r.exit);
+            if json {
+                out.json(&r.raw)?;
+            } else {
+                // stdout first and whole; a reader that went away does not change
+                // the status the program ended with.
+                match out.bytes(&r.stdout).and_then(|()| out.flush()) {
+                    Ok(()) | Err(CliError::StdoutClosed) => {}
+                    Err(e) => return Err(e),
+                }
+                let mut err = io::stderr().lock();
+                let _ = err.write_all(&r.stderr);
+                for (truncated, which) in [
+                    (r.stdout_truncated, "stdout"),
+                    (r.stderr_truncated, "stderr"),
+                ] {
+                    if truncated {
+                        let _ = writeln!(
+                            err,
+                            "qga: the agent truncated process {}'s {which} (its capture limit)",
+                            r.pid
+                        );
+                    }
+                }
+                if status.is_none() {
+                    let _ = writeln!(
+                        err,
+                        "qga: process {} ended without an exit status or signal",
+                        r.pid
+                    );
+                }
+                let _ = err.flush();
+            }
+            return Ok(status.unwrap_or(1));
+        }
+        Cmd::Passwd { user, crypted } => {
+            c.set_user_password(user, &local.password, *crypted)
+                .await
+                .map_err(failed(&format!("guest-set-user-password for {user}")))?;
+            if json {
+                out.json(&serde_json::json!({}))?;
+            }
+        }
+        Cmd::SshKeys { action } => match action {
+            SshKeysAction::Get { user } => {
+                let what = format!("guest-ssh-get-authorized-keys for {user}");
+                if json {
+                    let v = c
+                        .execute_raw(
+                            proto::GuestSshGetAuthorizedKeys::NAME,
+                            Some(serde_json::json!({ "username": user })),
+                        )
+                        .await
+                        .map_err(failed(&what))?;
+                    out.json(&v)?;
+                } else {
+                    let keys = c
+                        .ssh_get_authorized_keys(user)
+                        .await
+                        .map_err(failed(&what))?;
+                    for k in keys {
+                        out.line(k)?;
+                    }
+                }
+            }
+            SshKeysAction::Add { user, reset, .. } => {
+                c.ssh_add_authorized_keys(user, local.keys, *reset)
+                    .await
+                    .map_err(failed(&format!("guest-ssh-add-authorized-keys for {user}")))?;
+                if json {
+                    out.json(&serde_json::json!({}))?;
+                }
+            }
+            SshKeysAction::Remove { user, .. } => {
+                c.ssh_remove_authorized_keys(user, local.keys)
+                    .await
+                    .map_err(failed(&format!(
+                        "guest-ssh-remove-authorized-keys for {user}"
+                    )))?;
+                if json {
+                    out.json(&serde_json::json!({}))?;
+                }
+            }
+        },
         Cmd::MemoryBlocks => {
             let blocks = c.get_memory_blocks().await.map_err(failed(what))?;
             out.table(&views::memory_blocks(&blocks))?;
@@ -674,7 +1037,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
         },
         Cmd::Completions { .. } | Cmd::Man => unreachable!("handled before connecting"),
     }
-    Ok(())
+    Ok(0)
 }
 
 #[cfg(test)]

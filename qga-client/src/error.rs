@@ -14,6 +14,14 @@ pub enum ClientError {
     /// No (matching) reply in time. The client resyncs before its next call.
     #[error("timed out waiting for the agent")]
     Timeout,
+    /// [`Client::exec_wait`](crate::Client::exec_wait) gave up waiting: the program
+    /// `pid` is still running, or its end is not known yet. Poll it with
+    /// [`Client::exec_status`](crate::Client::exec_status).
+    #[error("guest process {pid} still running when the time was up")]
+    ExecTimeout {
+        /// The program's pid in the guest.
+        pid: i64,
+    },
     /// The agent closed the connection.
     #[error("connection closed by the agent")]
     Closed,

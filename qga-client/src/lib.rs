@@ -25,6 +25,8 @@
 //! helpers ([`Client::read_file`], [`Client::write_file`]) move data in chunks with a
 //! progress callback: reads of up to 48 MiB ([`MAX_CHUNK`]), writes of up to 48 MiB
 //! less 3 KiB ([`MAX_WRITE_CHUNK`]) so each base64 request fits the agent's 64 MiB.
+//! [`Client::exec_wait`] runs a guest program to completion (guest-exec, then
+//! guest-exec-status with backoff) and hands back its decoded output and exit.
 //! It never touches the guest itself and never spawns tasks: a call runs on the
 //! caller's task, and dropping it is safe.
 //!
@@ -63,10 +65,12 @@
 
 mod client;
 mod error;
+mod exec;
 mod transport;
 
 pub use client::{Client, Progress, Timeouts, MAX_CHUNK, MAX_WRITE_CHUNK};
 pub use error::ClientError;
+pub use exec::{ExecCommand, ExecExit, ExecOutput, EXEC_POLL_FIRST, EXEC_POLL_MAX};
 pub use transport::{connect_hybrid_vsock, connect_unix, connect_vsock, hybrid_handshake};
 
 /// The wire types, re-exported for callers of [`Client::execute`].

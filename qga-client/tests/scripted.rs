@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use qga_client::{hybrid_handshake, Client, ClientError, Timeouts};
+use qga_client::{hybrid_handshake, Client, ClientError, ExecCommand, ExecExit, Timeouts};
 use qga_framing::{Decoder, Frame};
+use qga_proto::GuestExecCaptureOutput;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -816,5 +817,276 @@ async fn modern_commands_send_their_arguments_and_decode_their_replies() {
     assert_eq!(
         args("guest-ssh-remove-authorized-keys"),
         Some(json!({"username": "alice", "keys": ["k1"]}))
+    );
+}
+
+/// A reply carrying `ret` for `req`.
+fn returning(req: &Value, ret: Value) -> Vec<u8> {
+    format!("{}\n", json!({"return": ret, "id": req["id"]})).into_bytes()
+}
+
+/// An agent running one program as pid 4242: guest-exec-status says it is running
+/// `running` times, then answers `end` (which says it has exited).
+fn exec_agent(
+    io: tokio::io::DuplexStream,
+    mut running: usize,
+    end: Value,
+) -> tokio::task::JoinHandle<Vec<Value>> {
+    agent(io, 4096, move |req| {
+        match req["execute"].as_str().unwrap() {
+            "guest-exec" => returning(req, json!({"pid": 4242})),
+            "guest-exec-status" => {
+                assert_eq!(req["arguments"], json!({"pid": 4242}));
+                if running > 0 {
+                    running -= 1;
+                    returning(req, json!({"exited": false}))
+                } else {
+                    returning(req, end.clone())
+                }
+            }
+            _ => proper(req),
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn exec_wait_polls_with_backoff_until_the_program_ends() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let end = json!({"exited": true, "exitcode": 3, "out-data": "aGVsbG8K",
+                     "err-data": "AP8=", "err-truncated": true, "x-future": 1});
+    let peer = exec_agent(theirs, 4, end.clone());
+    let mut client = Client::new(ours);
+    let cmd = ExecCommand {
+        path: "/bin/sh".into(),
+        args: vec!["-c".into(), "cat; exit 3".into()],
+        env: Some(vec!["LANG=C".into()]),
+        input: Some(b"in\xffput".to_vec()),
+        capture: Some(GuestExecCaptureOutput::Flag(true)),
+    };
+    let start = tokio::time::Instant::now();
+    let out = client
+        .exec_wait(&cmd, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Four "still running" answers: pauses of 10, 20, 40 and 80 ms.
+    assert_eq!(start.elapsed(), Duration::from_millis(150));
+    assert_eq!(out.pid, 4242);
+    assert_eq!(out.exit, ExecExit::Code(3));
+    assert_eq!(out.stdout, b"hello\n");
+    assert_eq!(out.stderr, [0x00, 0xff]);
+    assert!(!out.stdout_truncated && out.stderr_truncated);
+    assert_eq!(out.raw, end, "the raw return, unknown members included");
+    drop(client);
+    let seen = peer.await.unwrap();
+    assert_eq!(
+        names(&seen),
+        ["guest-sync-delimited", "guest-exec"]
+            .into_iter()
+            .chain(["guest-exec-status"; 5])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seen[1]["arguments"],
+        json!({"path": "/bin/sh", "arg": ["-c", "cat; exit 3"], "env": ["LANG=C"],
+               "input-data": "aW7/cHV0", "capture-output": true})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn exec_wait_backoff_is_capped_at_500_ms() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let peer = exec_agent(theirs, 9, json!({"exited": true, "exitcode": 0}));
+    let mut client = Client::new(ours);
+    let start = tokio::time::Instant::now();
+    let out = client
+        .exec_wait(&ExecCommand::new("true"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    // 10 + 20 + 40 + 80 + 160 + 320, then 500 three times.
+    assert_eq!(start.elapsed(), Duration::from_millis(630 + 1500));
+    assert_eq!(out.exit, ExecExit::Code(0));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+    drop(client);
+    let seen = peer.await.unwrap();
+    // Nothing optional is sent that was not asked for.
+    assert_eq!(seen[1]["arguments"], json!({"path": "true"}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exec_wait_reports_a_signal() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let _peer = exec_agent(theirs, 1, json!({"exited": true, "signal": 9}));
+    let mut client = Client::new(ours);
+    let out = client
+        .exec_wait(&ExecCommand::new("sleep"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(out.exit, ExecExit::Signal(9));
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let _peer = exec_agent(theirs, 0, json!({"exited": true}));
+    let mut client = Client::new(ours);
+    let out = client
+        .exec_wait(&ExecCommand::new("x"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(out.exit, ExecExit::Unknown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn exec_wait_times_out_with_the_pid_and_the_caller_can_keep_polling() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    // Running for the first 9 polls, then ended.
+    let peer = exec_agent(theirs, 9, json!({"exited": true, "exitcode": 0}));
+    let mut client = Client::new(ours);
+    let start = tokio::time::Instant::now();
+    let err = client
+        .exec_wait(&ExecCommand::new("sleep"), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::ExecTimeout { pid: 4242 }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("4242"), "{err}");
+    // Polls at 0, 10, 30, 70, 150, 310, 630 ms and one at the deadline.
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    // The client is in step: the caller polls on with the pid.
+    assert!(!client.exec_status(4242).await.unwrap().exited);
+    assert!(client.exec_status(4242).await.unwrap().exited);
+    drop(client);
+    let seen = names(&peer.await.unwrap());
+    assert_eq!(
+        seen.iter().filter(|n| *n == "guest-exec-status").count(),
+        10
+    );
+    assert_eq!(
+        seen.iter().filter(|n| *n == "guest-sync-delimited").count(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_poll_that_times_out_still_hands_back_the_pid() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let _peer = agent(theirs, 4096, |req| match req["execute"].as_str().unwrap() {
+        "guest-exec" => returning(req, json!({"pid": 7})),
+        // The agent stops answering.
+        "guest-exec-status" => Vec::new(),
+        _ => proper(req),
+    });
+    let mut client = Client::new(ours).with_timeouts(Timeouts {
+        quick: Duration::from_secs(2),
+        ..Default::default()
+    });
+    let start = tokio::time::Instant::now();
+    let err = client
+        .exec_wait(&ExecCommand::new("x"), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::ExecTimeout { pid: 7 }),
+        "{err:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exec_wait_refuses_bad_base64_and_passes_agent_errors_on() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let _peer = exec_agent(
+        theirs,
+        0,
+        json!({"exited": true, "exitcode": 0, "out-data": "a*b="}),
+    );
+    let mut client = Client::new(ours);
+    let err = client
+        .exec_wait(&ExecCommand::new("x"), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Protocol(m) if m.contains("out-data")),
+        "{err:?}"
+    );
+
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let _peer = agent(theirs, 4096, |req| {
+        if req["execute"] == "guest-exec" {
+            return format!(
+                "{}\n",
+                json!({"error": {"class": "GenericError",
+                    "desc": "Guest agent command failed, error was 'Failed to execute child process “nope” (No such file or directory)'"},
+                    "id": req["id"]})
+            )
+            .into_bytes();
+        }
+        proper(req)
+    });
+    let mut client = Client::new(ours);
+    let err = client
+        .exec_wait(&ExecCommand::new("nope"), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(err.agent_error().unwrap().desc.contains("nope"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_exec_wait_mid_poll_leaves_the_client_usable() {
+    let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+    let peer = tokio::spawn(async move {
+        let (mut dec, mut buf) = (Decoder::new(), BytesMut::new());
+        let mut seen = Vec::new();
+        let mut polls = 0;
+        while let Some(req) = next_request(&mut theirs, &mut dec, &mut buf).await {
+            let reply = match req["execute"].as_str().unwrap() {
+                "guest-exec" => returning(&req, json!({"pid": 5})),
+                "guest-exec-status" => {
+                    polls += 1;
+                    if polls == 3 {
+                        // The third poll is answered late: its caller is gone.
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                    returning(&req, json!({"exited": false}))
+                }
+                _ => proper(&req),
+            };
+            let _ = theirs.write_all(&reply).await;
+            seen.push(req);
+        }
+        seen
+    });
+    let mut client = Client::new(ours);
+    let sleep = ExecCommand::new("sleep");
+    {
+        let fut = client.exec_wait(&sleep, Duration::from_secs(60));
+        assert!(tokio::time::timeout(Duration::from_secs(1), fut)
+            .await
+            .is_err());
+    }
+    // The late "exited": false for the dropped poll is not taken for this answer.
+    assert_eq!(
+        client
+            .get_time()
+            .await
+            .unwrap_err()
+            .agent_error()
+            .unwrap()
+            .class,
+        qga_proto::ErrorClass::CommandNotFound
+    );
+    client.ping().await.unwrap();
+    drop(client);
+    let names = names(&peer.await.unwrap());
+    assert_eq!(
+        names,
+        [
+            "guest-sync-delimited",
+            "guest-exec",
+            "guest-exec-status",
+            "guest-exec-status",
+            "guest-exec-status",
+            "guest-sync-delimited",
+            "guest-get-time",
+            "guest-ping"
+        ]
     );
 }
