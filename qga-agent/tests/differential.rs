@@ -5,29 +5,17 @@
 //! the version string, commands beyond ours in guest-info, interface counters, and
 //! 7.2's error reply to the client's own 0xFF byte.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{reference_available, REFERENCE};
 use serde::Deserialize;
 use serde_json::Value;
-
-const REFERENCE: &str = "/usr/sbin/qemu-ga";
-
-fn reference_available() -> bool {
-    if Path::new(REFERENCE).exists() {
-        return true;
-    }
-    if std::env::var_os("QGA_REQUIRE_REFERENCE").is_some_and(|v| v == "1") {
-        panic!("{REFERENCE} is missing and QGA_REQUIRE_REFERENCE=1 (install qemu-guest-agent)");
-    }
-    eprintln!(
-        "SKIPPED differential test: {REFERENCE} not installed (Debian package qemu-guest-agent)"
-    );
-    false
-}
 
 /// An agent process on a unix socket in its own temp dir (also its cwd); killed by
 /// pid when dropped.

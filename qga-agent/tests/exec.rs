@@ -2,15 +2,12 @@
 //! mapping, reply shapes, errors, frozen mode), then our agent against
 //! `/usr/sbin/qemu-ga` on real programs, replies compared after polling to exit.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use qga_agent::{Dispatcher, DispatcherConfig, StateDir};
-use qga_ops::fake::{FakeOps, FakeRun};
+use common::{reference_available, Fake, Session, REFERENCE};
+use qga_ops::fake::FakeRun;
 use qga_ops::{CaptureMode, Captured, ExecRequest, ExecStatus, OpsError, Termination};
 use serde_json::{json, Value};
 
@@ -18,43 +15,6 @@ fn b64(data: &[u8]) -> String {
     let mut v = Vec::new();
     qga_proto::Base64::encode_into(data, &mut v);
     String::from_utf8(v).unwrap()
-}
-
-struct Fake {
-    fakes: FakeOps,
-    d: Dispatcher,
-}
-
-impl Fake {
-    fn new() -> Self {
-        let fakes = FakeOps::new();
-        let d = Dispatcher::new(
-            fakes.ops(),
-            StateDir::in_memory(),
-            DispatcherConfig::default(),
-        )
-        .unwrap();
-        Fake { fakes, d }
-    }
-
-    fn call(&mut self, execute: &str, arguments: Value) -> Value {
-        let mut out = BytesMut::new();
-        let req = json!({"execute": execute, "arguments": arguments}).to_string();
-        self.d.handle_message(req.as_bytes(), &mut out);
-        serde_json::from_slice(&out).unwrap()
-    }
-
-    fn ok(&mut self, execute: &str, arguments: Value) -> Value {
-        let r = self.call(execute, arguments);
-        assert!(r.get("error").is_none(), "{execute}: {r}");
-        r["return"].clone()
-    }
-
-    fn err(&mut self, execute: &str, arguments: Value) -> String {
-        let r = self.call(execute, arguments);
-        assert_eq!(r["error"]["class"], "GenericError", "{r}");
-        r["error"]["desc"].as_str().unwrap().to_owned()
-    }
 }
 
 #[test]
@@ -256,92 +216,26 @@ fn exec_is_disabled_while_frozen_and_listed_by_guest_info() {
 // ---------------------------------------------------------------------------
 // Differential, against qemu-ga 7.2 on real programs.
 
-const REFERENCE: &str = "/usr/sbin/qemu-ga";
-
-fn reference_available() -> bool {
-    if Path::new(REFERENCE).exists() {
-        return true;
-    }
-    if std::env::var_os("QGA_REQUIRE_REFERENCE").is_some_and(|v| v == "1") {
-        panic!("{REFERENCE} is missing and QGA_REQUIRE_REFERENCE=1 (install qemu-guest-agent)");
-    }
-    eprintln!("SKIPPED differential exec test: {REFERENCE} not installed");
-    false
-}
-
-/// An agent on a unix socket in a temp dir, killed by pid when dropped.
-struct Agent {
-    child: Child,
-    conn: BufReader<UnixStream>,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start(program: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let sock: PathBuf = dir.path().join("sock");
-        let child = Command::new(program)
-            .args(["-m", "unix-listen", "-p"])
-            .arg(&sock)
-            .arg("-t")
-            .arg(dir.path())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let conn = loop {
-            if let Ok(s) = UnixStream::connect(&sock) {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "{program} did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        Agent {
-            child,
-            conn: BufReader::new(conn),
-            _dir: dir,
+/// guest-exec on `agent`, then guest-exec-status until it reports exited, then once
+/// more (the entry must be gone): the replies with the pid blanked out.
+fn run(agent: &mut Session, arguments: &Value) -> Vec<Value> {
+    let mut started = agent.call("guest-exec", arguments.clone());
+    let Some(pid) = started["return"]["pid"].as_i64() else {
+        return vec![started];
+    };
+    assert!(pid > 0);
+    started["return"]["pid"] = json!("PID");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let s = agent.call("guest-exec-status", json!({"pid": pid}));
+        if s["return"]["exited"] != json!(false) {
+            break s;
         }
-    }
-
-    fn call(&mut self, execute: &str, arguments: Value) -> Value {
-        let req = json!({"execute": execute, "arguments": arguments}).to_string();
-        self.conn.get_mut().write_all(req.as_bytes()).unwrap();
-        let mut line = String::new();
-        self.conn.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
-    }
-
-    /// guest-exec, then guest-exec-status until it reports exited, then once more
-    /// (the entry must be gone): the replies with the pid blanked out.
-    fn run(&mut self, arguments: &Value) -> Vec<Value> {
-        let mut started = self.call("guest-exec", arguments.clone());
-        let Some(pid) = started["return"]["pid"].as_i64() else {
-            return vec![started];
-        };
-        assert!(pid > 0);
-        started["return"]["pid"] = json!("PID");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let last = loop {
-            let s = self.call("guest-exec-status", json!({"pid": pid}));
-            if s["return"]["exited"] != json!(false) {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "{arguments} did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let again = self.call("guest-exec-status", json!({"pid": pid}));
-        vec![started, last, again]
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        assert!(Instant::now() < deadline, "{arguments} did not exit");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let again = agent.call("guest-exec-status", json!({"pid": pid}));
+    vec![started, last, again]
 }
 
 #[test]
@@ -349,8 +243,8 @@ fn exec_agrees_with_the_reference() {
     if !reference_available() {
         return;
     }
-    let mut ours = Agent::start(env!("CARGO_BIN_EXE_qga-agent"));
-    let mut theirs = Agent::start(REFERENCE);
+    let mut ours = Session::ours();
+    let mut theirs = Session::start(REFERENCE);
     let cases = [
         json!({"path": "/bin/echo", "arg": ["-n", "\" test_str \""], "capture-output": true}),
         json!({"path": "echo", "arg": ["x"], "capture-output": true}),
@@ -377,7 +271,11 @@ fn exec_agrees_with_the_reference() {
         json!({"path": "/bin/echo", "extra": 1}),
     ];
     for case in &cases {
-        assert_eq!(ours.run(case), theirs.run(case), "guest-exec {case}");
+        assert_eq!(
+            run(&mut ours, case),
+            run(&mut theirs, case),
+            "guest-exec {case}"
+        );
     }
     for args in [
         json!({"pid": 0}),
@@ -407,10 +305,11 @@ fn exec_agrees_with_the_reference() {
         ),
     ] {
         let case = json!({"path": "/bin/true", "capture-output": value});
-        assert_eq!(theirs.run(&case)[0]["error"]["desc"], theirs_desc);
-        assert_eq!(ours.run(&case)[0]["error"]["desc"], ours_desc);
+        assert_eq!(run(&mut theirs, &case)[0]["error"]["desc"], theirs_desc);
+        assert_eq!(run(&mut ours, &case)[0]["error"]["desc"], ours_desc);
     }
-    let merged = ours.run(
+    let merged = run(
+        &mut ours,
         &json!({"path": "/bin/sh", "arg": ["-c", "echo a; echo b >&2; echo c"],
                                    "capture-output": "merged"}),
     );
@@ -422,7 +321,7 @@ fn exec_agrees_with_the_reference() {
 
 #[test]
 fn the_agent_keeps_serving_while_a_child_runs() {
-    let mut ours = Agent::start(env!("CARGO_BIN_EXE_qga-agent"));
+    let mut ours = Session::ours();
     let r = ours.call(
         "guest-exec",
         json!({"path": "/bin/sleep", "arg": ["1000"], "capture-output": true}),

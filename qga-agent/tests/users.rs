@@ -8,51 +8,17 @@
 //! Documented deviations (README, "Passwords and ssh keys") are normalised:
 //! the unknown-user text, the order of get's keys, a final newline in the file.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use bytes::BytesMut;
-use qga_agent::{Dispatcher, DispatcherConfig, StateDir};
-use qga_ops::fake::FakeOps;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{reference_available, Fake, Session, REFERENCE};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------
 // Dispatcher over the fakes.
-
-struct Fake {
-    fakes: FakeOps,
-    d: Dispatcher,
-}
-
-impl Fake {
-    fn new() -> Fake {
-        let fakes = FakeOps::new();
-        let d = Dispatcher::new(
-            fakes.ops(),
-            StateDir::in_memory(),
-            DispatcherConfig::default(),
-        )
-        .unwrap();
-        Fake { fakes, d }
-    }
-
-    fn call(&mut self, execute: &str, arguments: Value) -> Value {
-        let mut out = BytesMut::new();
-        let req = json!({"execute": execute, "arguments": arguments}).to_string();
-        self.d.handle_message(req.as_bytes(), &mut out);
-        serde_json::from_slice(&out).unwrap()
-    }
-
-    fn err(&mut self, execute: &str, arguments: Value) -> String {
-        let r = self.call(execute, arguments);
-        assert_eq!(r["error"]["class"], "GenericError", "{r}");
-        r["error"]["desc"].as_str().unwrap().to_owned()
-    }
-}
 
 #[test]
 fn set_user_password_decodes_and_checks() {
@@ -192,75 +158,6 @@ fn ssh_keys_round_trip_over_the_fake() {
 // ---------------------------------------------------------------------------
 // Differential runs against qemu-ga 7.2.
 
-const REFERENCE: &str = "/usr/sbin/qemu-ga";
-
-fn reference_available() -> bool {
-    if Path::new(REFERENCE).exists() {
-        return true;
-    }
-    if std::env::var_os("QGA_REQUIRE_REFERENCE").is_some_and(|v| v == "1") {
-        panic!("{REFERENCE} is missing and QGA_REQUIRE_REFERENCE=1 (install qemu-guest-agent)");
-    }
-    eprintln!("SKIPPED differential test: {REFERENCE} not installed");
-    false
-}
-
-/// An agent on a unix socket in its own temp dir; killed by pid when dropped.
-struct Agent {
-    child: Child,
-    conn: BufReader<UnixStream>,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start(program: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("sock");
-        let child = Command::new(program)
-            .args(["-m", "unix-listen", "-p"])
-            .arg(&sock)
-            .arg("-t")
-            .arg(dir.path())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let conn = loop {
-            // The reference serves one client at a time: keep the first connection.
-            match UnixStream::connect(&sock) {
-                Ok(c) => break c,
-                Err(_) => {
-                    assert!(Instant::now() < deadline, "{program} did not listen");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
-        conn.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Agent {
-            child,
-            conn: BufReader::new(conn),
-            _dir: dir,
-        }
-    }
-
-    fn call(&mut self, req: &Value) -> Value {
-        let s = self.conn.get_mut();
-        s.write_all(req.to_string().as_bytes()).unwrap();
-        let mut line = String::new();
-        self.conn.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Our documented deviations, undone: 7.2's unknown-user text and the order of
 /// get's keys (7.2 reverses them; both sides are sorted).
 fn normalise(mut v: Value) -> Value {
@@ -274,10 +171,6 @@ fn normalise(mut v: Value) -> Value {
         keys.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
     }
     v
-}
-
-fn ours() -> Agent {
-    Agent::start(env!("CARGO_BIN_EXE_qga-agent"))
 }
 
 #[test]
@@ -331,11 +224,11 @@ fn argument_errors_match_the_reference() {
         ),
         ssh("guest-ssh-remove-authorized-keys", json!({"username": u})),
     ];
-    let mut theirs = Agent::start(REFERENCE);
-    let mut mine = ours();
+    let mut theirs = Session::start(REFERENCE);
+    let mut mine = Session::ours();
     for req in &script {
-        let t = theirs.call(req);
-        let m = mine.call(req);
+        let t = theirs.send(req);
+        let m = mine.send(req);
         assert!(t.get("error").is_some(), "{req}: reference answered {t}");
         assert_eq!(normalise(m.clone()), normalise(t), "{req}");
         if let Some(d) = m["error"]["desc"].as_str() {
@@ -511,7 +404,7 @@ type FileState = Option<(Vec<String>, u32, u32)>;
 
 /// What one agent did to the throwaway user: replies, then the file's lines
 /// (final newline and blank lines aside), mode and owner after each step.
-fn run_keys(agent: &mut Agent, user: &ThrowawayUser) -> Vec<(Value, FileState)> {
+fn run_keys(agent: &mut Session, user: &ThrowawayUser) -> Vec<(Value, FileState)> {
     let _ = std::fs::remove_dir_all(user.home.join(".ssh"));
     let call = |cmd: &str, extra: Value| {
         let mut args = json!({"username": user.name});
@@ -552,7 +445,7 @@ fn run_keys(agent: &mut Agent, user: &ThrowawayUser) -> Vec<(Value, FileState)> 
     script
         .iter()
         .map(|req| {
-            let reply = normalise(agent.call(req));
+            let reply = normalise(agent.send(req));
             let state = std::fs::symlink_metadata(&file).ok().map(|m| {
                 let text = std::fs::read_to_string(&file).unwrap();
                 let lines = text
@@ -678,8 +571,8 @@ fn in_private_namespace(tmp: &Path, marker: &str, name: &str) {
         .unwrap()
         .uid
         .as_raw();
-    let theirs = run_keys(&mut Agent::start(REFERENCE), &user);
-    let mine = run_keys(&mut ours(), &user);
+    let theirs = run_keys(&mut Session::start(REFERENCE), &user);
+    let mine = run_keys(&mut Session::ours(), &user);
     assert_eq!(mine.len(), theirs.len());
     for (i, (m, t)) in mine.iter().zip(&theirs).enumerate() {
         assert_eq!(m, t, "step {i}");
@@ -694,15 +587,15 @@ fn in_private_namespace(tmp: &Path, marker: &str, name: &str) {
     let hash = |salt: &str| {
         format!("$6${salt}$7yZ6gHHi5Kqeu6bmsrhfdzGXUD2TLwxKPy3l/OWvGDgyQZpOFkHLX7/NPAQOTJfEBvoV.qioMaHupEvnSh7/b0")
     };
-    let set = |agent: &mut Agent, pw: &[u8], crypted: bool| {
+    let set = |agent: &mut Session, pw: &[u8], crypted: bool| {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(pw);
-        agent.call(&json!({"execute": "guest-set-user-password",
+        agent.send(&json!({"execute": "guest-set-user-password",
             "arguments": {"username": user.name, "password": b64, "crypted": crypted}}))
     };
     for (name, mut agent, salt) in [
-        ("qemu-ga", Agent::start(REFERENCE), "qgaref"),
-        ("ours", ours(), "qgaours"),
+        ("qemu-ga", Session::start(REFERENCE), "qgaref"),
+        ("ours", Session::ours(), "qgaours"),
     ] {
         let h = hash(salt);
         assert_eq!(
