@@ -126,7 +126,8 @@ fn check_replies(out: &[u8]) -> Vec<&[u8]> {
             "reply without exactly one of return/error: {v}"
         );
         assert!(
-            obj.keys().all(|k| matches!(k.as_str(), "return" | "error" | "id")),
+            obj.keys()
+                .all(|k| matches!(k.as_str(), "return" | "error" | "id")),
             "reply with a foreign member: {v}"
         );
         replies.push(line);

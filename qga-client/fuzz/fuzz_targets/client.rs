@@ -161,7 +161,8 @@ enum Then {
     WrongIdsForever(u64),
     /// A 0xFF every `ms`, forever.
     SentinelsForever(u64),
-    /// 64 KiB of `filler` every `ms`, forever: a line that never ends.
+    /// 4 KiB of `filler` every `ms`, forever: a line that never ends (slowly: the
+    /// flood op is the one that reaches the client's limit).
     EndlessLine(u64, u8),
 }
 
@@ -213,12 +214,12 @@ fn ms(u: &mut Unstructured<'_>, max: u64) -> AResult<Duration> {
 }
 
 fn parse(u: &mut Unstructured<'_>) -> AResult<Script> {
-    let pipe = [64, 1024, 64 << 10][u.choose_index(3)?];
+    let pipe = [64, 4096, 1 << 20][u.choose_index(3)?];
     let timeouts = Timeouts {
-        quick: ms(u, 5_000)? + Duration::from_millis(1),
-        file: ms(u, 10_000)? + Duration::from_millis(1),
-        slow: ms(u, 20_000)? + Duration::from_millis(1),
-        no_reply_grace: ms(u, 2_000)?,
+        quick: ms(u, 2_000)? + Duration::from_millis(1),
+        file: ms(u, 4_000)? + Duration::from_millis(1),
+        slow: ms(u, 8_000)? + Duration::from_millis(1),
+        no_reply_grace: ms(u, 1_000)?,
     };
     let calls = (0..u.int_in_range(1..=6)?)
         .map(|_| Ok(CALLS[u.choose_index(CALLS.len())?]))
@@ -228,7 +229,7 @@ fn parse(u: &mut Unstructured<'_>) -> AResult<Script> {
         1 => Then::Close,
         2 => Then::WrongIdsForever(u.int_in_range(1..=100)?),
         3 => Then::SentinelsForever(u.int_in_range(1..=100)?),
-        _ => Then::EndlessLine(u.int_in_range(1..=100)?, FILLERS[u.choose_index(3)?]),
+        _ => Then::EndlessLine(u.int_in_range(10..=100)?, FILLERS[u.choose_index(3)?]),
     };
     let mut ops = Vec::new();
     while !u.is_empty() && ops.len() < 64 {
@@ -255,7 +256,9 @@ fn parse(u: &mut Unstructured<'_>) -> AResult<Script> {
                 let n = u.int_in_range(0..=32)?;
                 let prefix = u.bytes(n.min(u.len()))?.to_vec();
                 let filler = FILLERS[u.choose_index(FILLERS.len())?];
-                let len = SIZES[u.choose_index(SIZES.len())?];
+                // Through a small pipe a long write is many task switches: slow to
+                // fuzz, and no different.
+                let len = SIZES[u.choose_index(SIZES.len())?].min(pipe << 10);
                 let n = u.int_in_range(0..=32)?;
                 let suffix = u.bytes(n.min(u.len()))?.to_vec();
                 Op::Flood {
@@ -265,7 +268,7 @@ fn parse(u: &mut Unstructured<'_>) -> AResult<Script> {
                     suffix,
                 }
             }
-            6 => Op::BigReply(SIZES[u.choose_index(SIZES.len())?]),
+            6 => Op::BigReply(SIZES[u.choose_index(SIZES.len())?].min(pipe << 10)),
             7 => Op::Sleep(ms(u, 3_000)?),
             8 => Op::WaitRequest,
             9 => Op::PauseReading(ms(u, 3_000)?),
@@ -346,7 +349,12 @@ async fn flood(w: &mut WriteHalf<DuplexStream>, filler: u8, len: usize) -> std::
     Ok(())
 }
 
-async fn play(w: &mut WriteHalf<DuplexStream>, state: &Mutex<Seen>, op: &Op) -> std::io::Result<()> {
+async fn play(
+    w: &mut WriteHalf<DuplexStream>,
+    state: &Mutex<Seen>,
+    op: &Op,
+    waited: &mut usize,
+) -> std::io::Result<()> {
     match op {
         Op::Raw(b) => w.write_all(b).await,
         Op::Sentinels(n) => w.write_all(&vec![0xff; *n]).await,
@@ -394,8 +402,10 @@ async fn play(w: &mut WriteHalf<DuplexStream>, state: &Mutex<Seen>, op: &Op) -> 
         Op::BigReply(len) => {
             let id = seen(state).request.clone().unwrap_or(Value::from(1));
             let len = len / 4 * 4;
-            w.write_all(format!("{{\"return\":{{\"count\":{},\"buf-b64\":\"", len / 4 * 3).as_bytes())
-                .await?;
+            w.write_all(
+                format!("{{\"return\":{{\"count\":{},\"buf-b64\":\"", len / 4 * 3).as_bytes(),
+            )
+            .await?;
             flood(w, b'A', len).await?;
             w.write_all(format!("\",\"eof\":true}},\"id\":{id}}}\n").as_bytes())
                 .await
@@ -405,9 +415,9 @@ async fn play(w: &mut WriteHalf<DuplexStream>, state: &Mutex<Seen>, op: &Op) -> 
             Ok(())
         }
         Op::WaitRequest => {
-            let before = seen(state).requests;
+            *waited += 1;
             for _ in 0..1000 {
-                if seen(state).requests > before {
+                if seen(state).requests >= *waited {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -423,8 +433,9 @@ async fn play(w: &mut WriteHalf<DuplexStream>, state: &Mutex<Seen>, op: &Op) -> 
 }
 
 async fn peer(mut w: WriteHalf<DuplexStream>, state: Arc<Mutex<Seen>>, ops: Vec<Op>, then: Then) {
+    let mut waited = 0;
     for op in &ops {
-        if play(&mut w, &state, op).await.is_err() {
+        if play(&mut w, &state, op, &mut waited).await.is_err() {
             return;
         }
         if matches!(op, Op::Close) {
@@ -447,7 +458,7 @@ async fn peer(mut w: WriteHalf<DuplexStream>, state: Arc<Mutex<Seen>>, ops: Vec<
                 tokio::time::sleep(Duration::from_millis(every)).await;
             },
             Then::EndlessLine(every, filler) => loop {
-                flood(&mut w, filler, 64 << 10).await?;
+                flood(&mut w, filler, 4 << 10).await?;
                 tokio::time::sleep(Duration::from_millis(every)).await;
             },
         }
@@ -466,7 +477,10 @@ async fn make(client: &mut Client<DuplexStream>, call: Call) -> Result<Option<Va
         Call::Sync => client.sync().await.map(|_| None)?,
         Call::OsInfo => client.get_osinfo().await.map(|_| None)?,
         Call::FileRead => client.file_read(1000, Some(3)).await.map(|_| None)?,
-        Call::FileWrite => client.file_write(1000, b"abc".to_vec()).await.map(|_| None)?,
+        Call::FileWrite => client
+            .file_write(1000, b"abc".to_vec())
+            .await
+            .map(|_| None)?,
         Call::Raw => Some(client.execute_raw("guest-get-time", None).await?),
         Call::Shutdown => client.shutdown(None).await.map(|_| None)?,
         Call::Freeze => client.fsfreeze_freeze(None).await.map(|_| None)?,
@@ -484,10 +498,20 @@ fn limit(call: Call, t: &Timeouts) -> Duration {
     }
 }
 
+/// `QGA_FUZZ_DEBUG=1`: print each script and what each call got (to check seeds).
+fn debug() -> bool {
+    static DEBUG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var_os("QGA_FUZZ_DEBUG").is_some())
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(script) = parse(&mut Unstructured::new(data)) else {
         return;
     };
+    let debug = debug();
+    if debug {
+        eprintln!("{script:#?}");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -507,6 +531,9 @@ fuzz_target!(|data: &[u8]| {
             let result = make(&mut client, call).await;
             let took = start.elapsed();
             let limit = limit(call, &script.timeouts);
+            if debug {
+                eprintln!("{call:?} after {took:?}: {result:?}");
+            }
             assert!(
                 took <= limit + SLACK,
                 "{call:?} took {took:?}, its timeout is {limit:?}: {result:?}"
@@ -518,7 +545,10 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => {}
             }
             let grown = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-            assert!(grown <= MEMORY_BOUND, "{call:?}: the heap grew by {grown} bytes");
+            assert!(
+                grown <= MEMORY_BOUND,
+                "{call:?}: the heap grew by {grown} bytes"
+            );
         }
         reading.abort();
         writing.abort();
