@@ -77,6 +77,14 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --doc 2>&1 | tee "$log"
 cargo test --workspace --all-targets "$@" 2>&1 | tee -a "$log"
 
+# Fuzz smoke: each cargo-fuzz target (framer, agent, client) for QGA_FUZZ_SECONDS
+# (default 60; 0 skips) from its committed seeds; a crash, hang or broken invariant
+# fails the run. Installs cargo-fuzz (--locked) if missing; see scripts/fuzz-smoke.sh.
+fuzz_seconds=${QGA_FUZZ_SECONDS:-60}
+if [ "$fuzz_seconds" -gt 0 ]; then
+    scripts/fuzz-smoke.sh "$fuzz_seconds"
+fi
+
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

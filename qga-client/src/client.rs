@@ -10,6 +10,7 @@ use qga_proto::*;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use crate::ClientError;
 
@@ -38,7 +39,9 @@ const _: () =
 /// spare while still bounding what a misbehaving agent can make the client buffer.
 const MAX_REPLY: usize = 65 * 1024 * 1024;
 
-/// Per-call timeouts by command class.
+/// Per-call timeouts by command class. A call's timeout covers all of it: the
+/// resync it may need first (itself bounded by `quick`), writing the request and
+/// waiting for the reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// Quick queries (ping, info, sync, file handles, network): default 10 s.
@@ -201,11 +204,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         }
     }
 
-    /// Synchronises the stream now (also done automatically when needed).
+    /// Synchronises the stream now (also done automatically when needed), within
+    /// the `quick` timeout.
     pub async fn sync(&mut self) -> Result<(), ClientError> {
-        let timeout = self.timeouts.quick;
+        self.sync_until(Instant::now() + self.timeouts.quick).await
+    }
+
+    /// Synchronises the stream, giving up at `deadline`.
+    async fn sync_until(&mut self, deadline: Instant) -> Result<(), ClientError> {
         self.dirty = true;
-        match tokio::time::timeout(timeout, self.sync_inner()).await {
+        match tokio::time::timeout_at(deadline, self.sync_inner()).await {
             Ok(Ok(())) => {
                 self.dirty = false;
                 Ok(())
@@ -273,6 +281,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
 
     /// Sends one request and waits for the reply with its id. Returns `None` for
     /// commands without a success response once the grace period passed quietly.
+    ///
+    /// `timeout` bounds the whole call: the resync it may need first (itself
+    /// bounded by `quick`), writing the request, and waiting for the reply.
     async fn round_trip<A: Serialize>(
         &mut self,
         name: &str,
@@ -280,8 +291,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         expects_reply: bool,
         timeout: Duration,
     ) -> Result<Option<Value>, ClientError> {
+        let start = Instant::now();
+        let deadline = start + timeout;
         if self.dirty {
-            self.sync().await?;
+            self.sync_until(deadline.min(start + self.timeouts.quick))
+                .await?;
         }
         self.dirty = true;
         self.begin_exchange();
@@ -300,17 +314,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
                 "request of {len} bytes exceeds the agent's 64 MiB limit"
             )));
         }
-        let wait = if expects_reply {
-            timeout
-        } else {
-            self.timeouts.no_reply_grace
-        };
-        let result = tokio::time::timeout(timeout, self.send()).await;
+        let result = tokio::time::timeout_at(deadline, self.send()).await;
         match result {
             Ok(r) => r?,
             Err(_) => return Err(ClientError::Timeout),
         }
-        match tokio::time::timeout(wait, self.reply_for(&id)).await {
+        let wait_until = if expects_reply {
+            deadline
+        } else {
+            // Sent: a quiet grace period (or what is left of the timeout) is success.
+            deadline.min(Instant::now() + self.timeouts.no_reply_grace)
+        };
+        match tokio::time::timeout_at(wait_until, self.reply_for(&id)).await {
             Ok(Ok(reply)) => {
                 self.dirty = !reply.in_step;
                 Ok(Some(reply.result?))
