@@ -58,8 +58,13 @@ done
 # Modules in load order: each module's dependencies (modules.dep lists them last
 # to first), then the module.
 # The vsock ones serve qga_method=vsock (tests/tests/vsock.rs); without a vsock device
-# they load and stay idle.
+# they load and stay idle. So do the disk drivers other than virtio_blk: virtio_scsi
+# and sd_mod (scsi_mod comes as their dependency), nvme (and nvme-core) for the
+# SCSI and NVMe disks of tests/tests/vm.rs. crct10dif_generic and
+# crc64_rocksoft_generic are the crypto algorithms behind sd_mod's and nvme-core's
+# t10-pi (modules.softdep lists them, modules.dep does not).
 want="virtio_pci virtio_console virtio_blk virtio_net crc32c_generic ext4 vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
+want="$want crct10dif_generic crc64_rocksoft_generic virtio_scsi sd_mod nvme"
 order=()
 add() {
     local m=$1 line deps path
