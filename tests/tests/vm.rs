@@ -879,11 +879,15 @@ async fn read_modern(vm: &Vm, c: &mut Client<tokio::net::UnixStream>, agent: &st
         }
     }
     fsinfo.sort_by_key(|f| f["mountpoint"].as_str().unwrap().to_owned());
-    // (mount point, device name, bus type, controller, SCSI bus/target/unit)
-    let (channel, _scsi_id, lun) = SCSI_ADDR;
+    // (mount point, device name, bus type, controller, bus/target/unit). On
+    // virtio-scsi behind PCI, qemu-ga (7.2, and later ones alike) reports the LUN
+    // as unit and bus and target 0, whatever the channel and target (`scsi-id`)
+    // are: its parser assumes `target*:0:0:<lun>`. Ours answers the same (wire
+    // compatibility), so a client cannot tell target 1 from target 0 here.
+    let (_channel, _scsi_id, lun) = SCSI_ADDR;
     let mounted = [
         ("/mnt/data", "vda", "virtio", &vblk, (0, 0, 0)),
-        (SCSI_MNT, "sda", "scsi", &scsi0, (channel, 0, lun)),
+        (SCSI_MNT, "sda", "scsi", &scsi0, (0, 0, lun)),
         (NVME_MNT, "nvme0n1p1", "nvme", &nvme0, (0, 0, 0)),
     ];
     for (mnt, name, bus_type, pci, (bus, target, unit)) in mounted {
@@ -945,8 +949,12 @@ async fn read_modern(vm: &Vm, c: &mut Client<tokio::net::UnixStream>, agent: &st
     }
     let sda = disk("/dev/sda");
     assert_eq!(
-        (&sda["address"]["bus"], &sda["address"]["unit"]),
-        (&json!(channel), &json!(lun)),
+        (
+            &sda["address"]["bus"],
+            &sda["address"]["target"],
+            &sda["address"]["unit"]
+        ),
+        (&json!(0), &json!(0), &json!(lun)),
         "{agent}: {sda}"
     );
     let part = disk("/dev/nvme0n1p1");
@@ -1112,12 +1120,16 @@ async fn exercise(vm: &mut Vm, agent: &str) -> ReadOnly {
         .iter()
         .map(|i| {
             // IPv6 link-local addresses appear a moment after the link comes up,
-            // so whether one is listed depends on timing, not on the agent.
+            // and the SLAAC one in slirp's fec0::/64 once its router advertisement
+            // has come and duplicate address detection is over, so whether one is
+            // listed depends on timing, not on the agent.
             let mut a: Vec<String> = i
                 .ip_addresses
                 .iter()
                 .flatten()
-                .filter(|a| !a.ip_address.starts_with("fe80:"))
+                .filter(|a| {
+                    !a.ip_address.starts_with("fe80:") && !a.ip_address.starts_with("fec0:")
+                })
                 .map(|a| format!("{}/{}", a.ip_address, a.prefix))
                 .collect();
             a.sort();
@@ -1260,4 +1272,61 @@ fn guest_agent_in_a_real_vm_ours_and_the_reference() {
         results[0], results[1],
         "read-only replies differ (ours, reference)"
     );
+}
+
+/// Regenerates qga-ops' fixture of this guest's storage
+/// (qga-ops/tests/fixtures/storage/scsi-nvme-vm): boots the guest with the reference
+/// agent, runs qga-ops' capture.sh in it (under busybox sh), pulls the tree out as a
+/// tar with guest-file-read and records what qemu-ga answers to guest-get-fsinfo and
+/// guest-get-disks as `reference.json`. By hand:
+/// `QGA_CAPTURE_OUT=DIR cargo test -p qga-tests --test vm -- --ignored capture`.
+#[test]
+#[ignore = "regenerates a qga-ops fixture; run by hand"]
+fn capture_storage_fixture() {
+    let out = PathBuf::from(std::env::var_os("QGA_CAPTURE_OUT").expect("QGA_CAPTURE_OUT=DIR"));
+    assert!(!out.exists(), "{} exists", out.display());
+    if !can_run() {
+        return;
+    }
+    let guest = tempfile::tempdir().unwrap();
+    build_guest(guest.path());
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = Vm::start(guest.path(), dir.path(), "ref");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tar, reference) = rt.block_on(async {
+        let mut c = connect(&mut vm, Duration::from_secs(120)).await;
+        let st = exec(
+            &mut c,
+            sh("sh /usr/share/qga/storage-capture.sh /tmp/cap && tar -C /tmp -cf /tmp/cap.tar cap"),
+        )
+        .await
+        .unwrap();
+        let got = outcome(&st).unwrap();
+        assert_eq!(got.0, Some(0), "capture.sh: {got:?}");
+        let tar = c.read_file("/tmp/cap.tar", 1 << 20, None).await.unwrap();
+        let mut reference = serde_json::Map::new();
+        for cmd in ["guest-get-fsinfo", "guest-get-disks"] {
+            let v = get(&mut c, "ref", cmd).await;
+            reference.insert(cmd.into(), json!({ "return": v }));
+        }
+        (tar, Value::Object(reference))
+    });
+    let unpack = tempfile::tempdir().unwrap();
+    let mut child = Command::new("tar")
+        .arg("-xf")
+        .arg("-")
+        .arg("-C")
+        .arg(unpack.path())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&tar).unwrap();
+    assert!(child.wait().unwrap().success(), "tar -x");
+    std::fs::rename(unpack.path().join("cap"), &out).unwrap();
+    let text = serde_json::to_string_pretty(&reference).unwrap() + "\n";
+    std::fs::write(out.join("reference.json"), text).unwrap();
+    eprintln!("captured into {}", out.display());
 }

@@ -48,6 +48,10 @@ if command -v strip >/dev/null; then
     for x in "${extras[@]}"; do strip --strip-debug "$root/usr/bin/$(basename "$x")"; done
 fi
 install -m 755 /usr/sbin/qemu-ga "$root/usr/sbin/qemu-ga"
+# qga-ops' storage fixture capture (it runs under busybox sh): tests/tests/vm.rs'
+# capture_storage_fixture regenerates qga-ops/tests/fixtures/storage/scsi-nvme-vm.
+mkdir -p "$root/usr/share/qga"
+install -m 644 "$here/../../qga-ops/tests/fixtures/storage/capture.sh" "$root/usr/share/qga/storage-capture.sh"
 # Shared libraries of both agents and the extras, and the ELF interpreter.
 for bin in "$ours" /usr/sbin/qemu-ga "${extras[@]}"; do
     ldd "$bin" | grep -o '/[^ ]*' | while read -r lib; do
