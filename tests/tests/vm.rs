@@ -4,8 +4,10 @@
 //! reference qemu-ga, and the replies to the read-only commands are compared.
 //!
 //! The modern read commands are asserted against what the guest is (tests/vm: its
-//! os-release, host name, time zone, utmp login, two vCPUs, the ext4 data disk on vda
-//! at the PCI address QMP reports). The commands that change the guest are checked by
+//! os-release, host name, time zone, utmp login, two vCPUs, three ext4 disks at the
+//! PCI addresses QMP reports: virtio-blk vda, virtio-scsi sda at target 1 LUN 3, and
+//! the MBR partition nvme0n1p1 of an NVMe disk, whose SMART log both agents read).
+//! The commands that change the guest are checked by
 //! their effect: vCPU 1 off and on, guest-exec round trips, guest-set-time through
 //! busybox's hwclock (the guest boots with its RTC 2 h off its clock), ssh keys of a
 //! guest user, passwords through a chpasswd shim that logs its input. Both agents must
