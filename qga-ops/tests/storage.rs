@@ -1,6 +1,7 @@
 //! guest-get-fsinfo / guest-get-disks: the real code over fixture trees (this VM's
-//! captured sysfs, and a hand-built tree with dm-on-md-on-virtio, SCSI, SATA and
-//! NVMe disks), the fake, and a differential test against /usr/sbin/qemu-ga.
+//! captured sysfs, the end-to-end test guest's with virtio-scsi, NVMe and a
+//! partition, and a hand-built tree with dm-on-md-on-virtio, SCSI, SATA and NVMe
+//! disks), the fake, and a differential test against /usr/sbin/qemu-ga.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
@@ -116,9 +117,22 @@ fn disk_json(d: &DiskInfo) -> Value {
             "available-spare": s.available_spare,
             "available-spare-threshold": s.available_spare_threshold,
             "percentage-used": s.percentage_used,
-            "data-units-read-lo": s.data_units_read as u64,
-            "data-units-read-hi": (s.data_units_read >> 64) as u64,
         });
+        for (name, n) in [
+            ("data-units-read", s.data_units_read),
+            ("data-units-written", s.data_units_written),
+            ("host-read-commands", s.host_read_commands),
+            ("host-write-commands", s.host_write_commands),
+            ("controller-busy-time", s.controller_busy_time),
+            ("power-cycles", s.power_cycles),
+            ("power-on-hours", s.power_on_hours),
+            ("unsafe-shutdowns", s.unsafe_shutdowns),
+            ("media-errors", s.media_errors),
+            ("number-of-error-log-entries", s.number_of_error_log_entries),
+        ] {
+            v["smart"][format!("{name}-lo")] = json!(n as u64);
+            v["smart"][format!("{name}-hi")] = json!((n >> 64) as u64);
+        }
     }
     v
 }
@@ -192,6 +206,105 @@ fn captured_vm_matches_what_qemu_ga_said_at_capture() {
     }
     let fs: Vec<Value> = st.fs_info().unwrap().iter().map(fsinfo_json).collect();
     assert_eq!(Value::from(fs), want);
+}
+
+// ------------------------------- the test guest's virtio-blk, virtio-scsi and NVMe
+
+/// The SMART log page QEMU's NVMe controller gave at capture (what qemu-ga decoded
+/// into reference.json): 323 K, one data unit read and written, 11 reads, 1 write,
+/// everything else 0.
+fn captured_smart_log(path: &Path) -> io::Result<[u8; NVME_SMART_LOG_SIZE]> {
+    assert!(path.ends_with("dev/nvme0n1"), "{}", path.display());
+    let mut log = [0u8; NVME_SMART_LOG_SIZE];
+    log[1..3].copy_from_slice(&323u16.to_le_bytes());
+    for (off, n) in [(32, 1u128), (48, 1), (64, 11), (80, 1)] {
+        log[off..off + 16].copy_from_slice(&n.to_le_bytes());
+    }
+    Ok(log)
+}
+
+/// tests/tests/vm.rs' guest (captured there by capture_storage_fixture, capture.sh
+/// under busybox): ext4 on virtio-blk vda, on virtio-scsi sda (target 1, LUN 3) and
+/// on nvme0n1p1, the MBR partition of an NVMe disk; no udev.
+fn scsi_nvme_vm() -> LinuxStorage {
+    LinuxStorage {
+        nvme_smart_log: captured_smart_log,
+        ..over("scsi-nvme-vm")
+    }
+}
+
+fn scsi_nvme_reference() -> Value {
+    let text = std::fs::read_to_string(fixture("scsi-nvme-vm/reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn scsi_nvme_vm_fsinfo_is_what_qemu_ga_said() {
+    let mut want = scsi_nvme_reference()["guest-get-fsinfo"]["return"].clone();
+    for f in want.as_array_mut().unwrap() {
+        let f = f.as_object_mut().unwrap();
+        f.remove("used-bytes");
+        f.remove("total-bytes");
+    }
+    let fs: Vec<Value> = scsi_nvme_vm()
+        .fs_info()
+        .unwrap()
+        .iter()
+        .map(fsinfo_json)
+        .collect();
+    // In mount order, last first: nvme, scsi, data.
+    assert_eq!(Value::from(fs), want);
+}
+
+#[test]
+fn scsi_nvme_vm_addresses() {
+    let fs = scsi_nvme_vm().fs_info().unwrap();
+    let by_mount = |m: &str| fs.iter().find(|f| f.mountpoint == m).unwrap();
+    // virtio-scsi behind PCI: the LUN is the unit; target and bus stay 0 (qemu-ga's
+    // parser assumes target*:0:0:<lun>, the sysfs path says target 1).
+    let sda = &by_mount("/mnt/scsi").disks;
+    assert_eq!(
+        sda.as_slice(),
+        [DiskAddress {
+            unit: 3,
+            ..addr(pci(0, 0, 5, 0), BusType::Scsi, "/dev/sda")
+        }]
+    );
+    // A partition: its own node, its disk's controller.
+    let nvme = by_mount("/mnt/nvme");
+    assert_eq!(nvme.name, "nvme0n1p1");
+    assert_eq!(
+        nvme.disks,
+        [addr(pci(0, 0, 6, 0), BusType::Nvme, "/dev/nvme0n1p1")]
+    );
+    // No udev: no serial, though sysfs knows the NVMe controller's.
+    assert!(fs.iter().flat_map(|f| &f.disks).all(|d| d.serial.is_none()));
+}
+
+#[test]
+fn scsi_nvme_vm_disks_are_what_qemu_ga_said() {
+    let disks = scsi_nvme_vm().disks().unwrap();
+    let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
+    // Each partition right before its disk (the fixture's readdir order is not the
+    // guest's, so the disks themselves are compared by name).
+    let p = names.iter().position(|n| *n == "/dev/nvme0n1p1").unwrap();
+    assert_eq!(names.get(p + 1), Some(&"/dev/nvme0n1"), "{names:?}");
+    let mut got: Vec<Value> = disks.iter().map(disk_json).collect();
+    let mut want = scsi_nvme_reference()["guest-get-disks"]["return"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let by_name = |v: &Value| v["name"].as_str().unwrap().to_owned();
+    got.sort_by_key(by_name);
+    want.sort_by_key(by_name);
+    assert_eq!(got, want);
+    // Only the NVMe disk is asked for SMART; the partition is not.
+    let smart: Vec<&str> = disks
+        .iter()
+        .filter(|d| d.smart.is_some())
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(smart, ["/dev/nvme0n1"]);
 }
 
 // ------------------------------------------------------- the hand-built tree

@@ -4,8 +4,10 @@
 //! reference qemu-ga, and the replies to the read-only commands are compared.
 //!
 //! The modern read commands are asserted against what the guest is (tests/vm: its
-//! os-release, host name, time zone, utmp login, two vCPUs, the ext4 data disk on vda
-//! at the PCI address QMP reports). The commands that change the guest are checked by
+//! os-release, host name, time zone, utmp login, two vCPUs, three ext4 disks at the
+//! PCI addresses QMP reports: virtio-blk vda, virtio-scsi sda at target 1 LUN 3, and
+//! the MBR partition nvme0n1p1 of an NVMe disk, whose SMART log both agents read).
+//! The commands that change the guest are checked by
 //! their effect: vCPU 1 off and on, guest-exec round trips, guest-set-time through
 //! busybox's hwclock (the guest boots with its RTC 2 h off its clock), ssh keys of a
 //! guest user, passwords through a chpasswd shim that logs its input. Both agents must
@@ -65,18 +67,67 @@ struct Vm {
     console: PathBuf,
 }
 
+/// Size of each of the guest's disks.
+const DISK_SIZE: u64 = 64 << 20;
+/// Where the partition of the NVMe disk starts (sector 2048, as fdisk puts it).
+const PART_START: u64 = 1 << 20;
+/// The virtio-scsi disk's SCSI address: channel, target (`scsi-id`), LUN.
+const SCSI_ADDR: (u64, u64, u64) = (0, 1, 3);
+/// The NVMe controller's serial (`-device nvme,serial=`).
+const NVME_SERIAL: &str = "qganvme01";
+/// Mount points of the two extra disks (init.sh mounts them, from `qga_disks=`).
+const SCSI_MNT: &str = "/mnt/scsi";
+const NVME_MNT: &str = "/mnt/nvme";
+
+/// A sparse raw disk image of [`DISK_SIZE`] bytes with an ext4 filesystem: on the
+/// whole disk, or with `partitioned` on one primary partition (type 0x83) of an MBR
+/// partition table, from [`PART_START`] to the end.
+fn make_disk(path: &Path, partitioned: bool) {
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(DISK_SIZE))
+        .unwrap();
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F"]);
+    if partitioned {
+        // mke2fs writes the filesystem at the offset; the size is in KiB.
+        mkfs.arg("-E")
+            .arg(format!("offset={PART_START}"))
+            .arg(path)
+            .arg(format!("{}k", (DISK_SIZE - PART_START) >> 10));
+    } else {
+        mkfs.arg(path);
+    }
+    let ok = mkfs.status().unwrap();
+    assert!(ok.success(), "mkfs.ext4 {}", path.display());
+    if partitioned {
+        use std::io::{Seek, SeekFrom};
+        let mut mbr = [0u8; 512];
+        mbr[440..444].copy_from_slice(&0x5147_4131u32.to_le_bytes()); // disk id
+        let entry = &mut mbr[446..462];
+        entry[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]); // CHS: use the LBA
+        entry[4] = 0x83; // Linux
+        entry[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+        entry[8..12].copy_from_slice(&((PART_START / 512) as u32).to_le_bytes());
+        entry[12..16].copy_from_slice(&(((DISK_SIZE - PART_START) / 512) as u32).to_le_bytes());
+        mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&mbr).unwrap();
+    }
+}
+
 impl Vm {
+    /// Boots the guest with three ext4 disks: virtio-blk `vda` (on `/mnt/data`),
+    /// virtio-scsi `sda` at [`SCSI_ADDR`] (whole disk, on [`SCSI_MNT`]) and NVMe
+    /// `nvme0n1` (partition `nvme0n1p1`, on [`NVME_MNT`]).
     fn start(guest: &Path, dir: &Path, agent: &str) -> Vm {
         let disk = dir.join("data.img");
-        std::fs::File::create(&disk)
-            .and_then(|f| f.set_len(64 << 20))
-            .unwrap();
-        let ok = Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&disk)
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        make_disk(&disk, false);
+        let scsi = dir.join("scsi.img");
+        make_disk(&scsi, false);
+        let nvme = dir.join("nvme.img");
+        make_disk(&nvme, true);
+        let (channel, scsi_id, lun) = SCSI_ADDR;
         let console = dir.join("console.log");
         let arg = |p: &Path| p.to_str().unwrap().to_owned();
         let child = Command::new(QEMU)
@@ -89,7 +140,8 @@ impl Vm {
             .arg(guest.join("initrd.gz"))
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 panic=-1 qga={agent} qga_rtc_skew={GUEST_RTC_SKEW}"
+                "console=ttyS0 panic=-1 qga={agent} qga_rtc_skew={GUEST_RTC_SKEW} \
+                 qga_disks=sda:{SCSI_MNT},nvme0n1p1:{NVME_MNT}"
             ))
             .arg("-serial")
             .arg(format!("file:{}", arg(&console)))
@@ -109,6 +161,23 @@ impl Vm {
                 arg(&disk)
             ))
             .args(["-device", "virtio-blk-pci,drive=d0,id=vblk"])
+            .args(["-device", "virtio-scsi-pci,id=scsi0"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=d1,format=raw,discard=unmap",
+                arg(&scsi)
+            ))
+            .arg("-device")
+            .arg(format!(
+                "scsi-hd,drive=d1,bus=scsi0.0,channel={channel},scsi-id={scsi_id},lun={lun}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=d2,format=raw,discard=unmap",
+                arg(&nvme)
+            ))
+            .arg("-device")
+            .arg(format!("nvme,drive=d2,serial={NVME_SERIAL},id=nvme0"))
             .args(["-netdev", "user,id=n0,restrict=on"])
             .args(["-device", "virtio-net-pci,netdev=n0"])
             .arg("-qmp")
@@ -779,21 +848,24 @@ async fn read_modern(vm: &Vm, c: &mut Client<tokio::net::UnixStream>, agent: &st
     let size = memory_block_info["size"].as_u64().unwrap();
     assert!(size.is_power_of_two() && size >= 1 << 20, "{agent}: {size}");
 
-    // Filesystems: the data disk on vda, at the virtio-blk device's PCI address.
+    // Filesystems: the data disk on vda, the SCSI disk sda, the NVMe partition
+    // nvme0n1p1, each at its controller's PCI address as QMP reports it.
     let pci = vm.qmp("query-pci");
-    let blk = pci["return"][0]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["qdev_id"] == "vblk")
-        .unwrap_or_else(|| panic!("no vblk in {pci}"))
-        .clone();
-    let address = json!({
-        "domain": 0,
-        "bus": blk["bus"],
-        "slot": blk["slot"],
-        "function": blk["function"],
-    });
+    let address = |id: &str| {
+        let dev = pci["return"][0]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["qdev_id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {pci}"));
+        json!({
+            "domain": 0,
+            "bus": dev["bus"],
+            "slot": dev["slot"],
+            "function": dev["function"],
+        })
+    };
+    let (vblk, scsi0, nvme0) = (address("vblk"), address("scsi0"), address("nvme0"));
     let mut fsinfo: Vec<Value> = get(c, agent, "guest-get-fsinfo")
         .await
         .as_array()
@@ -809,21 +881,47 @@ async fn read_modern(vm: &Vm, c: &mut Client<tokio::net::UnixStream>, agent: &st
         }
     }
     fsinfo.sort_by_key(|f| f["mountpoint"].as_str().unwrap().to_owned());
-    let data = fsinfo
-        .iter()
-        .find(|f| f["mountpoint"] == "/mnt/data")
-        .unwrap_or_else(|| panic!("{agent}: no /mnt/data in {fsinfo:?}"));
-    assert_eq!(
-        (&data["name"], &data["type"]),
-        (&json!("vda"), &json!("ext4"))
-    );
-    let total = data["total-bytes"].as_u64().unwrap();
-    assert!((32 << 20..=64 << 20).contains(&total), "{agent}: {total}");
-    let disk = &data["disk"];
-    assert_eq!(disk.as_array().unwrap().len(), 1, "{agent}: {data}");
-    assert_eq!(disk[0]["bus-type"], "virtio", "{agent}: {data}");
-    assert_eq!(disk[0]["dev"], "/dev/vda", "{agent}: {data}");
-    assert_eq!(disk[0]["pci-controller"], address, "{agent}: {data}");
+    // (mount point, device name, bus type, controller, bus/target/unit). On
+    // virtio-scsi behind PCI, qemu-ga (7.2, and later ones alike) reports the LUN
+    // as unit and bus and target 0, whatever the channel and target (`scsi-id`)
+    // are: its parser assumes `target*:0:0:<lun>`. Ours answers the same (wire
+    // compatibility), so a client cannot tell target 1 from target 0 here.
+    let (_channel, _scsi_id, lun) = SCSI_ADDR;
+    let mounted = [
+        ("/mnt/data", "vda", "virtio", &vblk, (0, 0, 0)),
+        (SCSI_MNT, "sda", "scsi", &scsi0, (0, 0, lun)),
+        (NVME_MNT, "nvme0n1p1", "nvme", &nvme0, (0, 0, 0)),
+    ];
+    for (mnt, name, bus_type, pci, (bus, target, unit)) in mounted {
+        let fs = fsinfo
+            .iter()
+            .find(|f| f["mountpoint"] == mnt)
+            .unwrap_or_else(|| panic!("{agent}: no {mnt} in {fsinfo:?}"));
+        assert_eq!(
+            (&fs["name"], &fs["type"]),
+            (&json!(name), &json!("ext4")),
+            "{agent}: {fs}"
+        );
+        let total = fs["total-bytes"].as_u64().unwrap();
+        assert!(
+            (DISK_SIZE / 2..=DISK_SIZE).contains(&total),
+            "{agent}: {mnt}: {total}"
+        );
+        let disk = &fs["disk"];
+        assert_eq!(disk.as_array().unwrap().len(), 1, "{agent}: {fs}");
+        let d = &disk[0];
+        // On a partition, the partition's node with its disk's address.
+        assert_eq!(d["dev"], format!("/dev/{name}"), "{agent}: {fs}");
+        assert_eq!(d["bus-type"], bus_type, "{agent}: {fs}");
+        assert_eq!(&d["pci-controller"], pci, "{agent}: {fs}");
+        assert_eq!(
+            (&d["bus"], &d["target"], &d["unit"]),
+            (&json!(bus), &json!(target), &json!(unit)),
+            "{agent}: {mnt}: bus/target/unit in {fs}"
+        );
+        // No udev in the guest: neither agent knows a serial.
+        assert_eq!(d.get("serial"), None, "{agent}: {fs}");
+    }
 
     let mut disks: Vec<Value> = get(c, agent, "guest-get-disks")
         .await
@@ -831,13 +929,71 @@ async fn read_modern(vm: &Vm, c: &mut Client<tokio::net::UnixStream>, agent: &st
         .unwrap()
         .clone();
     disks.sort_by_key(|d| d["name"].as_str().unwrap().to_owned());
-    let vda = disks
-        .iter()
-        .find(|d| d["name"] == "/dev/vda")
-        .unwrap_or_else(|| panic!("{agent}: no /dev/vda in {disks:?}"));
-    assert_eq!(vda["partition"], false, "{agent}: {vda}");
-    assert_eq!(vda["address"]["bus-type"], "virtio", "{agent}: {vda}");
-    assert_eq!(vda["address"]["pci-controller"], address, "{agent}: {vda}");
+    let disk = |name: &str| {
+        disks
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap_or_else(|| panic!("{agent}: no {name} in {disks:?}"))
+            .clone()
+    };
+    for (name, bus_type, pci) in [
+        ("/dev/vda", "virtio", &vblk),
+        ("/dev/sda", "scsi", &scsi0),
+        ("/dev/nvme0n1", "nvme", &nvme0),
+    ] {
+        let d = disk(name);
+        assert_eq!(d["partition"], false, "{agent}: {d}");
+        assert_eq!(d["dependencies"], json!([]), "{agent}: {d}");
+        assert_eq!(d["address"]["bus-type"], bus_type, "{agent}: {d}");
+        assert_eq!(&d["address"]["pci-controller"], pci, "{agent}: {d}");
+        assert_eq!(d["address"]["dev"], name, "{agent}: {d}");
+        assert_eq!(d.get("smart").is_some(), bus_type == "nvme", "{agent}: {d}");
+    }
+    let sda = disk("/dev/sda");
+    assert_eq!(
+        (
+            &sda["address"]["bus"],
+            &sda["address"]["target"],
+            &sda["address"]["unit"]
+        ),
+        (&json!(0), &json!(0), &json!(lun)),
+        "{agent}: {sda}"
+    );
+    let part = disk("/dev/nvme0n1p1");
+    assert_eq!(part["partition"], true, "{agent}: {part}");
+    assert_eq!(
+        part["dependencies"],
+        json!(["/dev/nvme0n1"]),
+        "{agent}: {part}"
+    );
+    assert_eq!(part.get("address"), None, "{agent}: {part}");
+    // The NVMe SMART log: what QEMU's controller says of itself (a fixed temperature,
+    // full spare, no warnings) is compared as is; the I/O counters move with what the
+    // guest happened to read and write before the query, so they are checked here
+    // and left out of the comparison.
+    for d in &mut disks {
+        let Some(smart) = d.get_mut("smart").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        assert_eq!(smart["type"], "nvme", "{agent}: {smart:?}");
+        for counter in [
+            "data-units-read",
+            "data-units-written",
+            "host-read-commands",
+            "host-write-commands",
+        ] {
+            let lo = smart.remove(&format!("{counter}-lo"));
+            let hi = smart.remove(&format!("{counter}-hi"));
+            assert!(
+                lo.as_ref().and_then(Value::as_u64).is_some() && hi == Some(json!(0)),
+                "{agent}: smart {counter}: lo {lo:?}, hi {hi:?}"
+            );
+            if counter.contains("read") {
+                // Mounting the partition read from it.
+                assert!(lo.unwrap().as_u64().unwrap() > 0, "{agent}: {counter}");
+            }
+        }
+    }
 
     let stats = get(c, agent, "guest-get-cpustats").await;
     let cpustats: Vec<(i64, Vec<String>)> = stats
@@ -966,12 +1122,16 @@ async fn exercise(vm: &mut Vm, agent: &str) -> ReadOnly {
         .iter()
         .map(|i| {
             // IPv6 link-local addresses appear a moment after the link comes up,
-            // so whether one is listed depends on timing, not on the agent.
+            // and the SLAAC one in slirp's fec0::/64 once its router advertisement
+            // has come and duplicate address detection is over, so whether one is
+            // listed depends on timing, not on the agent.
             let mut a: Vec<String> = i
                 .ip_addresses
                 .iter()
                 .flatten()
-                .filter(|a| !a.ip_address.starts_with("fe80:"))
+                .filter(|a| {
+                    !a.ip_address.starts_with("fe80:") && !a.ip_address.starts_with("fec0:")
+                })
                 .map(|a| format!("{}/{}", a.ip_address, a.prefix))
                 .collect();
             a.sort();
@@ -1021,10 +1181,10 @@ async fn exercise(vm: &mut Vm, agent: &str) -> ReadOnly {
             == big
     );
 
-    // Freeze: the data disk is the one freezable filesystem.
+    // Freeze: the three ext4 disks are the freezable filesystems.
     let status = c.fsfreeze_status().await.unwrap();
     assert_eq!(status, FsfreezeStatus::Thawed);
-    assert_eq!(c.fsfreeze_freeze(None).await.unwrap(), 1);
+    assert_eq!(c.fsfreeze_freeze(None).await.unwrap(), 3);
     assert_eq!(c.fsfreeze_status().await.unwrap(), FsfreezeStatus::Frozen);
     let err = c.file_open("/mnt/data/x", Some("w")).await.unwrap_err();
     assert!(err.is_command_not_found(), "{err}");
@@ -1033,7 +1193,7 @@ async fn exercise(vm: &mut Vm, agent: &str) -> ReadOnly {
         .unwrap()
         .desc
         .contains("has been disabled"));
-    assert_eq!(c.fsfreeze_thaw().await.unwrap(), 1);
+    assert_eq!(c.fsfreeze_thaw().await.unwrap(), 3);
     assert_eq!(c.fsfreeze_status().await.unwrap(), FsfreezeStatus::Thawed);
 
     // Trim: the 3 MB file deleted first, so there is something to discard.
@@ -1114,4 +1274,61 @@ fn guest_agent_in_a_real_vm_ours_and_the_reference() {
         results[0], results[1],
         "read-only replies differ (ours, reference)"
     );
+}
+
+/// Regenerates qga-ops' fixture of this guest's storage
+/// (qga-ops/tests/fixtures/storage/scsi-nvme-vm): boots the guest with the reference
+/// agent, runs qga-ops' capture.sh in it (under busybox sh), pulls the tree out as a
+/// tar with guest-file-read and records what qemu-ga answers to guest-get-fsinfo and
+/// guest-get-disks as `reference.json`. By hand:
+/// `QGA_CAPTURE_OUT=DIR cargo test -p qga-tests --test vm -- --ignored capture`.
+#[test]
+#[ignore = "regenerates a qga-ops fixture; run by hand"]
+fn capture_storage_fixture() {
+    let out = PathBuf::from(std::env::var_os("QGA_CAPTURE_OUT").expect("QGA_CAPTURE_OUT=DIR"));
+    assert!(!out.exists(), "{} exists", out.display());
+    if !can_run() {
+        return;
+    }
+    let guest = tempfile::tempdir().unwrap();
+    build_guest(guest.path());
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = Vm::start(guest.path(), dir.path(), "ref");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tar, reference) = rt.block_on(async {
+        let mut c = connect(&mut vm, Duration::from_secs(120)).await;
+        let st = exec(
+            &mut c,
+            sh("sh /usr/share/qga/storage-capture.sh /tmp/cap && tar -C /tmp -cf /tmp/cap.tar cap"),
+        )
+        .await
+        .unwrap();
+        let got = outcome(&st).unwrap();
+        assert_eq!(got.0, Some(0), "capture.sh: {got:?}");
+        let tar = c.read_file("/tmp/cap.tar", 1 << 20, None).await.unwrap();
+        let mut reference = serde_json::Map::new();
+        for cmd in ["guest-get-fsinfo", "guest-get-disks"] {
+            let v = get(&mut c, "ref", cmd).await;
+            reference.insert(cmd.into(), json!({ "return": v }));
+        }
+        (tar, Value::Object(reference))
+    });
+    let unpack = tempfile::tempdir().unwrap();
+    let mut child = Command::new("tar")
+        .arg("-xf")
+        .arg("-")
+        .arg("-C")
+        .arg(unpack.path())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&tar).unwrap();
+    assert!(child.wait().unwrap().success(), "tar -x");
+    std::fs::rename(unpack.path().join("cap"), &out).unwrap();
+    let text = serde_json::to_string_pretty(&reference).unwrap() + "\n";
+    std::fs::write(out.join("reference.json"), text).unwrap();
+    eprintln!("captured into {}", out.display());
 }

@@ -48,6 +48,10 @@ if command -v strip >/dev/null; then
     for x in "${extras[@]}"; do strip --strip-debug "$root/usr/bin/$(basename "$x")"; done
 fi
 install -m 755 /usr/sbin/qemu-ga "$root/usr/sbin/qemu-ga"
+# qga-ops' storage fixture capture (it runs under busybox sh): tests/tests/vm.rs'
+# capture_storage_fixture regenerates qga-ops/tests/fixtures/storage/scsi-nvme-vm.
+mkdir -p "$root/usr/share/qga"
+install -m 644 "$here/../../qga-ops/tests/fixtures/storage/capture.sh" "$root/usr/share/qga/storage-capture.sh"
 # Shared libraries of both agents and the extras, and the ELF interpreter.
 for bin in "$ours" /usr/sbin/qemu-ga "${extras[@]}"; do
     ldd "$bin" | grep -o '/[^ ]*' | while read -r lib; do
@@ -58,8 +62,13 @@ done
 # Modules in load order: each module's dependencies (modules.dep lists them last
 # to first), then the module.
 # The vsock ones serve qga_method=vsock (tests/tests/vsock.rs); without a vsock device
-# they load and stay idle.
+# they load and stay idle. So do the disk drivers other than virtio_blk: virtio_scsi
+# and sd_mod (scsi_mod comes as their dependency), nvme (and nvme-core) for the
+# SCSI and NVMe disks of tests/tests/vm.rs. crct10dif_generic and
+# crc64_rocksoft_generic are the crypto algorithms behind sd_mod's and nvme-core's
+# t10-pi (modules.softdep lists them, modules.dep does not).
 want="virtio_pci virtio_console virtio_blk virtio_net crc32c_generic ext4 vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
+want="$want crct10dif_generic crc64_rocksoft_generic virtio_scsi sd_mod nvme"
 order=()
 add() {
     local m=$1 line deps path

@@ -36,6 +36,20 @@ hostname -F /etc/hostname
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 mount -t ext4 -o discard /dev/vda /mnt/data || echo "init: mounting /mnt/data failed"
+# qga_disks=DEV:DIR[,DEV:DIR...]: more ext4 disks (tests/tests/vm.rs: a virtio-scsi and
+# an NVMe one), each mounted on DIR once its node appears (SCSI scans and NVMe
+# controllers probe asynchronously).
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in qga_disks=*)
+        for pair in $(echo "${arg#qga_disks=}" | tr , ' '); do
+            dev=/dev/${pair%%:*} dir=${pair#*:}
+            for i in $(seq 1 100); do [ -b "$dev" ] && break; sleep 0.1; done
+            mkdir -p "$dir"
+            mount -t ext4 -o discard "$dev" "$dir" && echo "init: $dev on $dir" \
+                || echo "init: mounting $dev on $dir failed"
+        done ;;
+    esac
+done
 # Modern commands part 2: a user with a home (guest-ssh-*-authorized-keys), a
 # chpasswd that records what it is given (guest-set-user-password), the RTC kept in
 # UTC (guest-set-time runs hwclock), and, with qga_rtc_skew=SECONDS on the command
