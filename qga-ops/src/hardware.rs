@@ -8,6 +8,9 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
 use crate::OpsError;
 
 /// One logical processor (guest-get-vcpus).
@@ -204,17 +207,40 @@ fn open_dir(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Opens `name` inside the already open directory `dir` (`openat`, as 7.2 does):
+/// one path component to look up instead of the whole sysfs path again.
+fn open_in(dir: &File, name: &str, flags: OFlag) -> io::Result<File> {
+    nix::fcntl::openat(dir, name, flags | OFlag::O_CLOEXEC, Mode::empty())
+        .map(File::from)
+        .map_err(io::Error::from)
+}
+
 fn errno(e: &io::Error) -> i64 {
     e.raw_os_error().unwrap_or(0) as i64
 }
 
 /// Reads up to `size` bytes at offset 0, with 7.2's texts for
 /// `ga_read_sysfs_file` (`open sysfs file "state": ...`).
-fn read_sysfs(dir: &Path, name: &str, size: usize) -> Result<Vec<u8>, (OpsError, i64)> {
-    let file = File::open(dir.join(name)).map_err(|e| {
+fn read_sysfs(dir: &File, name: &str, size: usize) -> Result<Vec<u8>, (OpsError, i64)> {
+    read_sysfs_at(dir, name, name, size)
+}
+
+/// [`read_sysfs`] of `path` relative to `dir`, its errors naming the file `name`.
+fn read_sysfs_at(
+    dir: &File,
+    path: &str,
+    name: &str,
+    size: usize,
+) -> Result<Vec<u8>, (OpsError, i64)> {
+    let file = open_in(dir, path, OFlag::O_RDONLY).map_err(|e| {
         let code = errno(&e);
         (OpsError::os(format!("open sysfs file \"{name}\""), e), code)
     })?;
+    read_open_sysfs(&file, name, size)
+}
+
+/// The pread half of [`read_sysfs`].
+fn read_open_sysfs(file: &File, name: &str, size: usize) -> Result<Vec<u8>, (OpsError, i64)> {
     let mut buf = vec![0; size];
     match file.read_at(&mut buf, 0) {
         Ok(0) => Err((
@@ -252,9 +278,10 @@ impl LinuxHardware {
 
     fn read_vcpu(&self, id: i64) -> Result<Vcpu, OpsError> {
         let dir = self.cpu_dir(id);
-        open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
-        let online_path = format!("{dir}/online");
-        let file = match File::open(&online_path) {
+        let dirf =
+            open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
+        let online_path = || format!("{dir}/online");
+        let file = match open_in(&dirf, "online", OFlag::O_RDONLY) {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 return Ok(Vcpu {
@@ -263,9 +290,9 @@ impl LinuxHardware {
                     can_offline: false,
                 })
             }
-            Err(e) => return Err(OpsError::os(format!("open(\"{online_path}\")"), e)),
+            Err(e) => return Err(OpsError::os(format!("open(\"{}\")", online_path()), e)),
         };
-        let status = read_status_byte(&file, &online_path)?;
+        let status = read_status_byte(&file, &online_path())?;
         Ok(Vcpu {
             logical_id: id,
             online: status != b'0',
@@ -275,9 +302,10 @@ impl LinuxHardware {
 
     fn write_vcpu(&self, req: &VcpuRequest) -> Result<(), OpsError> {
         let dir = self.cpu_dir(req.logical_id);
-        open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
+        let dirf =
+            open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
         let online_path = format!("{dir}/online");
-        let file = match OpenOptions::new().read(true).write(true).open(&online_path) {
+        let file = match open_in(&dirf, "online", OFlag::O_RDWR) {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 if req.online {
@@ -300,10 +328,32 @@ impl LinuxHardware {
         Ok(())
     }
 
-    fn read_memory_block(&self, index: u64) -> Result<MemoryBlock, OpsError> {
-        let dir = self.memory_dir(index);
-        open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
-        let dir = Path::new(&dir);
+    /// One block, its directory `memoryN` opened inside `parent` (the open memory
+    /// directory), its files inside that.
+    fn read_memory_block(&self, parent: &File, index: u64) -> Result<MemoryBlock, OpsError> {
+        // 7.2 prints the index as signed.
+        let name = format!("memory{}", index as i64);
+        // Usual case, two opens instead of three: `memoryN/state` and
+        // `memoryN/removable` straight from the memory directory. When `state`
+        // cannot be opened so, the block is read step by step as 7.2 does, for its
+        // errors and its no-`state` case.
+        if let Ok(state) = open_in(parent, &format!("{name}/state"), OFlag::O_RDONLY) {
+            let state = read_open_sysfs(&state, "state", 10).map_err(|(e, _)| e)?;
+            let removable = format!("{name}/removable");
+            let can_offline = match read_sysfs_at(parent, &removable, "removable", 1) {
+                Ok(r) => r[0] != b'0',
+                Err((_, code)) if code == libc::ENOENT as i64 => false,
+                Err((e, _)) => return Err(e),
+            };
+            return Ok(MemoryBlock {
+                phys_index: index,
+                online: is_online_state(&state),
+                can_offline,
+            });
+        }
+        let dir = open_in(parent, &name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(|e| OpsError::os(format!("open(\"{}\")", self.memory_dir(index)), e))?;
+        let dir = &dir;
         let state = match read_sysfs(dir, "state", 10) {
             Ok(s) => s,
             // An old kernel without `state`: always online.
@@ -344,16 +394,18 @@ impl LinuxHardware {
                 reply(MemoryBlockResult::Success, Some(code))
             };
         }
-        let dir = self.memory_dir(req.phys_index);
-        if let Err(e) = open_dir(Path::new(&dir)) {
-            let code = errno(&e);
-            return if code == libc::ENOENT as i64 {
-                reply(MemoryBlockResult::NotFound, Some(code))
-            } else {
-                reply(MemoryBlockResult::OperationFailed, Some(code))
-            };
-        }
-        let dir = Path::new(&dir);
+        let dir = match open_dir(Path::new(&self.memory_dir(req.phys_index))) {
+            Ok(d) => d,
+            Err(e) => {
+                let code = errno(&e);
+                return if code == libc::ENOENT as i64 {
+                    reply(MemoryBlockResult::NotFound, Some(code))
+                } else {
+                    reply(MemoryBlockResult::OperationFailed, Some(code))
+                };
+            }
+        };
+        let dir = &dir;
         let state = match read_sysfs(dir, "state", 10) {
             Ok(s) => s,
             Err((_, code)) if code == libc::ENOENT as i64 => {
@@ -369,10 +421,7 @@ impl LinuxHardware {
         };
         if req.online != is_online_state(&state) {
             let new: &[u8] = if req.online { b"online" } else { b"offline" };
-            let written = OpenOptions::new()
-                .write(true)
-                .open(dir.join("state"))
-                .and_then(|f| f.write_at(new, 0));
+            let written = open_in(dir, "state", OFlag::O_WRONLY).and_then(|f| f.write_at(new, 0));
             if let Err(e) = written {
                 return reply(MemoryBlockResult::OperationFailed, Some(errno(&e)));
             }
@@ -451,14 +500,17 @@ impl Hardware for LinuxHardware {
                 ))
             }
         };
+        let listing_error = |e| {
+            OpsError::os(
+                format!("Can't open directory\"{}/\"", self.sys_memory.display()),
+                e,
+            )
+        };
+        // Each block's directory is opened relative to this one.
+        let parent = open_dir(&self.sys_memory).map_err(listing_error)?;
         let mut out = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| {
-                OpsError::os(
-                    format!("Can't open directory\"{}/\"", self.sys_memory.display()),
-                    e,
-                )
-            })?;
+            let entry = entry.map_err(listing_error)?;
             let name = entry.file_name();
             let Some(index) = name.to_str().and_then(memory_index) else {
                 continue;
@@ -467,7 +519,7 @@ impl Hardware for LinuxHardware {
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            out.push(self.read_memory_block(index)?);
+            out.push(self.read_memory_block(&parent, index)?);
         }
         if out.is_empty() {
             return Err(OpsError::failed("guest reported zero memory blocks!"));
@@ -484,8 +536,9 @@ impl Hardware for LinuxHardware {
 
     fn memory_block_size(&self) -> Result<u64, OpsError> {
         let dir = format!("{}/", self.sys_memory.display());
-        open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
-        let buf = read_sysfs(Path::new(&dir), "block_size_bytes", 20).map_err(|(e, _)| e)?;
+        let dirf =
+            open_dir(Path::new(&dir)).map_err(|e| OpsError::os(format!("open(\"{dir}\")"), e))?;
+        let buf = read_sysfs(&dirf, "block_size_bytes", 20).map_err(|(e, _)| e)?;
         Ok(parse_hex_size(&buf))
     }
 }

@@ -321,6 +321,11 @@ impl LinuxStorage {
                 ))
             }
         };
+        self.walk_resolved(root, &sp, walk)
+    }
+
+    /// [`Self::walk_device`] once `devpath` is resolved.
+    fn walk_resolved(&self, root: &Path, sp: &SysPath, walk: &mut Walk) -> Result<(), OpsError> {
         if walk.name.is_none() {
             walk.name = sp
                 .real
@@ -335,11 +340,11 @@ impl LinuxStorage {
                 )));
             }
             walk.depth += 1;
-            let r = self.walk_slaves(root, &sp, walk);
+            let r = self.walk_slaves(root, sp, walk);
             walk.depth -= 1;
             r
         } else {
-            self.real_device(root, &sp, walk)
+            self.real_device(root, sp, walk)
         }
     }
 
@@ -361,9 +366,11 @@ impl LinuxStorage {
     }
 
     fn real_device(&self, root: &Path, sp: &SysPath, walk: &mut Walk) -> Result<(), OpsError> {
+        // `uevent` read once for both the node and the serial's by-id lookup.
+        let devname = udev::uevent_value(&sp.real.join("uevent"), "DEVNAME");
         let mut disk = DiskAddress {
-            dev: self.devnode(&sp.real),
-            serial: self.serial(&sp.real),
+            dev: devname.as_ref().map(|n| format!("/dev/{n}")),
+            serial: self.serial(&sp.real, devname.as_deref()),
             ..DiskAddress::unknown()
         };
         let has_hwinf = address::fill(self, root, sp, &mut disk)?;
@@ -373,15 +380,16 @@ impl LinuxStorage {
         Ok(())
     }
 
-    fn serial(&self, dir: &Path) -> Option<String> {
+    /// The serial of the device at `dir`, whose `uevent` names it `devname`.
+    fn serial(&self, dir: &Path, devname: Option<&str>) -> Option<String> {
         let udev = udev::Db::for_device(&self.udev_data, dir);
         if let Some(s) = udev.get("ID_SERIAL") {
             return Some(s);
         }
-        let devname = udev::uevent_value(&dir.join("uevent"), "DEVNAME")?;
+        let devname = devname?;
         let part = read_attr(&dir.join("partition"));
         let by_id = self.dev.join("disk/by-id");
-        if let Some(s) = udev::serial_from_by_id(&by_id, &devname, part.as_deref()) {
+        if let Some(s) = udev::serial_from_by_id(&by_id, devname, part.as_deref()) {
             return Some(s);
         }
         if !self.sysfs_serial {
@@ -445,10 +453,10 @@ impl LinuxStorage {
         })
     }
 
-    /// The address guest-get-disks reports for a disk directory.
-    fn disk_address(&self, root: &Path, dir: &Path) -> Option<DiskAddress> {
+    /// The address guest-get-disks reports for a (resolved) disk directory.
+    fn disk_address(&self, root: &Path, dir: &SysPath) -> Option<DiskAddress> {
         let mut walk = Walk::default();
-        self.walk_device(root, dir, &mut walk).ok()?;
+        self.walk_resolved(root, dir, &mut walk).ok()?;
         // qemu-ga takes the head of its prepended list: the last one found.
         walk.disks.pop()
     }
@@ -550,13 +558,12 @@ impl Storage for LinuxStorage {
             let Some(dev) = self.devnode(&dir) else {
                 continue;
             };
-            let is_virtual = self
-                .resolve(&root, &dir)
-                .map_or(true, |sp| sp.virt.contains("/devices/virtual/block/"));
-            let address = if is_virtual {
-                None
-            } else {
-                self.disk_address(&root, &dir)
+            // Resolved once, for this test and the address walk.
+            let address = match self.resolve(&root, &dir) {
+                Ok(sp) if !sp.virt.contains("/devices/virtual/block/") => {
+                    self.disk_address(&root, &sp)
+                }
+                _ => None,
             };
             let smart = match &address {
                 Some(a) if a.bus_type == BusType::Nvme => self.smart(&dev),

@@ -2,13 +2,14 @@
 //! run. See `benches/README.md` for the command and what each scenario measures.
 
 mod agent;
+mod modern;
 mod scenarios;
 mod via_client;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use agent::{Agent, Cpus, Pin, Program};
 use qga_benches::stats::{max, median};
@@ -26,7 +27,9 @@ usage: agent-bench [options]
   --no-ours            measure only the reference
   --reference PATH     reference agent (default /usr/sbin/qemu-ga)
   --no-reference       measure only ours
-  --only LIST          comma list of: floor,ping,sync,pipelined,netif,read,write,startup,client
+  --only LIST          comma list of: floor,ping,sync,pipelined,netif,read,write,startup,client,
+                       modern (every read-only modern command), exec, or command names
+                       (guest-get-disks or its short name disks; for profiling one)
   --socket-floor       only the socket floor (same as --only floor)
   --read-kib LIST      read counts in KiB (default 4,64,1024,16384; for profiling one)
   --tmp DIR            where temp files go (default /dev/shm if it has room, else /tmp)
@@ -271,6 +274,8 @@ fn bench(o: &Options) -> Result<(), String> {
             pipelined_batches: 2,
             max_read_requests: 1_024,
             max_client_read: 16 << 20,
+            modern_calls: 2_000,
+            modern_budget: Duration::from_millis(250),
         }
     } else {
         Sizes {
@@ -282,6 +287,8 @@ fn bench(o: &Options) -> Result<(), String> {
             pipelined_batches: 5,
             max_read_requests: 4_096,
             max_client_read: 64 << 20,
+            modern_calls: 10_000,
+            modern_budget: Duration::from_secs(1),
         }
     };
     let wants = |g: &str| o.only.as_ref().is_none_or(|l| l.iter().any(|x| x == g));
@@ -317,6 +324,36 @@ fn bench(o: &Options) -> Result<(), String> {
             Scenario::ClientPing(Pin::Split),
         ]);
         scenarios.extend([1 << 20, 16 << 20].map(Scenario::ClientRead));
+    }
+    for (i, c) in modern::MODERN.iter().enumerate() {
+        if wants("modern") || wants(c.name) || wants(c.key) {
+            scenarios.push(Scenario::Modern(i));
+        }
+    }
+    if wants("exec") || wants("guest-exec") {
+        scenarios.push(Scenario::Exec);
+    }
+    if let Some(only) = &o.only {
+        const GROUPS: &[&str] = &[
+            "floor",
+            "ping",
+            "sync",
+            "pipelined",
+            "netif",
+            "read",
+            "write",
+            "startup",
+            "client",
+            "modern",
+            "exec",
+            "guest-exec",
+        ];
+        if let Some(bad) = only
+            .iter()
+            .find(|x| !GROUPS.contains(&x.as_str()) && modern::find(x).is_none())
+        {
+            return Err(format!("--only: unknown scenario {bad:?}"));
+        }
     }
     let needs_data = scenarios.iter().any(|s| {
         matches!(
@@ -398,6 +435,9 @@ fn bench(o: &Options) -> Result<(), String> {
 
     let mut results = Results::new();
     let mut errors: Vec<String> = Vec::new();
+    // Agents whose RSS is read one second after their scenario, kept alive (and
+    // connected) meanwhile while the next runs go on.
+    let mut pending: Vec<(Side, Pending)> = Vec::new();
 
     // The socket floor: the same round trip against an echo server.
     if wants("floor") {
@@ -434,12 +474,19 @@ fn bench(o: &Options) -> Result<(), String> {
         };
         for run in 0..runs {
             for (side, program) in &sides {
+                if *side == Side::Reference && scenario.ours_only() {
+                    continue;
+                }
+                harvest(&mut pending, &mut results, false);
                 let out = run_one(scenario, program, work.path(), o.cpus, &inputs);
                 agent::unpin_current_thread();
                 match out {
-                    Ok(out) => {
+                    Ok((out, later)) => {
                         for (k, v) in out {
                             record(&mut results, k, *side, v);
+                        }
+                        if let Some(p) = later {
+                            pending.push((*side, p));
                         }
                     }
                     Err(e) => {
@@ -456,6 +503,7 @@ fn bench(o: &Options) -> Result<(), String> {
             }
         }
     }
+    harvest(&mut pending, &mut results, true);
     drop(inputs);
 
     let elapsed = started.elapsed();
@@ -507,14 +555,63 @@ fn floor_run(
     Ok((n as f64 / total.as_secs_f64(), p(50.0), p(99.0)))
 }
 
-/// One fresh agent, one scenario; metrics include its start-up and peak RSS.
+/// How long after a scenario its agent's RSS is read again.
+const RSS_AFTER: Duration = Duration::from_secs(1);
+
+/// An agent whose RSS is to be read again at `due`; dropping it stops the agent.
+struct Pending {
+    started: agent::Started,
+    /// `VmRSS` in KiB right before the scenario's first request (after the start-up ping).
+    idle_kib: u64,
+    due: Instant,
+    key: String,
+}
+
+/// Reads the RSS of every pending agent that is due (all of them when `all`, waiting
+/// as needed), records `rss_idle.KEY`, `rss_after.KEY` (MiB) and `rss_ratio.KEY`, and
+/// stops those agents.
+fn harvest(pending: &mut Vec<(Side, Pending)>, results: &mut Results, all: bool) {
+    let now = Instant::now();
+    let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(pending)
+        .into_iter()
+        .partition(|(_, p)| all || p.due <= now);
+    *pending = rest;
+    for (side, p) in due {
+        let wait = p.due.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        if let Some(after) = p.started.agent.status_kib("VmRSS") {
+            let k = &p.key;
+            record(
+                results,
+                format!("rss_idle.{k}"),
+                side,
+                p.idle_kib as f64 / 1024.0,
+            );
+            record(
+                results,
+                format!("rss_after.{k}"),
+                side,
+                after as f64 / 1024.0,
+            );
+            if p.idle_kib > 0 {
+                let ratio = after as f64 / p.idle_kib as f64;
+                record(results, format!("rss_ratio.{k}"), side, ratio);
+            }
+        }
+    }
+}
+
+/// One fresh agent, one scenario; metrics include its start-up and peak RSS. Scenarios
+/// whose RSS is read again later hand back their still running agent.
 fn run_one(
     scenario: Scenario,
     program: &Program,
     base: &Path,
     cpus: Cpus,
     inputs: &Inputs,
-) -> std::io::Result<Vec<(String, f64)>> {
+) -> std::io::Result<(scenarios::Samples, Option<Pending>)> {
     let key = scenario.key();
     if scenario == Scenario::Startup {
         let mut out = Vec::new();
@@ -534,9 +631,24 @@ fn run_one(
                 }
             }
         }
-        return Ok(out);
+        return Ok((out, None));
     }
-    let started = Agent::start(program, base, cpus, scenario.pin())?;
+    let mut started = Agent::start(program, base, cpus, scenario.pin())?;
+    if scenario.rss_after() {
+        let idle_kib = started.agent.status_kib("VmRSS").unwrap_or(0);
+        let pid = started.agent.pid();
+        let mut out = scenarios::run(scenario, &mut started.conn, inputs, pid)?;
+        if let Some(hwm) = started.agent.status_kib("VmHWM") {
+            out.push((format!("peak.{key}"), hwm as f64 / 1024.0));
+        }
+        let pending = Pending {
+            started,
+            idle_kib,
+            due: Instant::now() + RSS_AFTER,
+            key,
+        };
+        return Ok((out, Some(pending)));
+    }
     let mut conn = started.conn;
     if let Scenario::ClientPing(_) | Scenario::ClientRead(_) = scenario {
         // One connection at a time: the raw one goes, qga-client connects.
@@ -549,13 +661,13 @@ fn run_one(
         if let Some(hwm) = started.agent.status_kib("VmHWM") {
             out.push((format!("peak.{key}"), hwm as f64 / 1024.0));
         }
-        return Ok(out);
+        return Ok((out, None));
     }
     let mut out = scenarios::run(scenario, &mut conn, inputs, started.agent.pid())?;
     if let Some(hwm) = started.agent.status_kib("VmHWM") {
         out.push((format!("peak.{key}"), hwm as f64 / 1024.0));
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 #[derive(Clone, Copy)]
@@ -759,7 +871,7 @@ const ROWS: &[Row] = &[
 
 fn summary(results: &Results, key: &str, side: Side) -> Option<f64> {
     let mut v = results.get(key)?.get(&side)?.clone();
-    if key.starts_with("peak.") {
+    if key.starts_with("peak.") || key.starts_with("rss_") {
         max(&v)
     } else {
         median(&mut v)
@@ -775,12 +887,15 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
     println!();
     println!("ratio = ours / qemu-ga (above 1: ours is larger; for rates larger is better, for times and memory smaller is better).");
     println!();
-    println!("| scenario | ours | qemu-ga | ratio | target | met? |");
-    println!("|---|---:|---:|---:|---:|:---:|");
-    for r in ROWS {
-        if !results.contains_key(r.key) {
-            continue;
-        }
+    let rows: Vec<&Row> = ROWS
+        .iter()
+        .filter(|r| results.contains_key(r.key))
+        .collect();
+    if !rows.is_empty() {
+        println!("| scenario | ours | qemu-ga | ratio | target | met? |");
+        println!("|---|---:|---:|---:|---:|:---:|");
+    }
+    for r in rows {
         let a = if have_ours {
             summary(results, r.key, Side::Ours)
         } else {
@@ -841,6 +956,7 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
     if scenarios.is_empty() {
         return;
     }
+    print_modern(results, scenarios, have_ours, have_ref);
     println!();
     println!("Peak RSS (VmHWM, MiB) of a fresh agent per scenario:");
     println!();
@@ -857,6 +973,97 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
             fmt(a, 1),
             fmt(b, 1),
             fmt(ratio, 2)
+        );
+    }
+}
+
+/// Target of the modern commands (rate ratio) and of guest-exec cycles.
+const MODERN_TARGET: f64 = 2.0;
+const EXEC_TARGET: f64 = 1.5;
+/// Most RSS one second after a scenario, as a multiple of the same agent's idle RSS.
+const RSS_TARGET: f64 = 1.5;
+
+/// The modern commands and guest-exec: rates side by side, then RSS after each.
+fn print_modern(results: &Results, scenarios: &[Scenario], have_ours: bool, have_ref: bool) {
+    let rows: Vec<Scenario> = scenarios
+        .iter()
+        .copied()
+        .filter(|s| s.rss_after())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let get = |key: &str, side: Side| {
+        let wanted = match side {
+            Side::Ours => have_ours,
+            Side::Reference => have_ref,
+        };
+        if wanted {
+            summary(results, key, side)
+        } else {
+            None
+        }
+    };
+    println!();
+    println!("Read-only modern commands and guest-exec (client and agent on the same CPU; calls/s, for guest-exec cycles/s of one guest-exec of /bin/true plus guest-exec-status polled until exited; p50 and agent CPU per call or cycle, the child's own CPU not included):");
+    println!();
+    println!("| command | ours /s | qemu-ga /s | ratio | target | met? | ours p50 us | qemu-ga p50 us | ours agent CPU us | qemu-ga agent CPU us |");
+    println!("|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|");
+    for s in &rows {
+        let k = s.key();
+        let a = get(&format!("{k}.rate"), Side::Ours);
+        let b = get(&format!("{k}.rate"), Side::Reference);
+        let ratio = a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
+        let t = if *s == Scenario::Exec {
+            EXEC_TARGET
+        } else {
+            MODERN_TARGET
+        };
+        let (target, met) = if s.ours_only() {
+            ("(ours only)".to_string(), String::new())
+        } else {
+            (format!(">= {t}"), ratio.map_or("?".into(), |x| yes(x >= t)))
+        };
+        let f = |m: &str, side, d| fmt(get(&format!("{k}.{m}"), side), d);
+        println!(
+            "| {} | {} | {} | {} | {target} | {met} | {} | {} | {} | {} |",
+            s.describe(),
+            fmt(a, 0),
+            fmt(b, 0),
+            fmt(ratio, 2),
+            f("p50", Side::Ours, 1),
+            f("p50", Side::Reference, 1),
+            f("agent_cpu", Side::Ours, 1),
+            f("agent_cpu", Side::Reference, 1),
+        );
+    }
+    if rows.contains(&Scenario::Exec) {
+        println!();
+        println!(
+            "guest-exec-status polls per cycle (mean): ours {}, qemu-ga {}",
+            fmt(get("exec.polls", Side::Ours), 1),
+            fmt(get("exec.polls", Side::Reference), 1)
+        );
+    }
+    println!();
+    println!("RSS (VmRSS, MiB) one second after each scenario against the same fresh agent's idle RSS (read after its start-up ping, before the scenario); largest over runs; the connection stays open meanwhile:");
+    println!();
+    println!("| scenario | ours idle | ours 1 s after | ours after/idle | target | met? | qemu-ga idle | qemu-ga 1 s after | qemu-ga after/idle |");
+    println!("|---|---:|---:|---:|---:|:---:|---:|---:|---:|");
+    for s in &rows {
+        let k = s.key();
+        let f = |m: &str, side, d| fmt(get(&format!("{m}.{k}"), side), d);
+        let ratio = get(&format!("rss_ratio.{k}"), Side::Ours);
+        println!(
+            "| {} | {} | {} | {} | <= {RSS_TARGET} | {} | {} | {} | {} |",
+            s.describe(),
+            f("rss_idle", Side::Ours, 1),
+            f("rss_after", Side::Ours, 1),
+            fmt(ratio, 2),
+            ratio.map_or("?".into(), |x| yes(x <= RSS_TARGET)),
+            f("rss_idle", Side::Reference, 1),
+            f("rss_after", Side::Reference, 1),
+            f("rss_ratio", Side::Reference, 2),
         );
     }
 }

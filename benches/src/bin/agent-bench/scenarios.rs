@@ -10,6 +10,7 @@ use qga_benches::reply::{return_value, strip_sentinel, BadReply, FileRead};
 use qga_benches::stats::percentile_sorted;
 
 use crate::agent::{Conn, Pin, PING};
+use crate::modern::{self, MODERN};
 
 /// One scenario of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,10 @@ pub enum Scenario {
     ClientPing(Pin),
     /// File reads through `qga-client` with this `count`.
     ClientRead(usize),
+    /// Sequential calls of one read-only modern command (index into `modern::MODERN`).
+    Modern(usize),
+    /// `guest-exec` of `/bin/true`, then `guest-exec-status` until it exited.
+    Exec,
 }
 
 /// Size of the pipelined batch.
@@ -58,7 +63,19 @@ impl Scenario {
             Scenario::Startup => "startup".into(),
             Scenario::ClientPing(p) => format!("client.ping.{}", pin_key(p)),
             Scenario::ClientRead(c) => format!("client.read.{}", size_label(c)),
+            Scenario::Modern(i) => format!("modern.{}", MODERN[i].key),
+            Scenario::Exec => "exec".into(),
         }
+    }
+
+    /// Whether qemu-ga 7.2 lacks the command (measured for ours only).
+    pub fn ours_only(self) -> bool {
+        matches!(self, Scenario::Modern(i) if MODERN[i].ours_only)
+    }
+
+    /// Whether the agent's RSS is read again one second after the scenario.
+    pub fn rss_after(self) -> bool {
+        matches!(self, Scenario::Modern(_) | Scenario::Exec)
     }
 
     /// Human description (for progress lines and the peak-RSS table).
@@ -75,6 +92,8 @@ impl Scenario {
             Scenario::ClientRead(c) => {
                 format!("guest-file-read via qga-client, count {}", size_label(c))
             }
+            Scenario::Modern(i) => MODERN[i].name.into(),
+            Scenario::Exec => "guest-exec /bin/true + guest-exec-status until exited".into(),
         }
     }
 
@@ -82,6 +101,7 @@ impl Scenario {
     pub fn pin(self) -> Pin {
         match self {
             Scenario::Ping(p) | Scenario::Sync(p) | Scenario::ClientPing(p) => p,
+            Scenario::Modern(_) | Scenario::Exec => Pin::Same,
             _ => Pin::Split,
         }
     }
@@ -110,6 +130,10 @@ pub struct Sizes {
     /// At most this many bytes per run through qga-client (its decoding is slow
     /// enough to dominate the bench's time otherwise).
     pub max_client_read: usize,
+    /// Calls per run of a modern command (exec: cycles), at most.
+    pub modern_calls: usize,
+    /// A modern-command run stops after this long (after at least 20 calls).
+    pub modern_budget: Duration,
 }
 
 /// Shared, prepared inputs.
@@ -306,6 +330,8 @@ pub fn run(scenario: Scenario, conn: &mut Conn, inputs: &Inputs, pid: u32) -> io
             out.push((format!("{key}.mbs"), mbs));
             Ok(out)
         }
+        Scenario::Modern(i) => modern::calls(&MODERN[i], conn, inputs, &key, pid),
+        Scenario::Exec => modern::exec(conn, inputs, &key, pid),
         // Run by the caller (they need their own connection).
         Scenario::Startup | Scenario::ClientPing(_) | Scenario::ClientRead(_) => Ok(Vec::new()),
     }
