@@ -30,6 +30,8 @@ for target in "${targets[@]}"; do
         client) dir=qga-client/fuzz max_len=4096 extra=() ;;
         *) echo "fuzz-smoke: unknown target $target" >&2; exit 2 ;;
     esac
+    # The fuzz crates are outside the workspace, so `cargo fmt --all` skips them.
+    cargo fmt --manifest-path "$dir/Cargo.toml" -- --check
     corpus=$root/target/fuzz-corpus/$target
     mkdir -p "$corpus"
     echo "fuzz-smoke: $target for ${seconds}s ($dir/seeds/$target)"
