@@ -232,6 +232,59 @@ command! {
     }
 }
 
+/// [`GuestFileWrite`]'s arguments with the payload checked but not decoded, borrowed
+/// from the request: see [`GuestFileWrite::borrowed_arguments`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFileWriteArgs<'a> {
+    /// Handle from guest-file-open.
+    pub handle: i64,
+    /// The data, checked base64 text.
+    pub buf_b64: crate::Base64Text<'a>,
+    /// Bytes of the decoded data to write; default all.
+    pub count: Option<i64>,
+}
+
+impl GuestFileWrite {
+    /// Reads the arguments as [`Command::from_arguments`] does (the same checks in
+    /// the same order, the same errors) but keeps the payload as checked base64
+    /// text, for a caller that decodes it piece by piece instead of whole.
+    ///
+    /// ```
+    /// use qga_proto::GuestFileWrite;
+    /// let raw = serde_json::value::RawValue::from_string(
+    ///     r#"{"handle":1000,"buf-b64":"aGVsbG8="}"#.into(),
+    /// )
+    /// .unwrap();
+    /// let args = GuestFileWrite::borrowed_arguments(Some(&raw)).unwrap();
+    /// assert_eq!((args.handle, args.count), (1000, None));
+    /// assert_eq!(args.buf_b64.into_vec(), b"hello");
+    /// ```
+    pub fn borrowed_arguments(
+        args: Option<&RawValue>,
+    ) -> Result<GuestFileWriteArgs<'_>, ArgumentError> {
+        // Keep in step with the `command!` definition above.
+        let m = members(args)?;
+        let handle = match m.get("handle") {
+            Some(raw) => i64::from_raw("handle", raw)?,
+            None => return Err(ArgumentError::Missing("handle".to_owned())),
+        };
+        let buf_b64 = match m.get("buf-b64") {
+            Some(raw) => crate::args::base64_text("buf-b64", raw)?,
+            None => return Err(ArgumentError::Missing("buf-b64".to_owned())),
+        };
+        let count = match m.get("count") {
+            Some(raw) => Some(i64::from_raw("count", raw)?),
+            None => None,
+        };
+        reject_unexpected(&m, &["handle", "buf-b64", "count"])?;
+        Ok(GuestFileWriteArgs {
+            handle,
+            buf_b64,
+            count,
+        })
+    }
+}
+
 command! {
     /// `guest-file-seek`. 7.2: `whence` is 0/1/2 or `"set"`/`"cur"`/`"end"`
     /// (1.2: a plain integer passed to fseek).
