@@ -29,7 +29,13 @@ fn is_integer_token(text: &str) -> bool {
 
 impl ArgType for i64 {
     fn from_raw(name: &str, raw: &RawValue) -> Result<Self, ArgumentError> {
-        let text = raw.get();
+        int_from_text(name, raw.get())
+    }
+}
+
+/// [`i64::from_raw`] over the raw JSON text of a value.
+pub(crate) fn int_from_text(name: &str, text: &str) -> Result<i64, ArgumentError> {
+    {
         if !is_integer_token(text) {
             return Err(invalid_type(name, "integer"));
         }
@@ -97,18 +103,14 @@ impl ArgType for u64 {
 
 impl ArgType for Base64 {
     fn from_raw(name: &str, raw: &RawValue) -> Result<Self, ArgumentError> {
-        base64_text(name, raw).map(|t| Base64(t.into_vec()))
+        base64_text(name, raw.get()).map(|t| Base64(t.into_vec()))
     }
 }
 
 /// The base64 payload of member `name`, checked but not decoded: borrowed from the
 /// request when the string has no escapes (base64 never needs any), so the payload
 /// is not scanned again as JSON (the raw value is valid JSON already).
-pub(crate) fn base64_text<'a>(
-    name: &str,
-    raw: &'a RawValue,
-) -> Result<Base64Text<'a>, ArgumentError> {
-    let text = raw.get();
+pub(crate) fn base64_text<'a>(name: &str, text: &'a str) -> Result<Base64Text<'a>, ArgumentError> {
     if !text.starts_with('"') {
         return Err(invalid_type(name, "string"));
     }

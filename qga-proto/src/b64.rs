@@ -244,23 +244,26 @@ impl<'a> Base64Text<'a> {
                     let groups = want.div_ceil(3).clamp(1, PIECE_TEXT / 4);
                     let take = (groups * 4).min(text.len());
                     let (now, rest) = text.split_at(take);
-                    scratch.clear();
-                    scratch.resize(take / 4 * 3, 0);
+                    // Grown once, then reused as it is: no zeroing per piece.
+                    let need = take / 4 * 3 + 3;
+                    if scratch.len() < need {
+                        scratch.resize(need, 0);
+                    }
                     // `body` was checked: decoding it cannot fail.
-                    let n = base64_simd::STANDARD_NO_PAD
-                        .decode(now, scratch.as_mut_slice().as_out())
+                    let mut n = base64_simd::STANDARD_NO_PAD
+                        .decode(now, scratch[..need - 3].as_out())
                         .map_or(0, |d| d.len());
-                    scratch.truncate(n);
                     text = rest;
                     if text.is_empty() {
-                        scratch.extend_from_slice(&last[..*last_len]);
+                        scratch[n..n + last_len].copy_from_slice(&last[..*last_len]);
+                        n += last_len;
                     }
-                    scratch.truncate(want.min(scratch.len()));
-                    if scratch.is_empty() {
+                    let piece = &scratch[..n.min(want)];
+                    if piece.is_empty() {
                         break;
                     }
-                    done += scratch.len();
-                    if !sink(scratch)? {
+                    done += piece.len();
+                    if !sink(piece)? {
                         break;
                     }
                 }

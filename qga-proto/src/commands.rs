@@ -263,20 +263,42 @@ impl GuestFileWrite {
         args: Option<&RawValue>,
     ) -> Result<GuestFileWriteArgs<'_>, ArgumentError> {
         // Keep in step with the `command!` definition above.
-        let m = members(args)?;
-        let handle = match m.get("handle") {
-            Some(raw) => i64::from_raw("handle", raw)?,
+        let text = args.map_or("{}", RawValue::get);
+        let Some(m) = crate::json::split_checked_object(text) else {
+            // Anything unusual (an escaped key, a strict-JSON issue): the typed
+            // path's reading, which also finds the error to report.
+            let m = members(args)?;
+            let owned: Vec<(&str, &str)> = m.0.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
+            return write_args_from(&owned);
+        };
+        write_args_from(&m)
+    }
+}
+
+/// guest-file-write's members, typed in declaration order as `command!` does.
+fn write_args_from<'a>(m: &[(&str, &'a str)]) -> Result<GuestFileWriteArgs<'a>, ArgumentError> {
+    let get = |name: &str| m.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    {
+        let handle = match get("handle") {
+            Some(raw) => crate::args::int_from_text("handle", raw)?,
             None => return Err(ArgumentError::Missing("handle".to_owned())),
         };
-        let buf_b64 = match m.get("buf-b64") {
+        let buf_b64 = match get("buf-b64") {
             Some(raw) => crate::args::base64_text("buf-b64", raw)?,
             None => return Err(ArgumentError::Missing("buf-b64".to_owned())),
         };
-        let count = match m.get("count") {
-            Some(raw) => Some(i64::from_raw("count", raw)?),
+        let count = match get("count") {
+            Some(raw) => Some(crate::args::int_from_text("count", raw)?),
             None => None,
         };
-        reject_unexpected(&m, &["handle", "buf-b64", "count"])?;
+        let mut names: Vec<&str> = m.iter().map(|(k, _)| *k).collect();
+        crate::json::ghash_order(&mut names);
+        if let Some(n) = names
+            .into_iter()
+            .find(|n| !["handle", "buf-b64", "count"].contains(n))
+        {
+            return Err(ArgumentError::Unexpected(n.to_owned()));
+        }
         Ok(GuestFileWriteArgs {
             handle,
             buf_b64,

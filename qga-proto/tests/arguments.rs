@@ -392,6 +392,15 @@ fn borrowed_write_arguments_agree_with_the_typed_ones() {
         r#"{"handle":1000,"buf-b64":"aGk=","handle":1001}"#,
         r#"{}"#,
         r#"[]"#,
+        " { \"handle\" : 1000 ,\n\t\"buf-b64\" : \"aGk=\" , \"count\" : 1 } ",
+        r#"{"handle":1000,"buf-b64":"aGk=","x":{"a":[1,{"b":"}]\""}]},"y":"\"}"}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","count":1e3}"#,
+        r#"{"handle":-0,"buf-b64":"aGk=","count":-5}"#,
+        r#"{"hand\u006ce":1000,"buf-b64":"aGk="}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","x":"\ud800"}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","x":{"a":1,"a":2}}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","count":true}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","":1}"#,
     ];
     for text in cases {
         let r = raw(text);

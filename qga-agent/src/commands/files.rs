@@ -171,8 +171,7 @@ fn write_argument_error(ctx: &Context, req: &Request<'_>, e: ArgumentError) -> Q
 fn write(ctx: &mut Context, c: GuestFileWriteArgs<'_>) -> Result<GuestFileWriteResult, QgaError> {
     let mut scratch = std::mem::take(&mut ctx.write_buf);
     let result = write_pieces(ctx, &c, &mut scratch);
-    // Keep a piece's worth (192 KiB) for the next request, not more.
-    scratch.clear();
+    // A piece's worth (192 KiB) stays for the next request.
     ctx.write_buf = scratch;
     result
 }
