@@ -50,6 +50,8 @@ pub struct Context {
     pub(crate) auto_thaw_retry: Option<Instant>,
     /// The registered commands, for guest-info and the enabled checks.
     pub(crate) table: Arc<Table>,
+    /// guest-file-write's decode buffer (one piece, 192 KiB), kept across requests.
+    pub(crate) write_buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for Context {
@@ -159,6 +161,7 @@ impl Dispatcher {
                 frozen_since: frozen.then(Instant::now),
                 auto_thaw_retry: None,
                 table: Arc::new(registry.into_table()),
+                write_buf: Vec::new(),
             },
         })
     }

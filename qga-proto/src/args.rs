@@ -5,7 +5,7 @@
 use serde_json::value::RawValue;
 
 use crate::json::BorrowedStr;
-use crate::{ArgumentError, Base64};
+use crate::{ArgumentError, Base64, Base64Text};
 
 /// A type that a command argument member can hold, read from raw JSON with qemu-ga's
 /// validation texts. Implemented for the member types of the QGA schema.
@@ -29,7 +29,13 @@ fn is_integer_token(text: &str) -> bool {
 
 impl ArgType for i64 {
     fn from_raw(name: &str, raw: &RawValue) -> Result<Self, ArgumentError> {
-        let text = raw.get();
+        int_from_text(name, raw.get())
+    }
+}
+
+/// [`i64::from_raw`] over the raw JSON text of a value.
+pub(crate) fn int_from_text(name: &str, text: &str) -> Result<i64, ArgumentError> {
+    {
         if !is_integer_token(text) {
             return Err(invalid_type(name, "integer"));
         }
@@ -97,15 +103,24 @@ impl ArgType for u64 {
 
 impl ArgType for Base64 {
     fn from_raw(name: &str, raw: &RawValue) -> Result<Self, ArgumentError> {
-        if !raw.get().starts_with('"') {
-            return Err(invalid_type(name, "string"));
-        }
-        // Borrowed when the text has no escapes (base64 never needs any): the payload
-        // is decoded straight from the request buffer.
-        let s: BorrowedStr<'_> =
-            serde_json::from_str(raw.get()).map_err(|_| invalid_type(name, "string"))?;
-        Base64::decode(&s.0).map(Base64)
+        base64_text(name, raw.get()).map(|t| Base64(t.into_vec()))
     }
+}
+
+/// The base64 payload of member `name`, checked but not decoded: borrowed from the
+/// request when the string has no escapes (base64 never needs any), so the payload
+/// is not scanned again as JSON (the raw value is valid JSON already).
+pub(crate) fn base64_text<'a>(name: &str, text: &'a str) -> Result<Base64Text<'a>, ArgumentError> {
+    if !text.starts_with('"') {
+        return Err(invalid_type(name, "string"));
+    }
+    if memchr::memchr(b'\\', text.as_bytes()).is_none() {
+        // A valid JSON string without escapes: its contents are between the quotes.
+        return Base64Text::parse(&text[1..text.len() - 1]);
+    }
+    let s: BorrowedStr<'_> =
+        serde_json::from_str(text).map_err(|_| invalid_type(name, "string"))?;
+    Base64Text::parse(&s.0).map(|t| Base64Text::decoded(t.into_vec()))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::fmt;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
+use base64_simd::AsOut;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -39,44 +40,7 @@ impl fmt::Debug for Base64 {
 impl Base64 {
     /// Decodes base64 text with the reference agent's rules.
     pub fn decode(text: &str) -> Result<Vec<u8>, ArgumentError> {
-        let bytes = text.as_bytes();
-        // Fast path, what every sane client sends: whole groups, no newlines. The
-        // decoder rejects any byte outside the alphabet itself, so a success needs
-        // no separate check; anything else takes the careful path below.
-        if bytes.len().is_multiple_of(4) {
-            if let Ok(v) = ENGINE.decode(bytes) {
-                return Ok(v);
-            }
-        }
-        const VALID: [bool; 256] = {
-            let mut t = [false; 256];
-            let mut i = 0;
-            while i < 256 {
-                let b = i as u8;
-                t[i] = b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\n');
-                i += 1;
-            }
-            t
-        };
-        if !bytes.iter().all(|&b| VALID[b as usize]) {
-            return Err(ArgumentError::InvalidBase64);
-        }
-        let stripped;
-        let mut input: &[u8] = bytes;
-        if input.contains(&b'\n') {
-            stripped = input
-                .iter()
-                .copied()
-                .filter(|&b| b != b'\n')
-                .collect::<Vec<u8>>();
-            input = &stripped;
-        }
-        // GLib drops an incomplete final group silently.
-        let whole = input.len() - input.len() % 4;
-        let input = &input[..whole];
-        ENGINE
-            .decode(input)
-            .map_err(|_| ArgumentError::InvalidBase64)
+        Base64Text::parse(text).map(Base64Text::into_vec)
     }
 
     /// Appends the base64 encoding of `data` to `out` (padded, standard alphabet),
@@ -99,6 +63,214 @@ impl Base64 {
 
 fn encoded_len(n: usize) -> usize {
     n.div_ceil(3) * 4
+}
+
+/// Bytes qemu-ga accepts in base64 text: the standard alphabet, `=` and `\n`.
+const VALID: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\n');
+        i += 1;
+    }
+    t
+};
+
+/// The careful path, for whatever the fast one does not take (newlines, `=` inside
+/// the text, bad bytes): check every byte, drop newlines, drop an incomplete final
+/// group, decode with the lenient engine.
+fn decode_lenient(bytes: &[u8]) -> Result<Vec<u8>, ArgumentError> {
+    if !bytes.iter().all(|&b| VALID[b as usize]) {
+        return Err(ArgumentError::InvalidBase64);
+    }
+    let stripped;
+    let mut input: &[u8] = bytes;
+    if memchr::memchr(b'\n', input).is_some() {
+        stripped = input
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\n')
+            .collect::<Vec<u8>>();
+        input = &stripped;
+    }
+    // GLib drops an incomplete final group silently.
+    let whole = input.len() - input.len() % 4;
+    ENGINE
+        .decode(&input[..whole])
+        .map_err(|_| ArgumentError::InvalidBase64)
+}
+
+/// Text per piece when decoding in pieces (a multiple of 4): 192 KiB of data, small
+/// enough to stay in the CPU's cache between decoding and its use.
+const PIECE_TEXT: usize = 256 * 1024;
+
+/// Base64 text already checked with qemu-ga's rules (see [`Base64`]), decoded on
+/// demand: whole ([`to_vec`](Base64Text::to_vec)) or piece by piece through a small
+/// buffer ([`decode_in_pieces`](Base64Text::decode_in_pieces)), so a large payload
+/// need never exist decoded in full.
+///
+/// What every sane client sends (whole groups of the alphabet, padding only at the
+/// end, no newlines) is checked and decoded with SIMD (`base64-simd`); anything else
+/// is decoded at once by the careful path, with the same result.
+///
+/// ```
+/// use qga_proto::Base64Text;
+/// let t = Base64Text::parse("aGVsbG8gd29ybGQ=").unwrap();
+/// assert_eq!(t.decoded_len(), 11);
+/// assert_eq!(t.clone().into_vec(), b"hello world");
+/// let mut got = Vec::new();
+/// t.decode_in_pieces(5, &mut Vec::new(), |piece| {
+///     got.extend_from_slice(piece);
+///     Ok::<bool, ()>(true)
+/// })
+/// .unwrap();
+/// assert_eq!(got, b"hello");
+/// assert!(Base64Text::parse("aGV sbG8=").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Base64Text<'a>(Repr<'a>);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Repr<'a> {
+    /// Whole groups without padding (checked), then the decoded last group.
+    Plain {
+        body: &'a [u8],
+        last: [u8; 3],
+        last_len: usize,
+    },
+    /// Decoded by the careful path.
+    Decoded(Vec<u8>),
+}
+
+impl fmt::Debug for Base64Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Base64Text({} bytes)", self.decoded_len())
+    }
+}
+
+impl<'a> Base64Text<'a> {
+    /// Checks `text` (in one SIMD pass for the usual text); an error is
+    /// [`ArgumentError::InvalidBase64`], exactly where [`Base64::decode`] fails.
+    pub fn parse(text: &'a str) -> Result<Self, ArgumentError> {
+        let bytes = text.as_bytes();
+        let whole = bytes.len() - bytes.len() % 4;
+        // The incomplete final group is dropped, but its bytes must still be valid;
+        // a newline anywhere takes the careful path.
+        let tail_ok = bytes[whole..]
+            .iter()
+            .all(|&b| VALID[b as usize] && b != b'\n');
+        if tail_ok && whole > 0 {
+            let (body, last) = bytes[..whole].split_at(whole - 4);
+            let mut out = [0u8; 3];
+            if base64_simd::STANDARD_NO_PAD.check(body).is_ok() {
+                if let Ok(n) = ENGINE.decode_slice(last, &mut out) {
+                    return Ok(Base64Text(Repr::Plain {
+                        body,
+                        last: out,
+                        last_len: n,
+                    }));
+                }
+            }
+        } else if tail_ok {
+            return Ok(Base64Text(Repr::Decoded(Vec::new())));
+        }
+        decode_lenient(bytes).map(|v| Base64Text(Repr::Decoded(v)))
+    }
+
+    /// Text already decoded (by the careful path or after unescaping).
+    pub(crate) fn decoded(v: Vec<u8>) -> Self {
+        Base64Text(Repr::Decoded(v))
+    }
+
+    /// Number of bytes the text decodes to.
+    pub fn decoded_len(&self) -> usize {
+        match &self.0 {
+            Repr::Plain { body, last_len, .. } => body.len() / 4 * 3 + last_len,
+            Repr::Decoded(v) => v.len(),
+        }
+    }
+
+    /// The decoded bytes.
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.0 {
+            Repr::Plain {
+                body,
+                last,
+                last_len,
+            } => {
+                let mut v = vec![0u8; body.len() / 4 * 3 + 3];
+                // `body` was checked: decoding it cannot fail.
+                let n = base64_simd::STANDARD_NO_PAD
+                    .decode(body, v.as_mut_slice().as_out())
+                    .map_or(0, |d| d.len());
+                v.truncate(n);
+                v.extend_from_slice(&last[..last_len]);
+                v
+            }
+            Repr::Decoded(v) => v,
+        }
+    }
+
+    /// Decodes the first `limit` bytes (at most [`decoded_len`](Self::decoded_len))
+    /// in order, handing each piece (up to 192 KiB) to `sink`, which answers whether
+    /// to go on. `scratch` holds the pieces (reuse it across calls). When the sink
+    /// returns `Ok(false)`, decoding stops there.
+    pub fn decode_in_pieces<E>(
+        &self,
+        limit: usize,
+        scratch: &mut Vec<u8>,
+        mut sink: impl FnMut(&[u8]) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let limit = limit.min(self.decoded_len());
+        match &self.0 {
+            Repr::Decoded(v) => {
+                for piece in v[..limit].chunks(PIECE_TEXT / 4 * 3) {
+                    if !sink(piece)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Repr::Plain {
+                body,
+                last,
+                last_len,
+            } => {
+                let mut done = 0usize;
+                let mut text = &body[..];
+                while done < limit {
+                    let want = limit - done;
+                    let groups = want.div_ceil(3).clamp(1, PIECE_TEXT / 4);
+                    let take = (groups * 4).min(text.len());
+                    let (now, rest) = text.split_at(take);
+                    // Grown once, then reused as it is: no zeroing per piece.
+                    let need = take / 4 * 3 + 3;
+                    if scratch.len() < need {
+                        scratch.resize(need, 0);
+                    }
+                    // `body` was checked: decoding it cannot fail.
+                    let mut n = base64_simd::STANDARD_NO_PAD
+                        .decode(now, scratch[..need - 3].as_out())
+                        .map_or(0, |d| d.len());
+                    text = rest;
+                    if text.is_empty() {
+                        scratch[n..n + last_len].copy_from_slice(&last[..*last_len]);
+                        n += last_len;
+                    }
+                    let piece = &scratch[..n.min(want)];
+                    if piece.is_empty() {
+                        break;
+                    }
+                    done += piece.len();
+                    if !sink(piece)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl From<Vec<u8>> for Base64 {
@@ -172,6 +344,116 @@ mod tests {
                 Err(ArgumentError::InvalidBase64),
                 "{bad}"
             );
+        }
+    }
+
+    /// Every way to decode: whole, and in pieces with any limit, collected.
+    fn pieces(t: &Base64Text<'_>, limit: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut scratch = Vec::new();
+        t.decode_in_pieces(limit, &mut scratch, |p| {
+            assert!(!p.is_empty() && p.len() <= PIECE_TEXT / 4 * 3);
+            got.extend_from_slice(p);
+            Ok::<bool, ()>(true)
+        })
+        .unwrap();
+        got
+    }
+
+    fn check_against_careful_path(text: &[u8]) {
+        let Ok(text) = std::str::from_utf8(text) else {
+            return;
+        };
+        let careful = decode_lenient(text.as_bytes());
+        let fast = Base64Text::parse(text);
+        match (&careful, &fast) {
+            (Ok(want), Ok(t)) => {
+                assert_eq!(t.decoded_len(), want.len(), "{text:?}");
+                assert_eq!(&t.clone().into_vec(), want, "{text:?}");
+                assert_eq!(&pieces(t, usize::MAX), want, "{text:?}");
+                for limit in [
+                    0,
+                    1.min(want.len()),
+                    want.len() / 2,
+                    want.len().saturating_sub(1),
+                ] {
+                    assert_eq!(pieces(t, limit), want[..limit], "{text:?} limit {limit}");
+                }
+            }
+            (Err(a), Err(b)) => assert_eq!(a, b),
+            _ => panic!("{text:?}: careful {careful:?}, fast {fast:?}"),
+        }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_careful_one_at_the_edges() {
+        for text in [
+            "",
+            "=",
+            "==",
+            "a",
+            "aG",
+            "aGV",
+            "aGVs",
+            "aGVsbA",
+            "aGVsbA=",
+            "aGVsbA==",
+            "aGVsbA===",
+            "aGVsbG8=",
+            "aGVsbG8",
+            "aGVs=bG8",
+            "aGVsbG8=\n",
+            "\naGVs",
+            "aGVsbG8=!",
+            "aGVsbG8!",
+            "!GVsbG8=",
+            "aGVs bG8",
+            "aGVsbG9=",
+            "aGVsbG9",
+            "aGVsbGZ=",
+            "a===",
+            "aG==",
+            "aGk=aGk=",
+            "aGVsbG8=aGk",
+            "aGVsbG8==",
+            "-_-_",
+            "aGVs\u{e9}",
+            "aGVsbG8=\r",
+        ] {
+            check_against_careful_path(text.as_bytes());
+        }
+        // Large: across pieces, with a bad byte or a newline at chosen places.
+        let data: Vec<u8> = (0..700_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let good = ENGINE.encode(&data);
+        check_against_careful_path(good.as_bytes());
+        let unpadded = good.trim_end_matches('=');
+        check_against_careful_path(&unpadded.as_bytes()[..unpadded.len() - 1]);
+        for at in [0, 3, 4, 262_143, 262_144, 500_001, good.len() - 2] {
+            for b in [b'!', b'\n', b'=', b'-'] {
+                let mut t = good.clone().into_bytes();
+                t[at] = b;
+                check_against_careful_path(&t);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_decodes_as_the_careful_path_says(
+            text in proptest::collection::vec(
+                proptest::sample::select(b"AZaz09+/=\n!-aQ".to_vec()), 0..64)
+        ) {
+            check_against_careful_path(&text);
+        }
+
+        #[test]
+        fn encoded_data_round_trips(data in proptest::collection::vec(proptest::num::u8::ANY, 0..3000)) {
+            let text = ENGINE.encode(&data);
+            let t = Base64Text::parse(&text).unwrap();
+            proptest::prop_assert_eq!(pieces(&t, usize::MAX), data.clone());
+            proptest::prop_assert_eq!(Base64::decode(&text).unwrap(), data);
         }
     }
 

@@ -232,6 +232,81 @@ command! {
     }
 }
 
+/// [`GuestFileWrite`]'s arguments with the payload checked but not decoded, borrowed
+/// from the request: see [`GuestFileWrite::borrowed_arguments`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFileWriteArgs<'a> {
+    /// Handle from guest-file-open.
+    pub handle: i64,
+    /// The data, checked base64 text.
+    pub buf_b64: crate::Base64Text<'a>,
+    /// Bytes of the decoded data to write; default all.
+    pub count: Option<i64>,
+}
+
+impl GuestFileWrite {
+    /// Reads the arguments as [`Command::from_arguments`] does (the same checks in
+    /// the same order, the same errors) but keeps the payload as checked base64
+    /// text, for a caller that decodes it piece by piece instead of whole.
+    ///
+    /// ```
+    /// use qga_proto::GuestFileWrite;
+    /// let raw = serde_json::value::RawValue::from_string(
+    ///     r#"{"handle":1000,"buf-b64":"aGVsbG8="}"#.into(),
+    /// )
+    /// .unwrap();
+    /// let args = GuestFileWrite::borrowed_arguments(Some(&raw)).unwrap();
+    /// assert_eq!((args.handle, args.count), (1000, None));
+    /// assert_eq!(args.buf_b64.into_vec(), b"hello");
+    /// ```
+    pub fn borrowed_arguments(
+        args: Option<&RawValue>,
+    ) -> Result<GuestFileWriteArgs<'_>, ArgumentError> {
+        // Keep in step with the `command!` definition above.
+        let text = args.map_or("{}", RawValue::get);
+        let Some(m) = crate::json::split_checked_object(text) else {
+            // Anything unusual (an escaped key, a strict-JSON issue): the typed
+            // path's reading, which also finds the error to report.
+            let m = members(args)?;
+            let owned: Vec<(&str, &str)> = m.0.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
+            return write_args_from(&owned);
+        };
+        write_args_from(&m)
+    }
+}
+
+/// guest-file-write's members, typed in declaration order as `command!` does.
+fn write_args_from<'a>(m: &[(&str, &'a str)]) -> Result<GuestFileWriteArgs<'a>, ArgumentError> {
+    let get = |name: &str| m.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    {
+        let handle = match get("handle") {
+            Some(raw) => crate::args::int_from_text("handle", raw)?,
+            None => return Err(ArgumentError::Missing("handle".to_owned())),
+        };
+        let buf_b64 = match get("buf-b64") {
+            Some(raw) => crate::args::base64_text("buf-b64", raw)?,
+            None => return Err(ArgumentError::Missing("buf-b64".to_owned())),
+        };
+        let count = match get("count") {
+            Some(raw) => Some(crate::args::int_from_text("count", raw)?),
+            None => None,
+        };
+        let mut names: Vec<&str> = m.iter().map(|(k, _)| *k).collect();
+        crate::json::ghash_order(&mut names);
+        if let Some(n) = names
+            .into_iter()
+            .find(|n| !["handle", "buf-b64", "count"].contains(n))
+        {
+            return Err(ArgumentError::Unexpected(n.to_owned()));
+        }
+        Ok(GuestFileWriteArgs {
+            handle,
+            buf_b64,
+            count,
+        })
+    }
+}
+
 command! {
     /// `guest-file-seek`. 7.2: `whence` is 0/1/2 or `"set"`/`"cur"`/`"end"`
     /// (1.2: a plain integer passed to fseek).

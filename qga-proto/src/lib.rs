@@ -94,7 +94,7 @@ mod json;
 mod modern;
 
 pub use args::ArgType;
-pub use b64::Base64;
+pub use b64::{Base64, Base64Text};
 pub use commands::*;
 pub use envelope::{EnvelopeError, Execute, RawResponse, Request, Response};
 pub use error::{ArgumentError, ErrorClass, QgaError};

@@ -361,3 +361,62 @@ fn union_replies_carry_their_type_tag() {
     let GuestDiskSmart::Nvme(s) = serde_json::from_str(reply).unwrap();
     assert_eq!((s.temperature, s.power_on_hours_lo), (300, 6));
 }
+
+/// guest-file-write's borrowed reading (the agent's hot path) answers every argument
+/// text exactly as the typed one: the same error, or the same handle, count and
+/// decoded payload.
+#[test]
+fn borrowed_write_arguments_agree_with_the_typed_ones() {
+    let cases = [
+        r#"{"handle":1000,"buf-b64":"aGVsbG8="}"#,
+        r#"{"buf-b64":"aGVsbG8","handle":1000,"count":2}"#,
+        r#"{"handle":1000,"buf-b64":"aGVs\nbG8=\n"}"#,
+        r#"{"handle":1000,"buf-b64":"aGVs\/bG8="}"#,
+        r#"{"handle":1000,"buf-b64":"a\u0047Vs"}"#,
+        r#"{"handle":1000,"buf-b64":"aGV sbG8="}"#,
+        r#"{"handle":1000,"buf-b64":"aGVs!"}"#,
+        r#"{"handle":1000,"buf-b64":"aGVs=bG8"}"#,
+        r#"{"handle":1000,"buf-b64":""}"#,
+        r#"{"handle":1000,"buf-b64":5}"#,
+        r#"{"handle":1000,"buf-b64":null}"#,
+        r#"{"handle":"1000","buf-b64":"!!"}"#,
+        r#"{"handle":1.5,"buf-b64":"aGk="}"#,
+        r#"{"buf-b64":"aGk="}"#,
+        r#"{"handle":1000}"#,
+        r#"{"handle":1000,"buf-b64":"!!","count":"x"}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","count":"x"}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","count":null}"#,
+        r#"{"handle":1000,"buf-b64":"!!","extra":1}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","extra":1,"more":2}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","count":-1}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","handle":1001}"#,
+        r#"{}"#,
+        r#"[]"#,
+        " { \"handle\" : 1000 ,\n\t\"buf-b64\" : \"aGk=\" , \"count\" : 1 } ",
+        r#"{"handle":1000,"buf-b64":"aGk=","x":{"a":[1,{"b":"}]\""}]},"y":"\"}"}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","count":1e3}"#,
+        r#"{"handle":-0,"buf-b64":"aGk=","count":-5}"#,
+        r#"{"hand\u006ce":1000,"buf-b64":"aGk="}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","x":"\ud800"}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","x":{"a":1,"a":2}}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","count":true}"#,
+        r#"{"handle":1000,"buf-b64":"aGk=","":1}"#,
+    ];
+    for text in cases {
+        let r = raw(text);
+        let typed = GuestFileWrite::from_arguments(Some(&r));
+        let borrowed = GuestFileWrite::borrowed_arguments(Some(&r));
+        match (typed, borrowed) {
+            (Ok(t), Ok(b)) => {
+                assert_eq!((t.handle, t.count), (b.handle, b.count), "{text}");
+                assert_eq!(t.buf_b64.0, b.buf_b64.into_vec(), "{text}");
+            }
+            (Err(t), Err(b)) => assert_eq!(t, b, "{text}"),
+            (t, b) => panic!("{text}: typed {t:?}, borrowed {b:?}"),
+        }
+    }
+    assert_eq!(
+        GuestFileWrite::borrowed_arguments(None).unwrap_err(),
+        GuestFileWrite::from_arguments(None).unwrap_err()
+    );
+}

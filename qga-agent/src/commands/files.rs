@@ -136,10 +136,13 @@ fn read_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
     out.extend_from_slice(b"}\n");
 }
 
+/// guest-file-write: the payload is checked first (bad base64 writes nothing), then
+/// decoded piece by piece into a small buffer kept across requests, each piece
+/// written as it comes: the request buffer is the only full-size copy of the data.
 fn write_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
     let id = req.id.clone();
-    let result = match GuestFileWrite::from_arguments(req.arguments) {
-        Ok(c) => write(ctx, c),
+    let result = match GuestFileWrite::borrowed_arguments(req.arguments) {
+        Ok(args) => write(ctx, args),
         Err(e) => Err(write_argument_error(ctx, req, e)),
     };
     reply(out, result, id, false);
@@ -165,17 +168,38 @@ fn write_argument_error(ctx: &Context, req: &Request<'_>, e: ArgumentError) -> Q
     e.into()
 }
 
-fn write(ctx: &mut Context, c: GuestFileWrite) -> Result<GuestFileWriteResult, QgaError> {
+fn write(ctx: &mut Context, c: GuestFileWriteArgs<'_>) -> Result<GuestFileWriteResult, QgaError> {
+    let mut scratch = std::mem::take(&mut ctx.write_buf);
+    let result = write_pieces(ctx, &c, &mut scratch);
+    // A piece's worth (192 KiB) stays for the next request.
+    ctx.write_buf = scratch;
+    result
+}
+
+fn write_pieces(
+    ctx: &mut Context,
+    c: &GuestFileWriteArgs<'_>,
+    scratch: &mut Vec<u8>,
+) -> Result<GuestFileWriteResult, QgaError> {
     let file = ctx.file(c.handle)?;
-    let data = &c.buf_b64.0;
-    let count = c.count.unwrap_or(data.len() as i64);
-    if count < 0 || count as usize > data.len() {
+    let len = c.buf_b64.decoded_len();
+    let count = c.count.unwrap_or(len as i64);
+    if count < 0 || count as usize > len {
         return Err(invalid_count(count));
     }
-    let w = file.write(&data[..count as usize]).map_err(ops_err)?;
+    // One write(2) per piece; a short one (a non-blocking pipe that is full) ends
+    // the request with what went through, as a single large write would.
+    let (mut written, mut eof) = (0usize, false);
+    c.buf_b64
+        .decode_in_pieces(count as usize, scratch, |piece| {
+            let w = file.write(piece).map_err(ops_err)?;
+            written += w.count;
+            eof = w.eof;
+            Ok::<bool, QgaError>(w.count == piece.len())
+        })?;
     Ok(GuestFileWriteResult {
-        count: w.count as i64,
-        eof: w.eof,
+        count: written as i64,
+        eof,
     })
 }
 
