@@ -106,7 +106,7 @@ fn decode_lenient(bytes: &[u8]) -> Result<Vec<u8>, ArgumentError> {
 const PIECE_TEXT: usize = 256 * 1024;
 
 /// Base64 text already checked with qemu-ga's rules (see [`Base64`]), decoded on
-/// demand: whole ([`to_vec`](Base64Text::to_vec)) or piece by piece through a small
+/// demand: whole ([`into_vec`](Base64Text::into_vec)) or piece by piece through a small
 /// buffer ([`decode_in_pieces`](Base64Text::decode_in_pieces)), so a large payload
 /// need never exist decoded in full.
 ///
