@@ -2,6 +2,7 @@
 //! run. See `benches/README.md` for the command and what each scenario measures.
 
 mod agent;
+mod memory;
 mod modern;
 mod scenarios;
 mod via_client;
@@ -28,7 +29,7 @@ usage: agent-bench [options]
   --reference PATH     reference agent (default /usr/sbin/qemu-ga)
   --no-reference       measure only ours
   --only LIST          comma list of: floor,ping,sync,pipelined,netif,read,write,startup,client,
-                       modern (every read-only modern command), exec, or command names
+                       modern (every read-only modern command), exec, memory, or command names
                        (guest-get-disks or its short name disks; for profiling one)
   --socket-floor       only the socket floor (same as --only floor)
   --read-kib LIST      read counts in KiB (default 4,64,1024,16384; for profiling one)
@@ -333,6 +334,9 @@ fn bench(o: &Options) -> Result<(), String> {
     if wants("exec") || wants("guest-exec") {
         scenarios.push(Scenario::Exec);
     }
+    if wants("memory") {
+        scenarios.push(Scenario::Memory);
+    }
     if let Some(only) = &o.only {
         const GROUPS: &[&str] = &[
             "floor",
@@ -347,6 +351,7 @@ fn bench(o: &Options) -> Result<(), String> {
             "modern",
             "exec",
             "guest-exec",
+            "memory",
         ];
         if let Some(bad) = only
             .iter()
@@ -358,7 +363,7 @@ fn bench(o: &Options) -> Result<(), String> {
     let needs_data = scenarios.iter().any(|s| {
         matches!(
             s,
-            Scenario::Read(_) | Scenario::Write(_) | Scenario::ClientRead(_)
+            Scenario::Read(_) | Scenario::Write(_) | Scenario::ClientRead(_) | Scenario::Memory
         )
     });
     let data_len = if needs_data { sizes.read_file } else { 0 };
@@ -469,7 +474,9 @@ fn bench(o: &Options) -> Result<(), String> {
             scenario.describe()
         );
         let runs = match scenario {
-            Scenario::Read(_) | Scenario::Write(_) | Scenario::ClientRead(_) => o.runs,
+            Scenario::Read(_) | Scenario::Write(_) | Scenario::ClientRead(_) | Scenario::Memory => {
+                o.runs
+            }
             _ => o.cheap_runs,
         };
         for run in 0..runs {
@@ -871,7 +878,7 @@ const ROWS: &[Row] = &[
 
 fn summary(results: &Results, key: &str, side: Side) -> Option<f64> {
     let mut v = results.get(key)?.get(&side)?.clone();
-    if key.starts_with("peak.") || key.starts_with("rss_") {
+    if key.starts_with("peak.") || key.starts_with("rss_") || key.starts_with("memory.") {
         max(&v)
     } else {
         median(&mut v)
@@ -957,6 +964,7 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
         return;
     }
     print_modern(results, scenarios, have_ours, have_ref);
+    print_memory(results);
     println!();
     println!("Peak RSS (VmHWM, MiB) of a fresh agent per scenario:");
     println!();
@@ -973,6 +981,46 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
             fmt(a, 1),
             fmt(b, 1),
             fmt(ratio, 2)
+        );
+    }
+}
+
+/// Most peak RSS during the one large write, as a multiple of the request's size.
+const WRITE_PEAK_TARGET: f64 = 1.2;
+
+/// Memory back to idle: the steps of one agent side by side (worst run of each).
+fn print_memory(results: &Results) {
+    if !results.contains_key("memory.idle") {
+        return;
+    }
+    let f = |key: &str, side, digits| fmt(summary(results, key, side), digits);
+    println!();
+    println!(
+        "Memory back to idle: one fresh agent per run takes these steps in turn; RSS (VmRSS) one second after each step's last reply, as a multiple of the same agent's idle RSS (largest over runs):"
+    );
+    println!();
+    println!("| step | ours | qemu-ga | target | met? |");
+    println!("|---|---:|---:|---:|:---:|");
+    println!(
+        "| idle RSS, MiB | {} | {} |  |  |",
+        f("memory.idle", Side::Ours, 1),
+        f("memory.idle", Side::Reference, 1)
+    );
+    let met =
+        |key: &str, t: f64| summary(results, key, Side::Ours).map_or("?".into(), |x| yes(x <= t));
+    println!(
+        "| peak RSS during the 32 MiB write / its request's size | {} | {} | <= {WRITE_PEAK_TARGET} | {} |",
+        f("memory.write_peak", Side::Ours, 2),
+        f("memory.write_peak", Side::Reference, 2),
+        met("memory.write_peak", WRITE_PEAK_TARGET)
+    );
+    for (step, what) in memory::STEPS {
+        let key = format!("memory.after.{step}");
+        println!(
+            "| after {what} | {} | {} | <= {RSS_TARGET} | {} |",
+            f(&key, Side::Ours, 2),
+            f(&key, Side::Reference, 2),
+            met(&key, RSS_TARGET)
         );
     }
 }

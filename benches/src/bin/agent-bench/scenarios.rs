@@ -37,6 +37,8 @@ pub enum Scenario {
     Modern(usize),
     /// `guest-exec` of `/bin/true`, then `guest-exec-status` until it exited.
     Exec,
+    /// Large and numerous requests in turn on one agent, RSS one second after each.
+    Memory,
 }
 
 /// Size of the pipelined batch.
@@ -65,6 +67,7 @@ impl Scenario {
             Scenario::ClientRead(c) => format!("client.read.{}", size_label(c)),
             Scenario::Modern(i) => format!("modern.{}", MODERN[i].key),
             Scenario::Exec => "exec".into(),
+            Scenario::Memory => "memory".into(),
         }
     }
 
@@ -94,6 +97,7 @@ impl Scenario {
             }
             Scenario::Modern(i) => MODERN[i].name.into(),
             Scenario::Exec => "guest-exec /bin/true + guest-exec-status until exited".into(),
+            Scenario::Memory => "memory back to idle after large requests".into(),
         }
     }
 
@@ -230,7 +234,7 @@ impl CpuMeter {
     }
 }
 
-fn bad(e: BadReply) -> io::Error {
+pub fn bad(e: BadReply) -> io::Error {
     io::Error::other(e)
 }
 
@@ -332,6 +336,7 @@ pub fn run(scenario: Scenario, conn: &mut Conn, inputs: &Inputs, pid: u32) -> io
         }
         Scenario::Modern(i) => modern::calls(&MODERN[i], conn, inputs, &key, pid),
         Scenario::Exec => modern::exec(conn, inputs, &key, pid),
+        Scenario::Memory => crate::memory::run(conn, inputs, pid),
         // Run by the caller (they need their own connection).
         Scenario::Startup | Scenario::ClientPing(_) | Scenario::ClientRead(_) => Ok(Vec::new()),
     }
@@ -378,7 +383,7 @@ fn round_trips(
 
 /// Writes `n` pings from a second thread while this one reads the replies; returns
 /// replies per second.
-fn pipelined(conn: &mut Conn, n: usize) -> io::Result<f64> {
+pub fn pipelined(conn: &mut Conn, n: usize) -> io::Result<f64> {
     let batch: Vec<u8> = PING.repeat(n);
     let mut writer = conn.get_mut().try_clone()?;
     let t = Instant::now();
@@ -406,7 +411,7 @@ fn pipelined(conn: &mut Conn, n: usize) -> io::Result<f64> {
     Ok(n as f64 / dt.as_secs_f64())
 }
 
-fn open(conn: &mut Conn, path: &Path, mode: &str) -> io::Result<u64> {
+pub fn open(conn: &mut Conn, path: &Path, mode: &str) -> io::Result<u64> {
     let req = format!(
         "{{\"execute\":\"guest-file-open\",\"arguments\":{{\"path\":\"{}\",\"mode\":\"{mode}\"}}}}\n",
         path.display()
@@ -420,7 +425,7 @@ fn open(conn: &mut Conn, path: &Path, mode: &str) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("guest-file-open returned no integer handle"))
 }
 
-fn close(conn: &mut Conn, handle: u64) -> io::Result<()> {
+pub fn close(conn: &mut Conn, handle: u64) -> io::Result<()> {
     let req =
         format!("{{\"execute\":\"guest-file-close\",\"arguments\":{{\"handle\":{handle}}}}}\n");
     conn.get_mut().write_all(req.as_bytes())?;
