@@ -2,13 +2,13 @@
 //! between the host and the dispatcher (framer -> dispatcher -> encoder) and knows
 //! nothing of JSON.
 //!
-//! One event loop, hand-written over `poll(2)` with non-blocking descriptors, owns
+//! One event loop, hand-written over `epoll(7)` with non-blocking descriptors, owns
 //! every descriptor and timer: the pipe the SIGTERM/SIGINT handler writes to, the
 //! listener, up to [`MAX_CONNECTIONS`] host connections (one on a port), the
 //! auto-thaw deadline, a hostless port's pause, accept retries and idle buffer
 //! release. Commands run synchronously, one at a time, through the one dispatcher,
 //! so threads or a runtime would only add size and start-up time. The agent only
-//! ever blocks in `poll`, so a stop request ends any wait, and a client that is slow
+//! ever blocks in `epoll_wait`, so a stop request ends any wait, and a client that is slow
 //! to send or does not read holds nobody else.
 //!
 //! Memory is bounded whatever the hosts do: each connection holds at most one
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use qga_framing::Decoder;
 
 use crate::config::{Config, Method};
@@ -261,6 +262,10 @@ struct Connection<C> {
     /// keep allocated (`capacity()` cannot tell: a framed message split off the
     /// input leaves the allocation shared, and it is reused once the message goes).
     peak: usize,
+    /// The loop's name for it in its epoll set (0: not named yet).
+    token: u64,
+    /// What the loop's epoll set holds it for.
+    registered: PollFlags,
 }
 
 impl<C: Conn> Connection<C> {
@@ -277,6 +282,8 @@ impl<C: Conn> Connection<C> {
             paused_until: None,
             last_active: Instant::now(),
             peak: 0,
+            token: 0,
+            registered: PollFlags::empty(),
         }
     }
 
@@ -507,6 +514,8 @@ impl<C: Conn> Connection<C> {
 struct Listener {
     fd: OwnedFd,
     retry_at: Option<Instant>,
+    /// What the loop's epoll set holds it for.
+    registered: PollFlags,
 }
 
 impl Listener {
@@ -545,11 +554,83 @@ impl Listener {
     }
 }
 
+/// The loop's descriptors registered with one epoll instance. A descriptor's
+/// registration changes only when what it waits for changes, so a round trip costs
+/// one `epoll_wait` instead of a poll set rebuilt (and re-armed in the kernel) for
+/// every descriptor on every turn. A descriptor that waits for nothing is left out,
+/// not kept with an empty mask: epoll reports hang-ups even then, and a paused port
+/// without a host would wake the loop in a spin.
+struct Watch {
+    epoll: Epoll,
+}
+
+/// Token of the stop pipe; the listener's is 1, connections' start at 2.
+const STOP_TOKEN: u64 = 0;
+const LISTENER_TOKEN: u64 = 1;
+
+impl Watch {
+    fn new() -> Result<Self, AgentError> {
+        Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .map(|epoll| Watch { epoll })
+            .map_err(|e| AgentError::Channel(format!("epoll_create1 failed: {e}")))
+    }
+
+    /// Makes `fd` (registered for `*registered`) wait for `want` under `token`.
+    fn set(
+        &self,
+        fd: BorrowedFd<'_>,
+        token: u64,
+        registered: &mut PollFlags,
+        want: PollFlags,
+    ) -> Result<(), AgentError> {
+        if *registered == want {
+            return Ok(());
+        }
+        let mut event = EpollEvent::new(epoll_flags(want), token);
+        let result = if want.is_empty() {
+            self.epoll.delete(fd)
+        } else if registered.is_empty() {
+            self.epoll.add(fd, event)
+        } else {
+            self.epoll.modify(fd, &mut event)
+        };
+        result.map_err(|e| AgentError::Channel(format!("epoll_ctl failed: {e}")))?;
+        *registered = want;
+        Ok(())
+    }
+}
+
+fn epoll_flags(p: PollFlags) -> EpollFlags {
+    let mut e = EpollFlags::empty();
+    if p.contains(PollFlags::POLLIN) {
+        e |= EpollFlags::EPOLLIN;
+    }
+    if p.contains(PollFlags::POLLOUT) {
+        e |= EpollFlags::EPOLLOUT;
+    }
+    e
+}
+
+fn poll_flags(e: EpollFlags) -> PollFlags {
+    let mut p = PollFlags::empty();
+    for (from, to) in [
+        (EpollFlags::EPOLLIN, PollFlags::POLLIN),
+        (EpollFlags::EPOLLOUT, PollFlags::POLLOUT),
+        (EpollFlags::EPOLLHUP, PollFlags::POLLHUP),
+        (EpollFlags::EPOLLERR, PollFlags::POLLERR),
+    ] {
+        if e.contains(from) {
+            p |= to;
+        }
+    }
+    p
+}
+
 /// The one loop that owns every descriptor and timer: the stop pipe, the listener
-/// (polled only while under [`MAX_CONNECTIONS`]), each connection (for POLLIN while
-/// under its [`REPLY_BUDGET`], for POLLOUT while it has unsent replies), the
+/// (watched only while under [`MAX_CONNECTIONS`]), each connection (for input while
+/// under its [`REPLY_BUDGET`], for room to write while it has unsent replies), the
 /// auto-thaw deadline, ports' pauses, idle buffer release and accept retries. It
-/// sleeps in poll whenever no peer can make progress, and returns on a stop.
+/// sleeps in `epoll_wait` whenever no peer can make progress, and returns on a stop.
 ///
 /// Requests are dispatched one at a time through the one dispatcher, in the order
 /// they are read; connections are served in the order they were accepted, one read
@@ -562,9 +643,15 @@ fn event_loop(
     stop: &Stop<'_>,
 ) -> Result<(), AgentError> {
     let mut chunk = vec![0u8; READ_CHUNK];
-    // Where each connection sits in the poll set (None: not polled).
-    let mut slots: Vec<Option<usize>> = Vec::with_capacity(MAX_CONNECTIONS);
-    let mut ready: Vec<PollFlags> = Vec::with_capacity(MAX_CONNECTIONS + 2);
+    let watch = Watch::new()?;
+    if let Some(s) = stop.fd {
+        let mut registered = PollFlags::empty();
+        watch.set(s, STOP_TOKEN, &mut registered, PollFlags::POLLIN)?;
+    }
+    let mut next_token = LISTENER_TOKEN + 1;
+    let mut events = [EpollEvent::empty(); MAX_CONNECTIONS + 2];
+    // What epoll reported for each connection, in `conns` order.
+    let mut ready: Vec<PollFlags> = Vec::with_capacity(MAX_CONNECTIONS);
     loop {
         if stop.requested() {
             return Ok(());
@@ -581,57 +668,65 @@ fn event_loop(
                 l.retry_at = None;
             }
             deadline = earliest(deadline, l.retry_at);
+            let accepting = l.retry_at.is_none() && conns.len() < MAX_CONNECTIONS;
+            let want = if accepting {
+                PollFlags::POLLIN
+            } else {
+                PollFlags::empty()
+            };
+            watch.set(l.fd.as_fd(), LISTENER_TOKEN, &mut l.registered, want)?;
+        }
+        for c in &mut conns {
+            if c.token == 0 {
+                c.token = next_token;
+                next_token += 1;
+            }
+            let want = c.interest();
+            watch.set(c.io.as_fd(), c.token, &mut c.registered, want)?;
         }
 
-        let accepting = listener
-            .as_ref()
-            .is_some_and(|l| l.retry_at.is_none() && conns.len() < MAX_CONNECTIONS);
-        let mut listener_slot = None;
-        {
-            let mut fds = Vec::with_capacity(conns.len() + 2);
-            if let Some(s) = stop.fd {
-                fds.push(PollFd::new(s, PollFlags::POLLIN));
-            }
-            if let Some(l) = listener.as_ref().filter(|_| accepting) {
-                fds.push(PollFd::new(l.fd.as_fd(), PollFlags::POLLIN));
-                listener_slot = Some(fds.len() - 1);
-            }
-            slots.clear();
-            for c in &conns {
-                let interest = c.interest();
-                if interest.is_empty() {
-                    slots.push(None);
-                } else {
-                    fds.push(PollFd::new(c.io.as_fd(), interest));
-                    slots.push(Some(fds.len() - 1));
-                }
-            }
-            match poll(&mut fds, timeout_until(deadline)) {
-                Ok(_) => {}
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(AgentError::Channel(format!("poll failed: {e}"))),
-            }
-            ready.clear();
-            ready.extend(
-                fds.iter()
-                    .map(|f| f.revents().unwrap_or(PollFlags::empty())),
-            );
-        }
+        let n = match watch.epoll.wait(&mut events, timeout_until(deadline)) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(AgentError::Channel(format!("epoll_wait failed: {e}"))),
+        };
         if stop.requested() {
             return Ok(());
         }
-        let listener_ready = listener_slot.is_some_and(|i| !ready[i].is_empty());
+        let mut listener_ready = false;
+        ready.clear();
+        ready.resize(conns.len(), PollFlags::empty());
+        for e in &events[..n] {
+            match e.data() {
+                STOP_TOKEN => {}
+                LISTENER_TOKEN => listener_ready = true,
+                token => {
+                    if let Some(i) = conns.iter().position(|c| c.token == token) {
+                        ready[i] |= poll_flags(e.events());
+                    }
+                }
+            }
+        }
 
         // Connections in accept order; closed ones leave without disturbing it.
         let mut i = 0;
         let mut k = 0;
         while i < conns.len() {
-            let flags = slots[k].map_or(PollFlags::empty(), |s| ready[s]);
+            let flags = ready[k];
             k += 1;
             if !flags.is_empty()
                 && conns[i].serve(flags, dispatcher, &mut chunk, log) == Status::Closed
             {
-                conns.remove(i);
+                let gone = conns.remove(i);
+                let mut registered = gone.registered;
+                // Closing the descriptor would drop it from the set too; this keeps
+                // the set exact even if the descriptor were shared.
+                let _ = watch.set(
+                    gone.io.as_fd(),
+                    gone.token,
+                    &mut registered,
+                    PollFlags::empty(),
+                );
                 log.debug("client disconnected");
                 continue;
             }
@@ -744,7 +839,11 @@ fn run_channel(
     loop {
         let result = open_channel(config).and_then(|channel| match channel {
             Channel::Listener(fd) => {
-                let listener = Listener { fd, retry_at: None };
+                let listener = Listener {
+                    fd,
+                    retry_at: None,
+                    registered: PollFlags::empty(),
+                };
                 event_loop(Some(listener), Vec::new(), dispatcher, log, stop)
             }
             Channel::Port(file) => {

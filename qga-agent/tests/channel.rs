@@ -312,13 +312,14 @@ fn running_out_of_descriptors_at_accept_does_not_stop_the_agent() {
         .env_remove("QGA_CONF")
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
-    // Room for stdio, the listener and the signal pipe, none for a connection.
+    // Room for stdio, the listener, the signal pipe and the loop's epoll instance,
+    // none for a connection.
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
     unsafe {
         cmd.pre_exec(|| {
             let lim = libc::rlimit {
-                rlim_cur: 6,
-                rlim_max: 6,
+                rlim_cur: 7,
+                rlim_max: 7,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
