@@ -220,3 +220,87 @@ pub fn chpasswd_called(log: &str, args: &str, line: &str) -> bool {
         .windows(2)
         .any(|w| w[0].trim_end() == head.trim_end() && w[1] == line)
 }
+
+/// The QEMU binary the guest tests boot.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// A QEMU process booting the test guest (see [`build_guest`]) under TCG, with its
+/// serial console in a file. Killed by pid (only this QEMU) when dropped, printing
+/// the tail of its console if the test is failing.
+pub struct Qemu {
+    child: Child,
+    console: PathBuf,
+}
+
+impl Qemu {
+    /// A QEMU command line with what every guest test shares: PC machine under TCG,
+    /// no display, monitor or reboot, the guest's kernel and initramfs from `guest`
+    /// with `append` on the kernel command line (after the console settings), and
+    /// the serial console written to `console`. The caller adds memory, CPUs and
+    /// devices, then [`spawn`](Qemu::spawn)s it.
+    pub fn command(guest: &Path, append: &str, console: &Path) -> Command {
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-machine", "pc,accel=tcg"])
+            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+            .arg("-kernel")
+            .arg(guest.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(guest.join("initrd.gz"))
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 {append}"))
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts `cmd` (from [`command`](Qemu::command) with the same `console`).
+    pub fn spawn(cmd: &mut Command, console: &Path) -> Qemu {
+        Qemu {
+            child: cmd.spawn().expect("start qemu"),
+            console: console.to_owned(),
+        }
+    }
+
+    /// The guest console so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// The console's last 40 lines.
+    pub fn console_tail(&self) -> String {
+        let text = self.console();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// QEMU's exit status if it has exited (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits for QEMU to exit by itself; returns its status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- guest console (last lines) ----\n{}\n----",
+                self.console_tail()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -21,7 +21,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qga_client::{connect_unix, Client, ClientError, Timeouts};
@@ -29,10 +29,10 @@ use qga_proto::{
     Base64, ErrorClass, FsfreezeStatus, GuestExec, GuestExecCaptureOutput,
     GuestExecCaptureOutputMode, GuestExecStatusResult, GuestLogicalProcessor, SeekOrigin,
 };
-use qga_tests::{chpasswd_called, Verdicts, CHPASSWD_LOG, GUEST_RTC_SKEW, GUEST_USER, NOT_IN_72};
+use qga_tests::{
+    chpasswd_called, Qemu, Verdicts, CHPASSWD_LOG, GUEST_RTC_SKEW, GUEST_USER, NOT_IN_72, QEMU,
+};
 use serde_json::{json, Value};
-
-const QEMU: &str = "qemu-system-x86_64";
 
 fn can_run() -> bool {
     let missing: Vec<&str> = [QEMU, "busybox", "cpio", "mkfs.ext4", "apt-get", "depmod"]
@@ -59,12 +59,11 @@ fn build_guest(out: &Path) {
     qga_tests::build_guest(Path::new(env!("CARGO_BIN_EXE_qga-agent-e2e")), out);
 }
 
-/// A running VM; killed by pid (only this QEMU) when dropped, printing the tail of
-/// its console if the test is failing.
+/// A running VM (its QEMU is killed by pid when dropped) and the directory of its
+/// sockets.
 struct Vm {
-    child: Child,
+    qemu: Qemu,
     dir: PathBuf,
-    console: PathBuf,
 }
 
 /// Size of each of the guest's disks.
@@ -130,21 +129,16 @@ impl Vm {
         let (channel, scsi_id, lun) = SCSI_ADDR;
         let console = dir.join("console.log");
         let arg = |p: &Path| p.to_str().unwrap().to_owned();
-        let child = Command::new(QEMU)
-            .args(["-machine", "pc,accel=tcg", "-m", "512", "-smp", "2"])
-            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
-            .args(["-global", "PIIX4_PM.disable_s3=0"])
-            .arg("-kernel")
-            .arg(guest.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(guest.join("initrd.gz"))
-            .arg("-append")
-            .arg(format!(
-                "console=ttyS0 panic=-1 qga={agent} qga_rtc_skew={GUEST_RTC_SKEW} \
+        let mut cmd = Qemu::command(
+            guest,
+            &format!(
+                "qga={agent} qga_rtc_skew={GUEST_RTC_SKEW} \
                  qga_disks=sda:{SCSI_MNT},nvme0n1p1:{NVME_MNT}"
-            ))
-            .arg("-serial")
-            .arg(format!("file:{}", arg(&console)))
+            ),
+            &console,
+        );
+        cmd.args(["-m", "512", "-smp", "2"])
+            .args(["-global", "PIIX4_PM.disable_s3=0"])
             .args(["-device", "virtio-serial"])
             .arg("-chardev")
             .arg(format!(
@@ -184,33 +178,11 @@ impl Vm {
             .arg(format!(
                 "unix:{},server=on,wait=off",
                 arg(&dir.join("qmp.sock"))
-            ))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start qemu");
+            ));
         Vm {
-            child,
+            qemu: Qemu::spawn(&mut cmd, &console),
             dir: dir.to_owned(),
-            console,
         }
-    }
-
-    fn console_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.console).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// Waits for QEMU to exit by itself; returns its status code.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
     }
 
     /// One QMP command (after capabilities negotiation) on a fresh connection.
@@ -240,19 +212,6 @@ impl Vm {
     }
 }
 
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- guest console (last lines) ----\n{}\n----",
-                self.console_tail()
-            );
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Connects and syncs, retrying while the guest boots.
 async fn connect(vm: &mut Vm, within: Duration) -> Client<tokio::net::UnixStream> {
     let deadline = Instant::now() + within;
@@ -261,7 +220,7 @@ async fn connect(vm: &mut Vm, within: Duration) -> Client<tokio::net::UnixStream
             Instant::now() < deadline,
             "agent did not answer a sync within {within:?}"
         );
-        if let Ok(Some(status)) = vm.child.try_wait() {
+        if let Some(status) = vm.qemu.exited() {
             panic!("QEMU exited ({status}) before the agent answered");
         }
         if let Ok(c) = connect_unix(vm.dir.join("qga.sock")).await {
@@ -1239,7 +1198,7 @@ async fn exercise(vm: &mut Vm, agent: &str) -> ReadOnly {
         Err(e) => panic!("shutdown: {e}"),
     }
     assert_eq!(
-        vm.wait_exit(Duration::from_secs(60)),
+        vm.qemu.wait_exit(Duration::from_secs(60)),
         Some(0),
         "QEMU did not power off"
     );

@@ -25,9 +25,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qga_client::{connect_hybrid_vsock, Client, ClientError, Timeouts};
+use qga_tests::{Qemu, QEMU};
 use tokio::net::UnixStream;
 
-const QEMU: &str = "qemu-system-x86_64";
 const BACKEND: &str = "vhost-device-vsock";
 /// The guest's context id (vhost-device-vsock tells the guest through the device).
 const GUEST_CID: u32 = 3;
@@ -178,80 +178,32 @@ impl Drop for HostAgent {
     }
 }
 
-/// A running VM with a vhost-user vsock device; killed by pid (only this QEMU) when
-/// dropped, printing the tail of its console if the test is failing.
-struct Vm {
-    child: Child,
-    console: PathBuf,
-}
-
-impl Vm {
-    fn start(guest: &Path, dir: &Path, backend: &Backend, agent: &str) -> Vm {
-        let console = dir.join("console.log");
-        let child = Command::new(QEMU)
-            .args(["-machine", "pc,accel=tcg", "-smp", "1"])
-            .args(["-m", &format!("{RAM_MIB}M")])
-            // vhost-user needs the guest's memory shared with the backend.
-            .arg("-object")
-            .arg(format!(
-                "memory-backend-memfd,id=mem,size={RAM_MIB}M,share=on"
-            ))
-            .args(["-numa", "node,memdev=mem"])
-            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
-            .args(["-nic", "none"])
-            .arg("-kernel")
-            .arg(guest.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(guest.join("initrd.gz"))
-            .arg("-append")
-            .arg(format!(
-                "console=ttyS0 panic=-1 qga={agent} qga_method=vsock qga_vsock={GUEST_CID}:{PORT} \
-                 qga_probe=2:{PROBE_PORT},2:{PROBE_PORT_CLOSED}"
-            ))
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=vv,path={}",
-                backend.vhost_user.display()
-            ))
-            .args(["-device", "vhost-user-vsock-pci,chardev=vv"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start qemu");
-        Vm { child, console }
-    }
-
-    fn console_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.console).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// Waits for QEMU to exit by itself; returns its status code.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- guest console (last lines) ----\n{}\n----",
-                self.console_tail()
-            );
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Boots the guest with a vhost-user vsock device served by `backend`.
+fn start_vm(guest: &Path, dir: &Path, backend: &Backend, agent: &str) -> Qemu {
+    let console = dir.join("console.log");
+    let mut cmd = Qemu::command(
+        guest,
+        &format!(
+            "qga={agent} qga_method=vsock qga_vsock={GUEST_CID}:{PORT} \
+             qga_probe=2:{PROBE_PORT},2:{PROBE_PORT_CLOSED}"
+        ),
+        &console,
+    );
+    cmd.args(["-smp", "1", "-m", &format!("{RAM_MIB}M")])
+        // vhost-user needs the guest's memory shared with the backend.
+        .arg("-object")
+        .arg(format!(
+            "memory-backend-memfd,id=mem,size={RAM_MIB}M,share=on"
+        ))
+        .args(["-numa", "node,memdev=mem"])
+        .args(["-nic", "none"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=vv,path={}",
+            backend.vhost_user.display()
+        ))
+        .args(["-device", "vhost-user-vsock-pci,chardev=vv"]);
+    Qemu::spawn(&mut cmd, &console)
 }
 
 /// Timeouts for a guest under TCG.
@@ -266,14 +218,14 @@ fn slow_timeouts() -> Timeouts {
 
 /// Connects through the hybrid socket and syncs, retrying while the guest boots.
 async fn connect_booting(
-    vm: &mut Vm,
+    vm: &mut Qemu,
     uds: &Path,
     within: Duration,
 ) -> Result<Client<UnixStream>, String> {
     let deadline = Instant::now() + within;
     let mut last = String::from("never tried");
     while Instant::now() < deadline {
-        if let Ok(Some(status)) = vm.child.try_wait() {
+        if let Some(status) = vm.exited() {
             return Err(format!("QEMU exited ({status}) before the agent answered"));
         }
         // Until the guest's driver is up the backend leaves CONNECT unanswered, and
@@ -300,14 +252,14 @@ async fn connect_booting(
 /// The guest's qga-vsock-probe (qga-client's AF_VSOCK transport): it reached the host
 /// agent (sync, ping, guest-info with the version the host agent tells us directly),
 /// and connecting to a port nobody listens on failed with an error naming the address.
-async fn check_probe(vm: &Vm, host: &HostAgent, agent: &str) {
+async fn check_probe(vm: &Qemu, host: &HostAgent, agent: &str) {
     let mut direct = qga_client::connect_unix(&host.sock).await.unwrap();
     let version = direct.info().await.unwrap().version;
     let ok = format!("vsock-probe: 2:{PROBE_PORT} ");
     let closed = format!("vsock-probe: 2:{PROBE_PORT_CLOSED} ");
     let deadline = Instant::now() + Duration::from_secs(60);
     let console = loop {
-        let text = std::fs::read_to_string(&vm.console).unwrap_or_default();
+        let text = vm.console();
         if text.contains(&ok) && text.contains(&closed) {
             break text;
         }
@@ -365,7 +317,7 @@ fn payload(len: usize) -> Vec<u8> {
         .collect()
 }
 
-async fn exercise(vm: &mut Vm, uds: &Path, host: &HostAgent, agent: &str) -> ReadOnly {
+async fn exercise(vm: &mut Qemu, uds: &Path, host: &HostAgent, agent: &str) -> ReadOnly {
     let t = Instant::now();
     let mut c = connect_booting(vm, uds, Duration::from_secs(120))
         .await
@@ -506,7 +458,7 @@ fn vsock_listen_over_hybrid_vsock_ours_and_the_reference() {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::start(dir.path());
         let host = HostAgent::start(agent, &backend, dir.path());
-        let mut vm = Vm::start(guest.path(), dir.path(), &backend, agent);
+        let mut vm = start_vm(guest.path(), dir.path(), &backend, agent);
         let t = Instant::now();
         results.push(rt.block_on(exercise(&mut vm, &backend.uds, &host, agent)));
         eprintln!("{agent}: whole VM run {:?}", t.elapsed());
