@@ -1,5 +1,13 @@
 //! Network interfaces (names, MAC, addresses with prefix, counters) and the
 //! routing table.
+//!
+//! Where guest-network-get-interfaces spent its time (issue #14, `perf record
+//! -a --call-graph dwarf` on the agent during `agent-bench --only netif`, 4
+//! interfaces, 138 us of agent CPU a call): glibc's getifaddrs (a netlink socket,
+//! an RTM_GETLINK and an RTM_GETADDR dump) 22 %, opening, reading and closing
+//! `/sys/class/net/NAME/address` per interface and `/proc/net/dev` 26 %
+//! (openat alone 15 %: kernfs path walks), parsing `/proc/net/dev` 2 %; the rest
+//! is the per-request socket I/O of the agent (30 %), poll and JSON.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
