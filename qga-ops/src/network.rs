@@ -15,6 +15,10 @@ use std::path::PathBuf;
 
 use crate::OpsError;
 
+mod netlink;
+
+pub use netlink::{interfaces_from_rtnetlink_dumps, DumpError, RtnetlinkSocket};
+
 /// One network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
@@ -28,7 +32,8 @@ pub struct Interface {
     pub statistics: Option<InterfaceStats>,
 }
 
-/// Interface counters from `/proc/net/dev`.
+/// Interface counters: the `/proc/net/dev` columns (receive `drop` is the
+/// kernel's `rx_dropped + rx_missed_errors`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct InterfaceStats {
     /// Bytes received.
@@ -102,18 +107,25 @@ pub trait Network: Send + Sync {
     fn routes(&self) -> Result<Vec<Route>, OpsError>;
 }
 
-/// Linux implementation: getifaddrs for names and addresses, sysfs for MACs,
-/// `/proc/net/dev` for counters.
+/// Linux implementation: interfaces from an RTM_GETLINK and an RTM_GETADDR
+/// rtnetlink dump on a socket kept between calls (see
+/// [`interfaces_from_rtnetlink_dumps`]); if netlink fails, the getifaddrs path
+/// ([`LinuxNetwork::interfaces_via_getifaddrs`]: sysfs for MACs, `/proc/net/dev`
+/// for counters), which gives the same list. Routes from `/proc/net/route` and
+/// `/proc/net/ipv6_route`.
 #[derive(Debug, Clone)]
 pub struct LinuxNetwork {
-    /// `/sys/class/net`.
+    /// `/sys/class/net` (MACs on the getifaddrs path).
     pub sys_class_net: PathBuf,
-    /// `/proc/net/dev`.
+    /// `/proc/net/dev` (counters on the getifaddrs path, and of links whose
+    /// netlink dump carries no 64-bit counters).
     pub proc_net_dev: PathBuf,
     /// `/proc/net/route`.
     pub proc_net_route: PathBuf,
     /// `/proc/net/ipv6_route`.
     pub proc_net_ipv6_route: PathBuf,
+    /// The rtnetlink socket reused between calls.
+    pub rtnetlink: RtnetlinkSocket,
 }
 
 impl Default for LinuxNetwork {
@@ -123,6 +135,7 @@ impl Default for LinuxNetwork {
             proc_net_dev: "/proc/net/dev".into(),
             proc_net_route: "/proc/net/route".into(),
             proc_net_ipv6_route: "/proc/net/ipv6_route".into(),
+            rtnetlink: RtnetlinkSocket::default(),
         }
     }
 }
@@ -345,8 +358,16 @@ fn prefix_len(mask: IpAddr) -> u8 {
     }
 }
 
-impl Network for LinuxNetwork {
-    fn interfaces(&self) -> Result<Vec<Interface>, OpsError> {
+impl LinuxNetwork {
+    /// The interface list the way qemu-ga 7.2 builds it: getifaddrs for names
+    /// and addresses (first-seen order), `sys_class_net/NAME/address` for the
+    /// MAC, `proc_net_dev` for counters. [`Network::interfaces`] gives the same
+    /// list from netlink and uses this when netlink fails.
+    ///
+    /// # Errors
+    ///
+    /// `getifaddrs failed: ...` when getifaddrs fails.
+    pub fn interfaces_via_getifaddrs(&self) -> Result<Vec<Interface>, OpsError> {
         let addrs = nix::ifaddrs::getifaddrs().map_err(|e| {
             OpsError::os(
                 "getifaddrs failed",
@@ -397,6 +418,16 @@ impl Network for LinuxNetwork {
         }
         Ok(list)
     }
+}
+
+impl Network for LinuxNetwork {
+    fn interfaces(&self) -> Result<Vec<Interface>, OpsError> {
+        match self.rtnetlink.interfaces(&self.proc_net_dev) {
+            Ok(list) => Ok(list),
+            Err(_) => self.interfaces_via_getifaddrs(),
+        }
+    }
+
     /// Both files must open: QEMU reports `open("/proc/net/route"): ...` for
     /// either one (and answers with the error even when the other was read).
     fn routes(&self) -> Result<Vec<Route>, OpsError> {
