@@ -417,8 +417,7 @@ pub fn interfaces_from_rtnetlink_dumps(
     let links = parse_links(link_dump)?;
     let mut list: Vec<Interface> = Vec::with_capacity(links.len());
     // Interface name -> (position in `list`, link it names, if any).
-    let mut by_name: HashMap<String, (usize, Option<usize>)> =
-        HashMap::with_capacity(links.len());
+    let mut by_name: HashMap<String, (usize, Option<usize>)> = HashMap::with_capacity(links.len());
     for (li, link) in links.iter().enumerate() {
         if by_name.contains_key(&link.name) {
             continue;
@@ -693,7 +692,10 @@ mod tests {
             (s.rx_packets, s.tx_packets, s.rx_bytes, s.tx_bytes),
             (1, 2, 3, 4)
         );
-        assert_eq!((s.rx_errs, s.tx_errs, s.rx_dropped, s.tx_dropped), (5, 6, 7 + 16, 8));
+        assert_eq!(
+            (s.rx_errs, s.tx_errs, s.rx_dropped, s.tx_dropped),
+            (5, 6, 7 + 16, 8)
+        );
         assert!(stats_from_link64(&d[..15 * 8]).is_none());
     }
 }
