@@ -111,7 +111,7 @@ pub trait Network: Send + Sync {
 /// rtnetlink dump on a socket kept between calls (see
 /// [`interfaces_from_rtnetlink_dumps`]); if netlink fails, the getifaddrs path
 /// ([`LinuxNetwork::interfaces_via_getifaddrs`]: sysfs for MACs, `/proc/net/dev`
-/// for counters), which gives the same list. Routes from `/proc/net/route` and
+/// for counters), which gives the same list in the initial network namespace. Routes from `/proc/net/route` and
 /// `/proc/net/ipv6_route`.
 #[derive(Debug, Clone)]
 pub struct LinuxNetwork {
@@ -360,14 +360,41 @@ fn prefix_len(mask: IpAddr) -> u8 {
 
 impl LinuxNetwork {
     /// The interface list the way qemu-ga 7.2 builds it: getifaddrs for names
-    /// and addresses (first-seen order), `sys_class_net/NAME/address` for the
-    /// MAC, `proc_net_dev` for counters. [`Network::interfaces`] gives the same
-    /// list from netlink and uses this when netlink fails.
+    /// and addresses (first-seen order), `proc_net_dev` for counters, and for the
+    /// MAC what `SIOCGIFHWADDR` would give, read from
+    /// `sys_class_net/DEVICE/address` (sysfs shows the network namespace it was
+    /// mounted in, so in another one this finds other devices or none).
+    /// [`Network::interfaces`] gives the same list from netlink and uses this
+    /// when netlink fails.
     ///
     /// # Errors
     ///
     /// `getifaddrs failed: ...` when getifaddrs fails.
     pub fn interfaces_via_getifaddrs(&self) -> Result<Vec<Interface>, OpsError> {
+        self.getifaddrs_listing()
+    }
+
+    /// What qemu-ga's `SIOCGIFHWADDR` gives for `name`, from sysfs: the device
+    /// is the name up to its first `:`; its address's first 6 bytes,
+    /// zero-filled (all zero when it has none); `None` when there is no such
+    /// device. (Alternative names are not in sysfs, so they give `None` here.)
+    fn sysfs_hardware_address(&self, name: &str) -> Option<String> {
+        let device = name.split(':').next().unwrap_or(name);
+        if device.is_empty() || device == "." || device == ".." || device.contains('/') {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.sys_class_net.join(device).join("address")).ok()?;
+        let mut bytes = [0u8; 6];
+        for (i, pair) in text.trim().split(':').filter(|p| !p.is_empty()).enumerate() {
+            let b = u8::from_str_radix(pair, 16).ok()?;
+            if let Some(slot) = bytes.get_mut(i) {
+                *slot = b;
+            }
+        }
+        Some(netlink::mac_text(&bytes))
+    }
+
+    fn getifaddrs_listing(&self) -> Result<Vec<Interface>, OpsError> {
         let addrs = nix::ifaddrs::getifaddrs().map_err(|e| {
             OpsError::os(
                 "getifaddrs failed",
@@ -379,15 +406,9 @@ impl LinuxNetwork {
             let idx = match list.iter().position(|i| i.name == ifa.interface_name) {
                 Some(i) => i,
                 None => {
-                    let mac = std::fs::read_to_string(
-                        self.sys_class_net.join(&ifa.interface_name).join("address"),
-                    )
-                    .ok()
-                    .map(|s| s.trim().to_ascii_lowercase())
-                    .filter(|s| !s.is_empty());
                     list.push(Interface {
                         name: ifa.interface_name.clone(),
-                        hardware_address: mac,
+                        hardware_address: self.sysfs_hardware_address(&ifa.interface_name),
                         addresses: Vec::new(),
                         statistics: None,
                     });

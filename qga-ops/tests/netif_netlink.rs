@@ -37,6 +37,9 @@ const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_STATS64: u16 = 23;
+const IFLA_PROP_LIST: u16 = 52;
+const IFLA_ALT_IFNAME: u16 = 53;
+const NLA_F_NESTED: u16 = 0x8000;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_LABEL: u16 = 3;
@@ -82,6 +85,16 @@ fn stats64(base: u64) -> Vec<u8> {
 }
 
 fn link(index: u32, name: &str, mac: Option<&[u8]>, stats: Option<Vec<u8>>) -> Vec<u8> {
+    link_with(index, name, mac, stats, &[])
+}
+
+fn link_with(
+    index: u32,
+    name: &str,
+    mac: Option<&[u8]>,
+    stats: Option<Vec<u8>>,
+    altnames: &[&str],
+) -> Vec<u8> {
     // struct ifinfomsg: family, pad, type, index, flags, change.
     let mut p = vec![0u8, 0, 1, 0];
     p.extend_from_slice(&index.to_ne_bytes());
@@ -94,6 +107,13 @@ fn link(index: u32, name: &str, mac: Option<&[u8]>, stats: Option<Vec<u8>>) -> V
     }
     if let Some(s) = stats {
         p.extend(attr(IFLA_STATS64, &s));
+    }
+    if !altnames.is_empty() {
+        let nested: Vec<u8> = altnames
+            .iter()
+            .flat_map(|a| attr(IFLA_ALT_IFNAME, &cstr(a)))
+            .collect();
+        p.extend(attr(IFLA_PROP_LIST | NLA_F_NESTED, &nested));
     }
     msg(RTM_NEWLINK, NLM_F_MULTI, &p)
 }
@@ -196,10 +216,22 @@ fn listing_follows_getifaddrs_order_labels_and_address_rules() {
         Some(&[0x02, 0xAB, 0, 0, 0, 0x0f]),
         Some(stats64(1000)),
     ));
-    // No hardware address (addr_len 0, like a tun or wireguard device).
+    // No hardware address (addr_len 0, like a tun or wireguard device):
+    // SIOCGIFHWADDR gives zeros.
     links.extend(link(9, "wg0", None, Some(stats64(5000))));
-    // A 20-byte InfiniBand-style address: printed in full, as sysfs does.
-    links.extend(link(12, "ib0", Some(&[0x80; 20]), Some(stats64(7000))));
+    // A 20-byte InfiniBand address: SIOCGIFHWADDR's first 6 bytes.
+    let mut ib = [0x80u8; 20];
+    ib[5] = 0x15;
+    ib[6] = 0x99;
+    links.extend(link(12, "ib0", Some(&ib), Some(stats64(7000))));
+    // A 4-byte (ipip/sit) address: zero-filled to 6.
+    links.extend(link_with(
+        14,
+        "enp1s0",
+        Some(&[10, 0, 0, 1]),
+        None,
+        &["uplink0"],
+    ));
     links.extend(done());
 
     let mut addrs = Vec::new();
@@ -235,7 +267,7 @@ fn listing_follows_getifaddrs_order_labels_and_address_rules() {
             (IFA_LABEL, cstr("eth0")),
         ],
     ));
-    // An alias label: an entry of its own, after the links, no MAC, no counters.
+    // An alias label: an entry of its own, after the links.
     addrs.extend(addr(
         AF_INET,
         24,
@@ -245,6 +277,20 @@ fn listing_follows_getifaddrs_order_labels_and_address_rules() {
             (IFA_LOCAL, v4("192.0.2.9")),
             (IFA_LABEL, cstr("eth0:1")),
         ],
+    ));
+    // A label that names no device: no MAC. One through an alternative name:
+    // that device's.
+    addrs.extend(addr(
+        AF_INET,
+        24,
+        14,
+        &[(IFA_LOCAL, v4("10.7.0.1")), (IFA_LABEL, cstr("foo"))],
+    ));
+    addrs.extend(addr(
+        AF_INET,
+        24,
+        14,
+        &[(IFA_LOCAL, v4("10.7.0.2")), (IFA_LABEL, cstr("uplink0:2"))],
     ));
     // A prefix over 32 is cut to 32, as glibc builds the netmask.
     addrs.extend(addr(
@@ -280,7 +326,6 @@ fn listing_follows_getifaddrs_order_labels_and_address_rules() {
     addrs.extend(done());
 
     let got = interfaces_from_rtnetlink_dumps(&links, &addrs, Path::new(NO_PROC)).unwrap();
-    let ib_mac = vec!["80"; 20].join(":");
     let want = vec![
         iface(
             "lo",
@@ -300,17 +345,33 @@ fn listing_follows_getifaddrs_order_labels_and_address_rules() {
         ),
         iface(
             "wg0",
-            None,
+            Some("00:00:00:00:00:00"),
             &[("10.9.0.1", 32), ("fd00::1", 128)],
             Some(proc_columns(5000)),
         ),
         iface(
             "ib0",
-            Some(&ib_mac),
+            Some("80:80:80:80:80:15"),
             &[("::", 64)],
             Some(proc_columns(7000)),
         ),
-        iface("eth0:1", None, &[("192.0.2.9", 24)], None),
+        // Listed, but without addresses no counters (and none in the dump).
+        iface("enp1s0", Some("0a:00:00:01:00:00"), &[], None),
+        // Alias entries: the MAC of the device before the ':', no counters
+        // (/proc/net/dev has no such line).
+        iface(
+            "eth0:1",
+            Some("02:ab:00:00:00:0f"),
+            &[("192.0.2.9", 24)],
+            None,
+        ),
+        iface("foo", None, &[("10.7.0.1", 24)], None),
+        iface(
+            "uplink0:2",
+            Some("0a:00:00:01:00:00"),
+            &[("10.7.0.2", 24)],
+            None,
+        ),
     ];
     assert_eq!(got, want);
 }
@@ -400,7 +461,7 @@ fn kernel_errors_interrupted_dumps_and_unknown_indexes_are_errors() {
     // Messages after NLMSG_DONE are not read.
     let after = [done(), stray].concat();
     let got = interfaces_from_rtnetlink_dumps(&links, &after, p).unwrap();
-    assert_eq!(got, vec![iface("lo", None, &[], None)]);
+    assert_eq!(got, vec![iface("lo", Some("00:00:00:00:00:00"), &[], None)]);
 
     // A name longer than IFNAMSIZ, a link without a name.
     let long = link(5, "a-name-of-17-byte", None, None);
@@ -572,4 +633,42 @@ fn live_netlink_listing_matches_getifaddrs() {
     }
     // The trait method takes the netlink path and gives the same shape.
     assert!(n.interfaces().unwrap().iter().any(|i| i.name == "lo"));
+}
+
+/// The getifaddrs fallback reads MACs from (injected) sysfs the way
+/// SIOCGIFHWADDR reports them: the first 6 bytes, zeros for an empty address,
+/// nothing for a device sysfs does not have.
+#[test]
+fn getifaddrs_path_reads_macs_from_sysfs_like_siocgifhwaddr() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("lo")).unwrap();
+    let n = LinuxNetwork {
+        sys_class_net: dir.path().into(),
+        ..LinuxNetwork::default()
+    };
+    let lo_mac = |content: &str| {
+        std::fs::write(dir.path().join("lo/address"), content).unwrap();
+        let list = n.interfaces_via_getifaddrs().unwrap();
+        for i in list
+            .iter()
+            .filter(|i| i.name.split(':').next() != Some("lo"))
+        {
+            assert_eq!(
+                i.hardware_address, None,
+                "{} has no sysfs directory",
+                i.name
+            );
+        }
+        list.into_iter()
+            .find(|i| i.name == "lo")
+            .expect("lo is listed")
+            .hardware_address
+    };
+    assert_eq!(
+        lo_mac("01:02:03:04:05:06:07:08:09:0a:0b:0c:0d:0e:0f:10:11:12:13:14\n").as_deref(),
+        Some("01:02:03:04:05:06")
+    );
+    assert_eq!(lo_mac("\n").as_deref(), Some("00:00:00:00:00:00"));
+    assert_eq!(lo_mac("0A:b\n").as_deref(), Some("0a:0b:00:00:00:00"));
+    assert_eq!(lo_mac("zz:00\n"), None);
 }

@@ -1,15 +1,19 @@
 //! guest-network-get-interfaces from two rtnetlink dumps (RTM_GETLINK for names,
 //! MACs and counters, RTM_GETADDR for addresses) on a socket kept between calls.
 //!
-//! The listing is built the way the getifaddrs path built it (glibc's getifaddrs
-//! makes the same two dumps): interfaces in link-dump order, then one more entry
-//! per address label that is no link's name (`eth0:1`); addresses in
-//! address-dump order (the kernel dumps IPv4, then IPv6). What used to come from
+//! The listing is built the way qemu-ga 7.2 builds it from getifaddrs (glibc's
+//! getifaddrs makes the same two dumps): interfaces in link-dump order, then one
+//! more entry per address label that is no link's name (`eth0:1`); addresses in
+//! address-dump order (the kernel dumps IPv4, then IPv6). What qemu-ga asks
 //! elsewhere is derived so that it is the same text and numbers:
 //!
-//! - the MAC is `IFLA_ADDRESS`, the kernel's `dev_addr` of `addr_len` bytes, as
-//!   `/sys/class/net/NAME/address` prints it (lower-case hex pairs joined by `:`;
-//!   no member when `addr_len` is 0);
+//! - the MAC: qemu-ga asks `SIOCGIFHWADDR` for each name, which looks the name
+//!   up up to its first `:` (so `eth0:1` gives `eth0`'s; a name or alternative
+//!   name of no device gives no member) and returns the first 6 bytes of the
+//!   device's address, zero-filled (all zero for a device without one, such as
+//!   `lo` or a `tun`). Here: the first 6 bytes of `IFLA_ADDRESS` (the kernel's
+//!   `dev_addr`, absent when `addr_len` is 0), looked up by name and
+//!   `IFLA_ALT_IFNAME`;
 //! - the counters are the `/proc/net/dev` columns, which the kernel prints from
 //!   the same `rtnl_link_stats64` that `IFLA_STATS64` carries: `drop` on receive
 //!   is `rx_dropped + rx_missed_errors`; bytes, packets, `errs` and the transmit
@@ -47,6 +51,10 @@ const IFADDRMSG_LEN: usize = 8;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_STATS64: u16 = 23;
+const IFLA_PROP_LIST: u16 = 52;
+const IFLA_ALT_IFNAME: u16 = 53;
+/// `NLA_TYPE_MASK`: the type bits of an attribute (without `NLA_F_NESTED`).
+const NLA_TYPE_MASK: u16 = 0x3fff;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_LABEL: u16 = 3;
@@ -182,12 +190,12 @@ impl<'a> Iterator for Messages<'a> {
     }
 }
 
-/// The attributes (`struct rtattr`) of a message payload from `start` on, as
-/// (type, data, offset in the dump).
+/// The attributes (`struct rtattr`) of `payload` from `start` on, as (type,
+/// data, offset in the dump); `payload_at` is the payload's offset in the dump.
 fn attributes<'a>(
     payload: &'a [u8],
     start: usize,
-    base: usize,
+    payload_at: usize,
 ) -> impl Iterator<Item = Result<(u16, &'a [u8], usize), DumpError>> + 'a {
     let mut pos = start;
     let mut failed = false;
@@ -196,7 +204,7 @@ fn attributes<'a>(
             return None;
         }
         let at = pos;
-        let offset = base + NLMSG_HDRLEN + at;
+        let offset = payload_at + at;
         let (Some(len), Some(ty)) = (u16_at(payload, at), u16_at(payload, at + 2)) else {
             failed = true;
             return Some(Err(DumpError::Truncated(offset)));
@@ -224,8 +232,8 @@ fn c_str(data: &[u8]) -> String {
     String::from_utf8_lossy(&data[..end]).into_owned()
 }
 
-/// Lower-case hex pairs joined by `:`, as sysfs prints a hardware address.
-fn mac_text(bytes: &[u8]) -> String {
+/// Lower-case hex pairs joined by `:`, as qemu-ga prints a hardware address.
+pub(super) fn mac_text(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 3);
     for (i, b) in bytes.iter().enumerate() {
@@ -258,7 +266,10 @@ fn stats_from_link64(data: &[u8]) -> Option<InterfaceStats> {
 struct Link {
     index: u32,
     name: String,
-    mac: Option<String>,
+    /// `IFLA_ALT_IFNAME`s.
+    altnames: Vec<String>,
+    /// What `SIOCGIFHWADDR` returns: the first 6 bytes of the address, zero-filled.
+    hwaddr: [u8; 6],
     /// `None`: no usable `IFLA_STATS64`, so `/proc/net/dev` decides.
     stats: Option<InterfaceStats>,
 }
@@ -303,11 +314,12 @@ fn parse_links(dump: &[u8]) -> Result<Vec<Link>, DumpError> {
         let mut link = Link {
             index,
             name: String::new(),
-            mac: None,
+            altnames: Vec::new(),
+            hwaddr: [0; 6],
             stats: None,
         };
         let mut named = false;
-        for attr in attributes(msg.payload, IFINFOMSG_LEN, msg.offset) {
+        for attr in attributes(msg.payload, IFINFOMSG_LEN, msg.offset + NLMSG_HDRLEN) {
             let (ty, data, offset) = attr?;
             match ty {
                 IFLA_IFNAME => {
@@ -320,7 +332,18 @@ fn parse_links(dump: &[u8]) -> Result<Vec<Link>, DumpError> {
                     link.name = c_str(data);
                     named = true;
                 }
-                IFLA_ADDRESS => link.mac = (!data.is_empty()).then(|| mac_text(data)),
+                IFLA_ADDRESS => {
+                    let n = data.len().min(6);
+                    link.hwaddr[..n].copy_from_slice(&data[..n]);
+                }
+                t if t & NLA_TYPE_MASK == IFLA_PROP_LIST => {
+                    for alt in attributes(data, 0, offset + 4) {
+                        let (ty, alt, _) = alt?;
+                        if ty & NLA_TYPE_MASK == IFLA_ALT_IFNAME {
+                            link.altnames.push(c_str(alt));
+                        }
+                    }
+                }
                 IFLA_STATS64 => link.stats = stats_from_link64(data),
                 _ => {}
             }
@@ -370,7 +393,7 @@ fn parse_address(
         }
         a
     };
-    for attr in attributes(p, IFADDRMSG_LEN, msg.offset) {
+    for attr in attributes(p, IFADDRMSG_LEN, msg.offset + NLMSG_HDRLEN) {
         let (ty, data, offset) = attr?;
         match ty {
             IFA_ADDRESS if addr.is_none() => addr = Some(fill(data)),
@@ -415,6 +438,18 @@ pub fn interfaces_from_rtnetlink_dumps(
     proc_net_dev: &Path,
 ) -> Result<Vec<Interface>, DumpError> {
     let links = parse_links(link_dump)?;
+    // Device names and alternative names -> link, for the MAC lookup.
+    let mut devices: HashMap<&str, usize> = HashMap::with_capacity(links.len());
+    for (li, link) in links.iter().enumerate() {
+        devices.entry(link.name.as_str()).or_insert(li);
+        for alt in &link.altnames {
+            devices.entry(alt.as_str()).or_insert(li);
+        }
+    }
+    let hardware_address = |name: &str| {
+        let device = name.split(':').next().unwrap_or(name);
+        devices.get(device).map(|&li| mac_text(&links[li].hwaddr))
+    };
     let mut list: Vec<Interface> = Vec::with_capacity(links.len());
     // Interface name -> (position in `list`, link it names, if any).
     let mut by_name: HashMap<String, (usize, Option<usize>)> = HashMap::with_capacity(links.len());
@@ -425,7 +460,7 @@ pub fn interfaces_from_rtnetlink_dumps(
         by_name.insert(link.name.clone(), (list.len(), Some(li)));
         list.push(Interface {
             name: link.name.clone(),
-            hardware_address: link.mac.clone(),
+            hardware_address: hardware_address(&link.name),
             addresses: Vec::new(),
             statistics: None,
         });
@@ -442,12 +477,11 @@ pub fn interfaces_from_rtnetlink_dumps(
         let pos = match by_name.get(&name) {
             Some(&(pos, _)) => pos,
             None => {
-                // A label that is no link's name: its own entry, with no MAC
-                // (sysfs has no such directory).
+                // A label that is no link's name: its own entry.
                 by_name.insert(name.clone(), (list.len(), None));
                 list.push(Interface {
+                    hardware_address: hardware_address(&name),
                     name,
-                    hardware_address: None,
                     addresses: Vec::new(),
                     statistics: None,
                 });
@@ -633,9 +667,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mac_text_is_sysfs_format() {
+    fn mac_text_is_lower_case_pairs() {
         assert_eq!(mac_text(&[0x02, 0xfc, 0, 0, 0, 0xAB]), "02:fc:00:00:00:ab");
-        assert_eq!(mac_text(&[0; 4]), "00:00:00:00");
+        assert_eq!(mac_text(&[0; 6]), "00:00:00:00:00:00");
     }
 
     #[test]
