@@ -8,6 +8,15 @@
 //! `/sys/class/net/NAME/address` per interface and `/proc/net/dev` 26 %
 //! (openat alone 15 %: kernfs path walks), parsing `/proc/net/dev` 2 %; the rest
 //! is the per-request socket I/O of the agent (30 %), poll and JSON.
+//!
+//! Now (see the `netlink` module): the two dumps on a socket kept between
+//! calls, no file I/O; agent CPU 67-75 us a call (qemu-ga 7.2: 157-177 us in
+//! the same runs). Per call the dumps cost about 10 us (6 system calls; the
+//! kernel filling the link messages is most of it); what remains is the
+//! per-request cost every command pays: with client and agent on two CPUs a
+//! guest-ping already takes 38 us of agent CPU and 43 us p50 here (the
+//! cross-CPU wake-ups on reading the request and writing the reply), against
+//! 4 us on one CPU.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};

@@ -364,6 +364,7 @@ fn parse_links(dump: &[u8]) -> Result<Vec<Link>, DumpError> {
 fn parse_address(
     msg: &Msg<'_>,
     links: &[Link],
+    by_index: &HashMap<u32, usize>,
 ) -> Result<(String, Option<(IpAddr, u8)>), DumpError> {
     let p = msg.payload;
     if p.len() < IFADDRMSG_LEN {
@@ -371,9 +372,9 @@ fn parse_address(
     }
     let (family, prefixlen) = (p[0], p[1]);
     let index = u32_at(p, 4).ok_or(DumpError::Truncated(msg.offset))?;
-    let link = links
-        .iter()
-        .find(|l| l.index == index)
+    let link = by_index
+        .get(&index)
+        .map(|&li| &links[li])
         .ok_or(DumpError::UnknownIndex(index))?;
     let mut label = None;
     // glibc: the first IFA_ADDRESS or IFA_LOCAL sets the address; a later
@@ -440,7 +441,9 @@ pub fn interfaces_from_rtnetlink_dumps(
     let links = parse_links(link_dump)?;
     // Device names and alternative names -> link, for the MAC lookup.
     let mut devices: HashMap<&str, usize> = HashMap::with_capacity(links.len());
+    let mut by_index: HashMap<u32, usize> = HashMap::with_capacity(links.len());
     for (li, link) in links.iter().enumerate() {
+        by_index.entry(link.index).or_insert(li);
         devices.entry(link.name.as_str()).or_insert(li);
         for alt in &link.altnames {
             devices.entry(alt.as_str()).or_insert(li);
@@ -473,7 +476,7 @@ pub fn interfaces_from_rtnetlink_dumps(
         if msg.ty != RTM_NEWADDR {
             continue;
         }
-        let (name, pair) = parse_address(&msg, &links)?;
+        let (name, pair) = parse_address(&msg, &links, &by_index)?;
         let pos = match by_name.get(&name) {
             Some(&(pos, _)) => pos,
             None => {
