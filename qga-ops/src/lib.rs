@@ -98,8 +98,9 @@ pub use hardware::{
     MemoryBlockResult, Vcpu, VcpuRequest,
 };
 pub use network::{
-    parse_proc_net_dev, parse_proc_net_ipv6_route, parse_proc_net_route, Interface, InterfaceStats,
-    LinuxNetwork, Network, Route,
+    interfaces_from_rtnetlink_dumps, parse_proc_net_dev, parse_proc_net_ipv6_route,
+    parse_proc_net_route, DumpError, Interface, InterfaceStats, LinuxNetwork, Network, Route,
+    RtnetlinkSocket,
 };
 pub use power::{LinuxPower, Power, PowerConfig, ShutdownMode, SuspendMode};
 pub use stats::{
