@@ -105,7 +105,7 @@ impl Scenario {
     pub fn pin(self) -> Pin {
         match self {
             Scenario::Ping(p) | Scenario::Sync(p) | Scenario::ClientPing(p) => p,
-            Scenario::Modern(_) | Scenario::Exec => Pin::Same,
+            Scenario::NetIf | Scenario::Modern(_) | Scenario::Exec => Pin::Same,
             _ => Pin::Split,
         }
     }
