@@ -679,8 +679,12 @@ fn run_one(
 
 #[derive(Clone, Copy)]
 enum Target {
+    /// The ratio ours / qemu-ga is at least this.
     AtLeast(f64),
+    /// The ratio ours / qemu-ga is at most this.
     AtMost(f64),
+    /// Our own figure is at most this (an absolute target, e.g. ns per byte).
+    OursAtMost(f64),
 }
 
 struct Row {
@@ -704,7 +708,7 @@ const ROWS: &[Row] = &[
         "ping.same.rate",
         "guest-ping round trips/s, same CPU",
         0,
-        Some(Target::AtLeast(2.0)),
+        Some(Target::AtLeast(4.0)),
     ),
     row("ping.same.p50", "guest-ping p50 us, same CPU", 1, None),
     row("ping.same.p99", "guest-ping p99 us, same CPU", 1, None),
@@ -726,7 +730,7 @@ const ROWS: &[Row] = &[
         "sync.same.rate",
         "guest-sync-delimited round trips/s, same CPU",
         0,
-        None,
+        Some(Target::AtLeast(3.0)),
     ),
     row(
         "sync.same.p50",
@@ -750,38 +754,38 @@ const ROWS: &[Row] = &[
         "netif.rate",
         "guest-network-get-interfaces calls/s",
         0,
-        None,
+        Some(Target::AtLeast(3.0)),
     ),
     row("read.4K.mbs", "guest-file-read MB/s, count 4 KiB", 0, None),
     row(
         "read.64K.mbs",
         "guest-file-read MB/s, count 64 KiB",
         0,
-        None,
+        Some(Target::AtLeast(5.0)),
     ),
     row(
         "read.1M.mbs",
         "guest-file-read MB/s, count 1 MiB",
         0,
-        Some(Target::AtLeast(8.0)),
+        Some(Target::AtLeast(20.0)),
     ),
     row(
         "read.16M.mbs",
         "guest-file-read MB/s, count 16 MiB",
         0,
-        Some(Target::AtLeast(8.0)),
+        Some(Target::AtLeast(20.0)),
     ),
     row(
         "write.64K.mbs",
         "guest-file-write MB/s, 64 KiB chunks",
         0,
-        Some(Target::AtLeast(20.0)),
+        Some(Target::AtLeast(30.0)),
     ),
     row(
         "write.1M.mbs",
         "guest-file-write MB/s, 1 MiB chunks",
         0,
-        Some(Target::AtLeast(20.0)),
+        Some(Target::AtLeast(30.0)),
     ),
     row(
         "ping.same.agent_cpu",
@@ -811,19 +815,19 @@ const ROWS: &[Row] = &[
         "read.16M.agent_cpu",
         "agent CPU ns per byte read, count 16 MiB",
         2,
-        None,
+        Some(Target::OursAtMost(0.5)),
     ),
     row(
         "write.64K.agent_cpu",
         "agent CPU ns per byte written, 64 KiB chunks",
         2,
-        None,
+        Some(Target::OursAtMost(1.0)),
     ),
     row(
         "write.1M.agent_cpu",
         "agent CPU ns per byte written, 1 MiB chunks",
         2,
-        None,
+        Some(Target::OursAtMost(1.0)),
     ),
     row(
         "client.ping.same.rate",
@@ -925,6 +929,10 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
             (Some(Target::AtMost(t)), x) => {
                 (format!("<= {t}"), x.map_or("?".into(), |x| yes(x <= t)))
             }
+            (Some(Target::OursAtMost(t)), _) => (
+                format!("ours <= {t}"),
+                a.map_or("?".into(), |a| yes(a <= t)),
+            ),
         };
         println!(
             "| {} | {} | {} | {} | {target} | {met} |",
@@ -959,6 +967,17 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
                 g("p99")
             );
         }
+        // The latency target: our same-CPU ping p50 against this floor.
+        let floor = summary(results, "floor.same.p50", Side::Ours);
+        let ping = summary(results, "ping.same.p50", Side::Ours);
+        if let (Some(f), Some(p)) = (floor, ping) {
+            let r = p / f;
+            println!();
+            println!(
+                "Our guest-ping p50 on one CPU is {r:.2}x the floor's (target <= {PING_FLOOR_TARGET}: {}).",
+                if r <= PING_FLOOR_TARGET { "met" } else { "**not met**" }
+            );
+        }
     }
     if scenarios.is_empty() {
         return;
@@ -984,6 +1003,9 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
         );
     }
 }
+
+/// Most our same-CPU guest-ping p50 may be, as a multiple of the socket floor's.
+const PING_FLOOR_TARGET: f64 = 1.3;
 
 /// Most peak RSS during the one large write, as a multiple of the request's size.
 const WRITE_PEAK_TARGET: f64 = 1.2;
