@@ -155,11 +155,38 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 trait Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+
+    /// Reads at most `max` bytes onto the end of `buf`.
+    fn read_append(&mut self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        let mut chunk = vec![0u8; max];
+        let n = self.read(&mut chunk)?;
+        buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
 }
 
 impl Conn for File {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Read::read(self, buf)
+    }
+
+    /// Straight into the buffer's spare room: no staging chunk, no second copy
+    /// (that copy was 4% of the agent's time on large writes).
+    fn read_append(&mut self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        buf.reserve(max);
+        let spare = buf.spare_capacity_mut();
+        let len = spare.len().min(max);
+        // SAFETY: the kernel writes at most `len` bytes into the spare capacity,
+        // which is valid for writes of that length; only the bytes it reports
+        // written are then taken into the buffer.
+        let n = unsafe { libc::read(self.as_raw_fd(), spare.as_mut_ptr().cast(), len) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // SAFETY: the first `n` spare bytes were just written by read(2).
+        unsafe { buf.set_len(buf.len() + n) };
+        Ok(n)
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -343,13 +370,7 @@ impl<C: Conn> Connection<C> {
     /// Handles what poll reported: writes pending replies, frames and dispatches
     /// requests while under the budget, reads one chunk if the framer needs more,
     /// and writes the new replies at once.
-    fn serve(
-        &mut self,
-        ready: PollFlags,
-        dispatcher: &mut Dispatcher,
-        chunk: &mut [u8],
-        log: &Log,
-    ) -> Status {
+    fn serve(&mut self, ready: PollFlags, dispatcher: &mut Dispatcher, log: &Log) -> Status {
         let hung_up =
             ready.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL);
         if self.unsent() > 0 {
@@ -372,15 +393,14 @@ impl<C: Conn> Connection<C> {
         }
         if !self.eof && self.under_budget() && (ready.contains(PollFlags::POLLIN) || hung_up) {
             // Readable, or hung up: read tells which (0 = no peer).
-            match self.io.read(chunk) {
+            match self.io.read_append(&mut self.input, READ_CHUNK) {
                 Ok(0) => {
                     if let Some(status) = self.end_of_input(log) {
                         return status;
                     }
                 }
-                Ok(n) => {
+                Ok(_) => {
                     self.last_active = Instant::now();
-                    self.input.extend_from_slice(&chunk[..n]);
                     self.peak = self.peak.max(self.input.len());
                     if let Err(e) = self.pump(dispatcher) {
                         return self.gone(&e, log);
@@ -642,7 +662,6 @@ fn event_loop(
     log: &Log,
     stop: &Stop<'_>,
 ) -> Result<(), AgentError> {
-    let mut chunk = vec![0u8; READ_CHUNK];
     let watch = Watch::new()?;
     if let Some(s) = stop.fd {
         let mut registered = PollFlags::empty();
@@ -714,9 +733,7 @@ fn event_loop(
         while i < conns.len() {
             let flags = ready[k];
             k += 1;
-            if !flags.is_empty()
-                && conns[i].serve(flags, dispatcher, &mut chunk, log) == Status::Closed
-            {
+            if !flags.is_empty() && conns[i].serve(flags, dispatcher, log) == Status::Closed {
                 let gone = conns.remove(i);
                 let mut registered = gone.registered;
                 // Closing the descriptor would drop it from the set too; this keeps
@@ -949,7 +966,6 @@ mod tests {
     /// reports nothing (the loop would sleep) or the connection pauses or closes.
     /// Returns how it ended.
     fn drive(conn: &mut Connection<Script>, d: &mut Dispatcher, rounds: usize) -> &'static str {
-        let mut chunk = vec![0u8; READ_CHUNK];
         for _ in 0..rounds {
             if conn.paused_until.is_some() {
                 return "paused";
@@ -958,7 +974,7 @@ mod tests {
             if ready.is_empty() {
                 return "asleep";
             }
-            if conn.serve(ready, d, &mut chunk, &log()) == Status::Closed {
+            if conn.serve(ready, d, &log()) == Status::Closed {
                 return "closed";
             }
         }
@@ -1089,19 +1105,15 @@ mod tests {
 
         // Half-closed instead: EOF, but the peer still reads.
         let mut conn = Connection::new(Script::new(&[&input]), Kind::Stream);
-        let mut chunk = vec![0u8; READ_CHUNK];
+        assert_eq!(conn.serve(PollFlags::POLLIN, &mut d, &log()), Status::Open);
         assert_eq!(
-            conn.serve(PollFlags::POLLIN, &mut d, &mut chunk, &log()),
-            Status::Open
-        );
-        assert_eq!(
-            conn.serve(PollFlags::POLLIN, &mut d, &mut chunk, &log()),
+            conn.serve(PollFlags::POLLIN, &mut d, &log()),
             Status::Open,
             "no EOF yet"
         );
         conn.io.hung_up = true;
         assert_eq!(
-            conn.serve(PollFlags::POLLIN, &mut d, &mut chunk, &log()),
+            conn.serve(PollFlags::POLLIN, &mut d, &log()),
             Status::Closed
         );
         assert_eq!(conn.io.written, PONG.repeat(3));
