@@ -136,7 +136,9 @@ const CHUNK: usize = 64 * 1024;
 ///
 /// * **Spawning**: `posix_spawnp(3)`, no shell. A bare name is looked up in the
 ///   agent's `PATH` (as GLib's `G_SPAWN_SEARCH_PATH`), `argv[0]` is `path` as
-///   given, `env` entries are passed verbatim. Before each spawn every descriptor
+///   given, `env` entries are passed verbatim. An executable file the kernel
+///   refuses as a format (`ENOEXEC`: a script without `#!`) is run as
+///   `/bin/sh FILE ARGS...`, as GLib does. Before each spawn every descriptor
 ///   of the process from 3 up is marked close-on-exec (the agent's own are
 ///   already; this catches ones it inherited), where GLib closes them in the child. A failure that the exec itself
 ///   reports (missing program, no permission) is qemu-ga 7.2's
@@ -221,6 +223,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn invalid_pid() -> OpsError {
     OpsError::failed("Invalid parameter 'pid'")
+}
+
+/// The first executable regular file called `name` in the agent's `PATH` (the
+/// default search path when it has none), as posix_spawnp found it.
+fn search_path(name: &str) -> Option<CString> {
+    use std::os::unix::ffi::OsStringExt;
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+    std::env::split_paths(&dirs)
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .and_then(|p| CString::new(p.into_os_string().into_vec()).ok())
 }
 
 fn spawn_failed(path: &str, e: Errno) -> OpsError {
@@ -389,8 +405,26 @@ impl Processes for LinuxProcesses {
             .map_err(|e| os("posix_spawn", e))?;
 
         crate::sys::cloexec_from_3();
-        let pid = posix_spawnp(&program, &actions, &attr, &argv, &envp)
-            .map_err(|e| spawn_failed(path, e))?;
+        let pid = match posix_spawnp(&program, &actions, &attr, &argv, &envp) {
+            // An executable file the kernel cannot run (a script without `#!`): as
+            // GLib (so qemu-ga) and the shells do, run it with /bin/sh.
+            Err(Errno::ENOEXEC) => {
+                let script = if path.contains('/') {
+                    Some(program.clone())
+                } else {
+                    search_path(path)
+                };
+                let Some(script) = script else {
+                    return Err(spawn_failed(path, Errno::ENOEXEC));
+                };
+                let shell = c"/bin/sh".to_owned();
+                let mut sh_argv = vec![shell.clone(), script];
+                sh_argv.extend(argv.into_iter().skip(1));
+                posix_spawnp(&shell, &actions, &attr, &sh_argv, &envp)
+            }
+            other => other,
+        }
+        .map_err(|e| spawn_failed(path, e))?;
         // The child has its copies; ours must go, or its readers never see EOF.
         drop(keep_until_spawned);
         self.shared.start(pid, parent)

@@ -187,6 +187,28 @@ fn spawn_failures_have_the_reference_text() {
 }
 
 #[test]
+fn a_script_without_an_interpreter_line_runs_with_bin_sh() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("no-shebang");
+    std::fs::write(&script, "echo \"$0|$1|$2\"; exit 7\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = LinuxProcesses::default();
+    let path = script.to_str().unwrap();
+    let s = run(&p, &req(path, &["a b", "c"], CaptureMode::Separated));
+    // As GLib runs it: /bin/sh FILE ARGS..., so $0 is the file.
+    assert_eq!(s.ended, Some(Termination::Exited(7)));
+    assert_eq!(out(&s), format!("{path}|a b|c\n").as_bytes());
+    // A file that is not executable is still refused, not handed to the shell.
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = p
+        .spawn(&req(path, &[], CaptureMode::Separated))
+        .unwrap_err()
+        .to_string();
+    assert!(e.ends_with("(Permission denied)'"), "{e}");
+}
+
+#[test]
 fn output_past_the_limit_is_drained_and_dropped() {
     let p = LinuxProcesses::new(ExecLimits {
         max_output: 10,
