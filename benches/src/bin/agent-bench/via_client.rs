@@ -3,11 +3,14 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use qga_benches::stats::percentile_sorted;
 
-use crate::scenarios::{Inputs, Samples};
+use crate::agent::{self, Agent, Cpus, Pin, Program};
+use crate::scenarios::{size_label, Inputs, Samples};
+use crate::{Results, Side};
 
 fn io_err(e: qga_client::ClientError) -> io::Error {
     io::Error::other(e.to_string())
@@ -89,4 +92,178 @@ pub fn read(sock: &Path, inputs: &Inputs, chunk: usize, key: &str) -> io::Result
             offset as f64 / dt.as_secs_f64() / 1e6,
         )])
     })
+}
+
+/// Chunk size of the whole-file copies: the raw-socket `read.1M` and `write.1M` rows
+/// use the same, so the copy's rate is compared with theirs from the same run.
+pub const COPY_CHUNK: usize = 1 << 20;
+
+/// The bytes of the whole-file copies: four times the read source (1 GiB full, 128
+/// MiB with --quick), generated once.
+fn copy_data(inputs: &Inputs) -> &'static [u8] {
+    static DATA: OnceLock<Vec<u8>> = OnceLock::new();
+    DATA.get_or_init(|| crate::scenarios::test_data(inputs.sizes.read_file * 4))
+}
+
+/// CPU time of the calling thread so far, in ns (the scheduler's run time).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whole-file copies through qga-client, the way `qga get` and `qga put` do them,
+/// with our agent only: `runs` fresh agents per direction. Records `copy.get.{c}` and
+/// `copy.put.{c}` `.mbs` (MB/s of payload, open to close) and `.client_ns` (the
+/// client thread's CPU ns per payload byte, the verification's memcmp included).
+pub fn copies(
+    program: &Program,
+    base: &Path,
+    cpus: Cpus,
+    inputs: &Inputs,
+    runs: usize,
+    results: &mut Results,
+    errors: &mut Vec<String>,
+) {
+    let data = copy_data(inputs);
+    let source = inputs.work_dir.join("copy-source.bin");
+    if let Err(e) = std::fs::write(&source, data) {
+        errors.push(format!("writing the copy source: {e}"));
+        return;
+    }
+    let label = size_label(COPY_CHUNK);
+    for run in 0..runs {
+        for put in [false, true] {
+            let key = format!("copy.{}.{label}", if put { "put" } else { "get" });
+            eprintln!("  {key} run {run}, {} MiB", data.len() >> 20);
+            let out = Agent::start(program, base, cpus, Pin::Split).and_then(|started| {
+                // One connection at a time: the raw one goes, qga-client connects.
+                drop(started.conn);
+                let sock = started.agent.sock();
+                if put {
+                    let target = inputs.work_dir.join("copy-target.bin");
+                    let r = copy_put(&sock, data, &target, COPY_CHUNK);
+                    let _ = std::fs::remove_file(&target);
+                    r
+                } else {
+                    copy_get(&sock, data, &source, COPY_CHUNK)
+                }
+            });
+            agent::unpin_current_thread();
+            match out {
+                Ok((mbs, ns)) => {
+                    crate::record(results, format!("{key}.mbs"), Side::Ours, mbs);
+                    crate::record(results, format!("{key}.client_ns"), Side::Ours, ns);
+                }
+                Err(e) => {
+                    eprintln!("  error: {key} run {run}: {e}");
+                    errors.push(format!("{key} run {run}: {e}"));
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&source);
+}
+
+/// Timed part of a copy: (MB/s, client CPU ns per byte).
+fn rate(bytes: usize, wall: Duration, cpu_ns: u64) -> (f64, f64) {
+    (
+        bytes as f64 / wall.as_secs_f64() / 1e6,
+        cpu_ns as f64 / bytes as f64,
+    )
+}
+
+/// `qga get`: the guest file `source` (holding `data`) copied out, every byte compared.
+fn copy_get(sock: &Path, data: &[u8], source: &Path, chunk: usize) -> io::Result<(f64, f64)> {
+    block_on(async {
+        let mut client = qga_client::connect_unix(sock).await.map_err(io_err)?;
+        client.sync().await.map_err(io_err)?;
+        let path = source.to_string_lossy();
+        let cpu0 = thread_cpu_ns();
+        let t = Instant::now();
+        let got = client.read_file(&path, chunk, None).await.map_err(io_err)?;
+        if got != data {
+            return Err(io::Error::other(format!(
+                "copied {} bytes that differ from the source ({} bytes)",
+                got.len(),
+                data.len()
+            )));
+        }
+        let dt = t.elapsed();
+        Ok(rate(data.len(), dt, thread_cpu_ns() - cpu0))
+    })
+}
+
+/// `qga put`: `data` copied into the guest file `target`, which is compared afterwards.
+fn copy_put(sock: &Path, data: &[u8], target: &Path, chunk: usize) -> io::Result<(f64, f64)> {
+    let (mbs, ns) = block_on(async {
+        let mut client = qga_client::connect_unix(sock).await.map_err(io_err)?;
+        client.sync().await.map_err(io_err)?;
+        let path = target.to_string_lossy();
+        let cpu0 = thread_cpu_ns();
+        let t = Instant::now();
+        client
+            .write_file(&path, data, chunk, None)
+            .await
+            .map_err(io_err)?;
+        let dt = t.elapsed();
+        Ok(rate(data.len(), dt, thread_cpu_ns() - cpu0))
+    })?;
+    let written = std::fs::read(target)?;
+    if written != data {
+        return Err(io::Error::other(format!(
+            "the guest file differs ({} bytes, expected {})",
+            written.len(),
+            data.len()
+        )));
+    }
+    Ok((mbs, ns))
+}
+
+/// Target of the copies: at least this share of the raw-socket rate of the same chunk.
+const COPY_RATE_TARGET: f64 = 0.8;
+/// Target of the copies: at most this much client CPU per payload byte, ns.
+const COPY_CPU_TARGET: f64 = 2.0;
+
+/// The table of the whole-file copies (ours only), against the raw-socket rows of the
+/// same chunk size from the same run.
+pub fn print_copies(results: &Results) {
+    let label = size_label(COPY_CHUNK);
+    let rows = [
+        ("get", "read", "`qga get`: Client::read_file"),
+        ("put", "write", "`qga put`: Client::write_file"),
+    ];
+    if !rows
+        .iter()
+        .any(|(d, _, _)| results.contains_key(&format!("copy.{d}.{label}.mbs")))
+    {
+        return;
+    }
+    println!();
+    println!("Whole-file copies via qga-client, our agent (the library call `qga get`/`qga put` make; {label} chunks, split CPUs; raw = the raw-socket row of the same chunk size in this run; targets: >= {:.0} % of raw, <= {COPY_CPU_TARGET} client ns/byte):", COPY_RATE_TARGET * 100.0);
+    println!();
+    println!("| copy | MB/s | raw MB/s | % of raw | client CPU ns/byte | met? |");
+    println!("|---|---:|---:|---:|---:|:---:|");
+    for (dir, raw, what) in rows {
+        let mbs = crate::summary(results, &format!("copy.{dir}.{label}.mbs"), Side::Ours);
+        let raw = crate::summary(results, &format!("{raw}.{label}.mbs"), Side::Ours);
+        let ns = crate::summary(
+            results,
+            &format!("copy.{dir}.{label}.client_ns"),
+            Side::Ours,
+        );
+        let share = mbs.zip(raw).filter(|(_, r)| *r > 0.0).map(|(m, r)| m / r);
+        let met = match (share, ns) {
+            (Some(s), Some(n)) => crate::yes(s >= COPY_RATE_TARGET && n <= COPY_CPU_TARGET),
+            _ => "?".into(),
+        };
+        println!(
+            "| {what} | {} | {} | {} | {} | {met} |",
+            crate::fmt(mbs, 0),
+            crate::fmt(raw, 0),
+            crate::fmt(share.map(|s| s * 100.0), 0),
+            crate::fmt(ns, 2),
+        );
+    }
 }
