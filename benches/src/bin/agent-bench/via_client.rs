@@ -116,7 +116,8 @@ fn thread_cpu_ns() -> u64 {
 /// Whole-file copies through qga-client, the way `qga get` and `qga put` do them,
 /// with our agent only: `runs` fresh agents per direction. Records `copy.get.{c}` and
 /// `copy.put.{c}` `.mbs` (MB/s of payload, open to close) and `.client_ns` (the
-/// client thread's CPU ns per payload byte, the verification's memcmp included).
+/// client thread's CPU ns per payload byte, the verification's memcmp or the source's
+/// memcpy included).
 pub fn copies(
     program: &Program,
     base: &Path,
@@ -174,28 +175,77 @@ fn rate(bytes: usize, wall: Duration, cpu_ns: u64) -> (f64, f64) {
     )
 }
 
-/// `qga get`: the guest file `source` (holding `data`) copied out, every byte compared.
+/// A destination that compares what it is given with the expected bytes (a memcmp
+/// per chunk, on the client thread) and keeps nothing.
+struct Verify<'a> {
+    expected: &'a [u8],
+    at: usize,
+}
+
+impl tokio::io::AsyncWrite for Verify<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let at = self.at;
+        let end = at + buf.len();
+        if self.expected.get(at..end) != Some(buf) {
+            return std::task::Poll::Ready(Err(io::Error::other(format!(
+                "copied bytes differ from the source at {at}..{end}"
+            ))));
+        }
+        self.at = end;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// `qga get`: the guest file `source` (holding `data`) copied out with
+/// `Client::copy_from_guest`, every byte compared as it arrives.
 fn copy_get(sock: &Path, data: &[u8], source: &Path, chunk: usize) -> io::Result<(f64, f64)> {
     block_on(async {
         let mut client = qga_client::connect_unix(sock).await.map_err(io_err)?;
         client.sync().await.map_err(io_err)?;
         let path = source.to_string_lossy();
+        let mut sink = Verify {
+            expected: data,
+            at: 0,
+        };
         let cpu0 = thread_cpu_ns();
         let t = Instant::now();
-        let got = client.read_file(&path, chunk, None).await.map_err(io_err)?;
-        if got != data {
+        let n = client
+            .copy_from_guest(&path, &mut sink, chunk, None)
+            .await
+            .map_err(io_err)?;
+        let dt = t.elapsed();
+        let cpu = thread_cpu_ns() - cpu0;
+        if n as usize != data.len() || sink.at != data.len() {
             return Err(io::Error::other(format!(
-                "copied {} bytes that differ from the source ({} bytes)",
-                got.len(),
+                "copied {n} bytes ({} verified) of {}",
+                sink.at,
                 data.len()
             )));
         }
-        let dt = t.elapsed();
-        Ok(rate(data.len(), dt, thread_cpu_ns() - cpu0))
+        Ok(rate(data.len(), dt, cpu))
     })
 }
 
-/// `qga put`: `data` copied into the guest file `target`, which is compared afterwards.
+/// `qga put`: `data` copied with `Client::copy_to_guest` into the guest file `target`,
+/// which is compared afterwards.
 fn copy_put(sock: &Path, data: &[u8], target: &Path, chunk: usize) -> io::Result<(f64, f64)> {
     let (mbs, ns) = block_on(async {
         let mut client = qga_client::connect_unix(sock).await.map_err(io_err)?;
@@ -203,11 +253,18 @@ fn copy_put(sock: &Path, data: &[u8], target: &Path, chunk: usize) -> io::Result
         let path = target.to_string_lossy();
         let cpu0 = thread_cpu_ns();
         let t = Instant::now();
-        client
-            .write_file(&path, data, chunk, None)
+        let mut src = data;
+        let n = client
+            .copy_to_guest(&mut src, &path, chunk, Some(data.len() as u64), None)
             .await
             .map_err(io_err)?;
         let dt = t.elapsed();
+        if n as usize != data.len() {
+            return Err(io::Error::other(format!(
+                "copied {n} bytes of {}",
+                data.len()
+            )));
+        }
         Ok(rate(data.len(), dt, thread_cpu_ns() - cpu0))
     })?;
     let written = std::fs::read(target)?;
@@ -231,8 +288,8 @@ const COPY_CPU_TARGET: f64 = 2.0;
 pub fn print_copies(results: &Results) {
     let label = size_label(COPY_CHUNK);
     let rows = [
-        ("get", "read", "`qga get`: Client::read_file"),
-        ("put", "write", "`qga put`: Client::write_file"),
+        ("get", "read", "`qga get`: Client::copy_from_guest"),
+        ("put", "write", "`qga put`: Client::copy_to_guest"),
     ];
     if !rows
         .iter()
