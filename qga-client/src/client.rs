@@ -39,7 +39,7 @@ const _: () =
 /// Every other reply is far smaller (guest-exec-status caps captured output at
 /// 16 MiB, about 21 MiB of base64). One extra MiB covers the envelope with room to
 /// spare while still bounding what a misbehaving agent can make the client buffer.
-const MAX_REPLY: usize = 65 * 1024 * 1024;
+pub(crate) const MAX_REPLY: usize = 65 * 1024 * 1024;
 
 /// Per-call timeouts by command class. A call's timeout covers all of it: the
 /// resync it may need first (itself bounded by `quick`), writing the request and

@@ -15,14 +15,14 @@
 use std::io::Write as _;
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use qga_proto::GuestFileWriteResult;
 use qga_proto::{Base64, Command, GuestFileRead, GuestFileReadResult, GuestFileWrite};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{Answer, Client, Progress, Reply, MAX_CHUNK, MAX_WRITE_CHUNK};
+use super::{Answer, Client, Progress, Reply, MAX_CHUNK, MAX_REPLY, MAX_WRITE_CHUNK};
 use crate::ClientError;
 
 /// A request on the wire, waiting for its reply.
@@ -33,9 +33,12 @@ struct Sent {
 
 /// The answer to a guest-file-read.
 enum ReadReply {
-    /// Taken by the fast path: the message and where its parts are.
+    /// Taken off the stream as it came: the data is decoded already (in the
+    /// caller's buffer).
+    Decoded { count: i64, eof: bool },
+    /// Framed, then taken by the fast path: the message and where its parts are.
     Fast(Bytes, ReadScan),
-    /// Read the ordinary way.
+    /// Framed and read the ordinary way.
     Typed(GuestFileReadResult),
 }
 
@@ -168,8 +171,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         let mut done = 0u64;
         let mut current = self.send_read(handle, chunk).await?;
         loop {
-            let reply = self.read_reply(&current, chunk).await?;
+            let reply = self.read_reply(&current, chunk, &mut scratch).await?;
             let (count, eof) = match &reply {
+                ReadReply::Decoded { count, eof } => (*count, *eof),
                 ReadReply::Fast(_, scan) => (scan.count, scan.eof),
                 ReadReply::Typed(r) => (r.count, r.eof),
             };
@@ -181,6 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
                 Some(self.send_read(handle, chunk).await?)
             };
             let data = match reply {
+                ReadReply::Decoded { .. } => &scratch[..],
                 ReadReply::Fast(m, scan) => {
                     scan.decode(&m, &mut scratch)?;
                     &scratch[..]
@@ -263,25 +268,84 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         Ok(Sent { id, deadline })
     }
 
-    /// Waits for the answer to the read `req` of `count` bytes.
-    async fn read_reply(&mut self, req: &Sent, count: usize) -> Result<ReadReply, ClientError> {
+    /// Waits for the answer to the read `req` of `count` bytes. The data of a
+    /// [`ReadReply::Decoded`] answer is in `out`.
+    async fn read_reply(
+        &mut self,
+        req: &Sent,
+        count: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<ReadReply, ClientError> {
         // The reply is about 4/3 of the data: room for it at once.
         self.reply_hint = count.div_ceil(3) * 4 + 256;
         let id = Value::from(req.id);
-        let answer = tokio::time::timeout_at(
-            req.deadline,
-            self.reply_or_fast(&id, |m| ReadScan::parse(m, req.id)),
-        )
+        let answer = tokio::time::timeout_at(req.deadline, async {
+            if let Some((count, eof)) = self.read_reply_streamed(req.id, out).await? {
+                return Ok(Ok(ReadReply::Decoded { count, eof }));
+            }
+            Ok(
+                match self
+                    .reply_or_fast(&id, |m| ReadScan::parse(m, req.id))
+                    .await?
+                {
+                    Answer::Fast(m, scan) => Ok(ReadReply::Fast(m, scan)),
+                    Answer::Reply(r) => Err(r),
+                },
+            )
+        })
         .await;
         self.reply_hint = 0;
         match answer {
             Err(_) => Err(ClientError::Timeout),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Answer::Fast(m, scan))) => {
+            Ok(Ok(Ok(reply))) => {
                 self.dirty = false;
-                Ok(ReadReply::Fast(m, scan))
+                Ok(reply)
             }
-            Ok(Ok(Answer::Reply(r))) => self.typed(r).map(ReadReply::Typed),
+            Ok(Ok(Err(r))) => self.typed(r).map(ReadReply::Typed),
+        }
+    }
+
+    /// Takes the reply to the read carrying `id` straight off the stream, without
+    /// the framer, when it has the plain shape [`StreamScan`] takes: the base64 is
+    /// decoded into `out` as it arrives. Returns its count and eof; or `None` as
+    /// soon as the bytes are anything else, or when the decoder is in the middle of
+    /// something: nothing is consumed then, and the ordinary path frames the bytes.
+    async fn read_reply_streamed(
+        &mut self,
+        id: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(i64, bool)>, ClientError> {
+        out.clear();
+        if self.decoder.is_mid_message() || self.decoder.is_recovering() {
+            return Ok(None);
+        }
+        let mut scan = StreamScan::default();
+        loop {
+            match scan.advance(&self.buf, id, out) {
+                Step::Done { end, count, eof } => {
+                    // The decoder would have framed exactly these bytes as one
+                    // message (see `StreamScan`); it is left as after one.
+                    self.buf.advance(end);
+                    self.decoder.reset();
+                    return Ok(Some((count, eof)));
+                }
+                Step::Other => {
+                    out.clear();
+                    return Ok(None);
+                }
+                Step::More => {}
+            }
+            let want = self.reply_hint.saturating_sub(self.buf.len());
+            self.buf.reserve(want.max(64 * 1024));
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(ClientError::io)?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
         }
     }
 
@@ -442,14 +506,257 @@ impl ReadScan {
     }
 }
 
-/// A cursor over a message for [`ReadScan::parse`]: each step takes one token of
+/// What [`StreamScan::advance`] made of the bytes so far.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// The whole reply, ending at `end` in the buffer; its data is decoded.
+    Done { end: usize, count: i64, eof: bool },
+    /// A plain reply so far, not complete yet.
+    More,
+    /// Not a reply this scan takes: leave the bytes to the framer.
+    Other,
+}
+
+/// A guest-file-read reply to our request, taken off the stream as it arrives the
+/// way [`ReadScan::parse`] takes a framed one: JSON whitespace, then an object with
+/// exactly `return` and `id` (ours, a plain integer), `return` with exactly
+/// `count`, `eof` and `buf-b64` (in any order, with any JSON whitespace), the text
+/// whole base64 groups with padding only in the last.
+///
+/// The text's end is found with one `memchr` pass over the new bytes, and its whole
+/// groups are decoded (with SIMD, which also checks them) as they come, one group
+/// held back until the end is known, so that the last one goes through the careful
+/// rules. Whatever deviates, whenever it shows, is `Other`: the bytes are all still
+/// in the buffer, and the framer takes them as usual.
+///
+/// What it takes is what the framer would hand out as one message (printable ASCII
+/// tokens of a two-level object with JSON whitespace between them: no 0xFF, no
+/// control byte, no bracket inside a string), and what the ordinary path makes of
+/// that message (`interpret`, then typing as [`GuestFileReadResult`]) is the same
+/// count, eof and bytes.
+#[derive(Debug, Default)]
+struct StreamScan {
+    /// Where the text starts in the buffer, once the head is read.
+    text: Option<usize>,
+    /// What the head held besides the text.
+    head: Members,
+    /// Text bytes searched for the closing quote so far.
+    searched: usize,
+    /// Text bytes decoded so far (whole groups).
+    decoded: usize,
+    /// Where the text ends (its closing quote), once found.
+    text_end: Option<usize>,
+    /// The last group is decoded (into the output).
+    last_done: bool,
+}
+
+/// The members of a read reply seen so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct Members {
+    count: Option<i64>,
+    eof: Option<bool>,
+    id: bool,
+}
+
+/// What a failed step means: the bytes may only be cut short (`More`), or they are
+/// something else (`Other`).
+fn failed(c: &Scanner<'_>) -> Step {
+    if c.at_end() {
+        Step::More
+    } else {
+        Step::Other
+    }
+}
+
+impl StreamScan {
+    /// Takes what `buf` holds now; decoded data goes to `out`.
+    fn advance(&mut self, buf: &[u8], id: u64, out: &mut Vec<u8>) -> Step {
+        let text = match self.text {
+            Some(t) => t,
+            None => match Self::head(buf, id) {
+                Ok((t, head)) => {
+                    self.text = Some(t);
+                    self.head = head;
+                    t
+                }
+                Err(step) => return step,
+            },
+        };
+        // The framer refuses a message over the limit: so does this, through it.
+        if buf.len() - text > MAX_REPLY {
+            return Step::Other;
+        }
+        if self.text_end.is_none() {
+            let from = text + self.searched;
+            match memchr::memchr2(b'"', b'\\', &buf[from..]) {
+                Some(k) if buf[from + k] == b'"' => self.text_end = Some(from + k),
+                Some(_) => return Step::Other,
+                None => self.searched = buf.len() - text,
+            }
+        }
+        // Whole groups up to the text's last one; while its end is not in sight,
+        // up to the last complete group but one.
+        let body_len = match self.text_end {
+            Some(end) => {
+                let len = end - text;
+                if len % 4 != 0 {
+                    return Step::Other;
+                }
+                len.saturating_sub(4)
+            }
+            None => ((buf.len() - text) / 4 * 4).saturating_sub(4),
+        };
+        if body_len > self.decoded {
+            let piece = &buf[text + self.decoded..text + body_len];
+            if base64_simd::STANDARD_NO_PAD
+                .decode_append(piece, out)
+                .is_err()
+            {
+                return Step::Other;
+            }
+            self.decoded = body_len;
+        }
+        let Some(end) = self.text_end else {
+            return Step::More;
+        };
+        if !self.last_done && end > text {
+            let last = std::str::from_utf8(&buf[end - 4..end])
+                .ok()
+                .and_then(|g| Base64::decode(g).ok());
+            match last {
+                Some(last) => out.extend_from_slice(&last),
+                None => return Step::Other,
+            }
+        }
+        self.last_done = true;
+        self.tail(buf, end + 1, id)
+    }
+
+    /// Reads the head, up to the text's opening quote: where the text starts and
+    /// the members seen before it; or how it failed.
+    fn head(buf: &[u8], id: u64) -> Result<(usize, Members), Step> {
+        let mut c = Scanner { b: buf, i: 0 };
+        let mut m = Members::default();
+        c.ws();
+        c.byte(b'{').ok_or_else(|| failed(&c))?;
+        loop {
+            match c.key().ok_or_else(|| failed(&c))? {
+                b"id" if !m.id => {
+                    let n = c.uint().ok_or_else(|| failed(&c))?;
+                    if c.at_end() {
+                        return Err(Step::More);
+                    }
+                    if n != id {
+                        return Err(Step::Other);
+                    }
+                    m.id = true;
+                }
+                b"return" => break,
+                _ => return Err(Step::Other),
+            }
+            if !c.next_member().ok_or_else(|| failed(&c))? {
+                return Err(Step::Other);
+            }
+        }
+        c.byte(b'{').ok_or_else(|| failed(&c))?;
+        loop {
+            match c.key().ok_or_else(|| failed(&c))? {
+                b"count" if m.count.is_none() => {
+                    let n = c.uint().ok_or_else(|| failed(&c))?;
+                    if c.at_end() {
+                        return Err(Step::More);
+                    }
+                    m.count = Some(i64::try_from(n).map_err(|_| Step::Other)?);
+                }
+                b"eof" if m.eof.is_none() => {
+                    m.eof = Some(c.boolean().ok_or_else(|| failed(&c))?);
+                }
+                b"buf-b64" => {
+                    c.byte(b'"').ok_or_else(|| failed(&c))?;
+                    return Ok((c.i, m));
+                }
+                _ => return Err(Step::Other),
+            }
+            if !c.next_member().ok_or_else(|| failed(&c))? {
+                return Err(Step::Other);
+            }
+        }
+    }
+
+    /// Reads the rest, from just after the text's closing quote (`from`).
+    fn tail(&self, buf: &[u8], from: usize, id: u64) -> Step {
+        let mut c = Scanner { b: buf, i: from };
+        let mut m = self.head;
+        // The rest of `return`, then the rest of the reply.
+        for in_return in [true, false] {
+            loop {
+                match c.next_member() {
+                    Some(true) => {}
+                    Some(false) => break,
+                    None => return failed(&c),
+                }
+                let Some(key) = c.key() else {
+                    return failed(&c);
+                };
+                match (in_return, key) {
+                    (true, b"count") if m.count.is_none() => {
+                        let Some(n) = c.uint() else {
+                            return failed(&c);
+                        };
+                        if c.at_end() {
+                            return Step::More;
+                        }
+                        let Ok(n) = i64::try_from(n) else {
+                            return Step::Other;
+                        };
+                        m.count = Some(n);
+                    }
+                    (true, b"eof") if m.eof.is_none() => {
+                        let Some(b) = c.boolean() else {
+                            return failed(&c);
+                        };
+                        m.eof = Some(b);
+                    }
+                    (false, b"id") if !m.id => {
+                        let Some(n) = c.uint() else {
+                            return failed(&c);
+                        };
+                        if c.at_end() {
+                            return Step::More;
+                        }
+                        if n != id {
+                            return Step::Other;
+                        }
+                        m.id = true;
+                    }
+                    _ => return Step::Other,
+                }
+            }
+        }
+        match (m.count, m.eof, m.id) {
+            (Some(count), Some(eof), true) => Step::Done {
+                end: c.i,
+                count,
+                eof,
+            },
+            _ => Step::Other,
+        }
+    }
+}
+
+/// A cursor over a message for [`ReadScan`] and [`StreamScan`]: each step takes one token of
 /// the expected shape, or fails (`None`).
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    /// Whether everything was read: a step that failed here may only lack bytes.
+    fn at_end(&self) -> bool {
+        self.i >= self.b.len()
+    }
+
     fn ws(&mut self) {
         while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
@@ -464,7 +771,11 @@ impl Scanner<'_> {
     fn string(&mut self) -> Option<Range<usize>> {
         self.byte(b'"')?;
         let start = self.i;
-        let len = memchr::memchr2(b'"', b'\\', &self.b[start..])?;
+        let Some(len) = memchr::memchr2(b'"', b'\\', &self.b[start..]) else {
+            // Cut short by the end of the bytes so far.
+            self.i = self.b.len();
+            return None;
+        };
         let end = start + len;
         if self.b[end] != b'"' {
             return None;
@@ -474,7 +785,7 @@ impl Scanner<'_> {
     }
 
     /// A member's key and its colon (whitespace around them skipped).
-    fn key(&mut self) -> Option<&[u8]> {
+    fn key(&mut self) -> Option<&'a [u8]> {
         self.ws();
         let r = self.string()?;
         self.ws();
@@ -482,7 +793,8 @@ impl Scanner<'_> {
         self.ws();
         // Keys we take are plain ASCII names: anything with an escape or a control
         // byte matches none of them.
-        Some(&self.b[r])
+        let b = self.b;
+        Some(&b[r])
     }
 
     /// After a member: `true` at a comma (another member follows), `false` at the
@@ -527,6 +839,10 @@ impl Scanner<'_> {
             self.i += 5;
             Some(false)
         } else {
+            if b"true".starts_with(rest) || b"false".starts_with(rest) {
+                // Cut short by the end of the bytes so far.
+                self.i = self.b.len();
+            }
             None
         }
     }
@@ -683,6 +999,128 @@ mod tests {
         m.extend_from_slice(br#"","eof":true},"id":9}"#);
         assert_eq!(fast(&m, 9), Some((300_001, true, data)));
         assert!(agree(&m, 9));
+    }
+
+    /// Feeds `m` (then `after`, the start of whatever follows it) to a stream scan
+    /// cut at `cuts`; returns the last step and the decoded bytes. A scan that
+    /// gives up stays given up (the caller hands the bytes to the framer).
+    fn streamed(m: &[u8], after: &[u8], cuts: &[usize], id: u64) -> (Step, Vec<u8>) {
+        let mut scan = StreamScan::default();
+        let mut out = Vec::new();
+        let mut all = m.to_vec();
+        all.extend_from_slice(after);
+        for &k in cuts {
+            match scan.advance(&all[..k.min(all.len())], id, &mut out) {
+                Step::More => {}
+                done => return (done, out),
+            }
+        }
+        (scan.advance(&all, id, &mut out), out)
+    }
+
+    /// Streamed at every cut (or a spread of them for long messages), `m` is taken
+    /// whole with the ordinary path's answer when `plain`, and otherwise never taken
+    /// with another answer than the ordinary path's.
+    fn check_streamed(m: &[u8], id: u64, plain: bool) {
+        let cuts: Vec<usize> = if m.len() <= 300 {
+            (0..=m.len()).collect()
+        } else {
+            (0..=m.len())
+                .step_by(m.len() / 97)
+                .chain([m.len() - 1])
+                .collect()
+        };
+        let text = String::from_utf8_lossy(&m[..m.len().min(200)]).into_owned();
+        for after in [&b""[..], b"\n", b"\n{\"return\":{}}\n"] {
+            for &k in &cuts {
+                for cuts in [&[k][..], &[k / 2, k]] {
+                    let (step, out) = streamed(m, after, cuts, id);
+                    match step {
+                        Step::Done { end, count, eof } => {
+                            assert_eq!(end, m.len(), "{text} cut at {cuts:?}");
+                            assert_eq!(
+                                ordinary(m, id),
+                                Some(Ok((count, eof, out))),
+                                "{text} cut at {cuts:?}"
+                            );
+                        }
+                        Step::Other => assert!(!plain, "{text} refused, cut at {cuts:?}"),
+                        Step::More => panic!("{text}: more wanted when all is there"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_replies_are_taken_off_the_stream_at_any_cut() {
+        for m in [
+            &br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false},"id":42}"#[..],
+            br#"{"return":{"count":5,"buf-b64":"aGVsbG8=","eof":false},"id":42}"#,
+            b"{\"return\": {\"count\": 5, \"buf-b64\": \"aGVsbG8=\", \"eof\": true}, \"id\": 42}",
+            b" \n{ \"id\" : 42 ,\t\"return\":{\"eof\":false,\"count\":0,\"buf-b64\":\"\"}\r}",
+            br#"{"return":{"buf-b64":"aGk=","count":2,"eof":true},"id":42}"#,
+            br#"{"return":{"buf-b64":"AAECAwQF","count":6,"eof":false},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVsbA==","eof":true,"count":4},"id":42}"#,
+        ] {
+            check_streamed(m, 42, true);
+        }
+        let data: Vec<u8> = (0..30_000u32).map(|i| (i * 13 + i / 7) as u8).collect();
+        let mut m = br#"{"return":{"buf-b64":""#.to_vec();
+        base64_simd::STANDARD.encode_append(&data, &mut m);
+        m.extend_from_slice(br#"","count":30000,"eof":false},"id":42}"#);
+        check_streamed(&m, 42, true);
+        let (step, out) = streamed(&m, b"\n", &[1000, 15_000, 39_000], 42);
+        assert_eq!(
+            (step, out),
+            (
+                Step::Done {
+                    end: m.len(),
+                    count: 30_000,
+                    eof: false
+                },
+                data
+            )
+        );
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_the_framer() {
+        for m in [
+            &br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false},"id":43}"#[..],
+            br#"{"id":43,"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false}}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false},"id":42.0}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false},"id":420}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false},"id":4}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false}}"#,
+            br#"{"error":{"class":"GenericError","desc":"no"},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false},"id":42,"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"count":5,"eof":false},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false,"x":1},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false},"x":1,"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","eof":false},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":-5,"eof":false},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5.0,"eof":false},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":nope},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVs\/bG8=","count":5,"eof":false},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVsbG8","count":5,"eof":false},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGV=bG8=","count":5,"eof":false},"id":42}"#,
+            br#"{"return":{"buf-b64":"a===","count":5,"eof":false},"id":42}"#,
+            br#"{"return":{"buf-b64":"aGVs!G8=","count":5,"eof":false},"id":42}"#,
+            b"{\"return\":{\"buf-b64\":\"aGVs\x01G8=\",\"count\":5,\"eof\":false},\"id\":42}",
+            b"{\"return\":{\"buf-b64\":\"aGVs\xffG8=\",\"count\":5,\"eof\":false},\"id\":42}",
+            b"{\"return\":{\"buf-b64\":\"aGVsbG8=\",\"count\":5,\"eof\":false},\"id\":42\xff}",
+            b"\xff{\"return\":{\"buf-b64\":\"aGVsbG8=\",\"count\":5,\"eof\":false},\"id\":42}",
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false},"id":42]"#,
+            br#"[{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false},"id":42}]"#,
+            br#"{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false}},"id":42}"#,
+            br#"{"return":{},"id":42}"#,
+            br#"{"return":[],"id":42}"#,
+            br#""return""#,
+            br#"x{"return":{"buf-b64":"aGVsbG8=","count":5,"eof":false},"id":42}"#,
+        ] {
+            check_streamed(m, 42, false);
+        }
     }
 
     #[test]
