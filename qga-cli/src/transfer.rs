@@ -141,7 +141,7 @@ pub fn source(path: &Path) -> io::Result<(File, Option<u64>)> {
             "is a directory",
         ));
     }
-    Ok((file, meta.is_file().then(|| meta.len())))
+    Ok((file, meta.is_file().then_some(meta.len())))
 }
 
 #[cfg(test)]

@@ -474,7 +474,7 @@ impl ReadScan {
         // As `Base64Text::parse` in qga-proto does: whole groups, the body checked
         // with SIMD, the last group (which may hold padding) decoded by the careful
         // rules.
-        if text_bytes.len() % 4 != 0 {
+        if !text_bytes.len().is_multiple_of(4) {
             return None;
         }
         let split = text.end - 4;
@@ -599,7 +599,7 @@ impl StreamScan {
         let body_len = match self.text_end {
             Some(end) => {
                 let len = end - text;
-                if len % 4 != 0 {
+                if !len.is_multiple_of(4) {
                     return Step::Other;
                 }
                 len.saturating_sub(4)
@@ -874,7 +874,10 @@ mod tests {
     /// What the ordinary path makes of a reply to the read carrying `id`:
     /// `None` when it skips the message, else count, eof and the bytes, or that
     /// it fails.
-    fn ordinary(m: &[u8], id: u64) -> Option<Result<(i64, bool, Vec<u8>), ()>> {
+    /// Count, eof and data of a read reply.
+    type Read = (i64, bool, Vec<u8>);
+
+    fn ordinary(m: &[u8], id: u64) -> Option<Result<Read, ()>> {
         let r = interpret(m, &Value::from(id))?;
         Some(
             r.result
@@ -884,7 +887,7 @@ mod tests {
         )
     }
 
-    fn fast(m: &[u8], id: u64) -> Option<(i64, bool, Vec<u8>)> {
+    fn fast(m: &[u8], id: u64) -> Option<Read> {
         let scan = ReadScan::parse(m, id)?;
         let mut out = Vec::new();
         scan.decode(m, &mut out).unwrap();
