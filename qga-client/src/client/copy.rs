@@ -15,7 +15,7 @@
 use std::io::Write as _;
 use std::ops::Range;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use qga_proto::GuestFileWriteResult;
 use qga_proto::{Base64, Command, GuestFileRead, GuestFileReadResult, GuestFileWrite};
 use serde_json::Value;
@@ -33,10 +33,8 @@ struct Sent {
 
 /// The answer to a guest-file-read.
 enum ReadReply {
-    /// Taken off the stream as it came: the data is decoded already (in the
-    /// caller's buffer).
-    Decoded { count: i64, eof: bool },
-    /// Framed, then taken by the fast path: the message and where its parts are.
+    /// Taken by a fast path (off the stream, or framed and scanned): the message
+    /// and where its checked parts are.
     Fast(Bytes, ReadScan),
     /// Framed and read the ordinary way.
     Typed(GuestFileReadResult),
@@ -171,9 +169,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         let mut done = 0u64;
         let mut current = self.send_read(handle, chunk).await?;
         loop {
-            let reply = self.read_reply(&current, chunk, &mut scratch).await?;
+            let reply = self.read_reply(&current, chunk).await?;
             let (count, eof) = match &reply {
-                ReadReply::Decoded { count, eof } => (*count, *eof),
                 ReadReply::Fast(_, scan) => (scan.count, scan.eof),
                 ReadReply::Typed(r) => (r.count, r.eof),
             };
@@ -185,7 +182,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
                 Some(self.send_read(handle, chunk).await?)
             };
             let data = match reply {
-                ReadReply::Decoded { .. } => &scratch[..],
                 ReadReply::Fast(m, scan) => {
                     scan.decode(&m, &mut scratch)?;
                     &scratch[..]
@@ -268,20 +264,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         Ok(Sent { id, deadline })
     }
 
-    /// Waits for the answer to the read `req` of `count` bytes. The data of a
-    /// [`ReadReply::Decoded`] answer is in `out`.
-    async fn read_reply(
-        &mut self,
-        req: &Sent,
-        count: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<ReadReply, ClientError> {
+    /// Waits for the answer to the read `req` of `count` bytes.
+    async fn read_reply(&mut self, req: &Sent, count: usize) -> Result<ReadReply, ClientError> {
         // The reply is about 4/3 of the data: room for it at once.
         self.reply_hint = count.div_ceil(3) * 4 + 256;
         let id = Value::from(req.id);
         let answer = tokio::time::timeout_at(req.deadline, async {
-            if let Some((count, eof)) = self.read_reply_streamed(req.id, out).await? {
-                return Ok(Ok(ReadReply::Decoded { count, eof }));
+            if let Some((m, scan)) = self.read_reply_streamed(req.id).await? {
+                return Ok(Ok(ReadReply::Fast(m, scan)));
             }
             Ok(
                 match self
@@ -307,33 +297,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     }
 
     /// Takes the reply to the read carrying `id` straight off the stream, without
-    /// the framer, when it has the plain shape [`StreamScan`] takes: the base64 is
-    /// decoded into `out` as it arrives. Returns its count and eof; or `None` as
-    /// soon as the bytes are anything else, or when the decoder is in the middle of
-    /// something: nothing is consumed then, and the ordinary path frames the bytes.
+    /// the framer, when it has the plain shape [`StreamScan`] takes, checking its
+    /// base64 as it arrives. Returns the message and where its parts are; or `None`
+    /// as soon as the bytes are anything else, or when the decoder is in the middle
+    /// of something: nothing is consumed then, and the ordinary path frames the
+    /// bytes.
     async fn read_reply_streamed(
         &mut self,
         id: u64,
-        out: &mut Vec<u8>,
-    ) -> Result<Option<(i64, bool)>, ClientError> {
-        out.clear();
+    ) -> Result<Option<(Bytes, ReadScan)>, ClientError> {
         if self.decoder.is_mid_message() || self.decoder.is_recovering() {
             return Ok(None);
         }
         let mut scan = StreamScan::default();
         loop {
-            match scan.advance(&self.buf, id, out) {
-                Step::Done { end, count, eof } => {
+            match scan.advance(&self.buf, id) {
+                Step::Done { end, scan } => {
                     // The decoder would have framed exactly these bytes as one
                     // message (see `StreamScan`); it is left as after one.
-                    self.buf.advance(end);
+                    let m = self.buf.split_to(end).freeze();
                     self.decoder.reset();
-                    return Ok(Some((count, eof)));
+                    return Ok(Some((m, scan)));
                 }
-                Step::Other => {
-                    out.clear();
-                    return Ok(None);
-                }
+                Step::Other => return Ok(None),
                 Step::More => {}
             }
             let want = self.reply_hint.saturating_sub(self.buf.len());
@@ -509,8 +495,9 @@ impl ReadScan {
 /// What [`StreamScan::advance`] made of the bytes so far.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
-    /// The whole reply, ending at `end` in the buffer; its data is decoded.
-    Done { end: usize, count: i64, eof: bool },
+    /// The whole reply, ending at `end` in the buffer, checked: decoding it as
+    /// `scan` says cannot fail.
+    Done { end: usize, scan: ReadScan },
     /// A plain reply so far, not complete yet.
     More,
     /// Not a reply this scan takes: leave the bytes to the framer.
@@ -523,11 +510,12 @@ enum Step {
 /// `count`, `eof` and `buf-b64` (in any order, with any JSON whitespace), the text
 /// whole base64 groups with padding only in the last.
 ///
-/// The text's end is found with one `memchr` pass over the new bytes, and its whole
-/// groups are decoded (with SIMD, which also checks them) as they come, one group
-/// held back until the end is known, so that the last one goes through the careful
-/// rules. Whatever deviates, whenever it shows, is `Other`: the bytes are all still
-/// in the buffer, and the framer takes them as usual.
+/// The text's whole groups are checked (SIMD) as they come, one group held back
+/// until the end is known, so that the last one goes through the careful rules; the
+/// end (the closing quote) is where a check first fails, found with `memchr` in
+/// that piece only. Decoding is left for later ([`ReadScan::decode`]): the next
+/// read can go out first. Whatever deviates, whenever it shows, is `Other`: the
+/// bytes are all still in the buffer, and the framer takes them as usual.
 ///
 /// What it takes is what the framer would hand out as one message (printable ASCII
 /// tokens of a two-level object with JSON whitespace between them: no 0xFF, no
@@ -540,14 +528,10 @@ struct StreamScan {
     text: Option<usize>,
     /// What the head held besides the text.
     head: Members,
-    /// Text bytes searched for the closing quote so far.
-    searched: usize,
-    /// Text bytes decoded so far (whole groups).
-    decoded: usize,
+    /// Text bytes checked so far (whole groups of the alphabet).
+    checked: usize,
     /// Where the text ends (its closing quote), once found.
     text_end: Option<usize>,
-    /// The last group is decoded (into the output).
-    last_done: bool,
 }
 
 /// The members of a read reply seen so far.
@@ -569,8 +553,8 @@ fn failed(c: &Scanner<'_>) -> Step {
 }
 
 impl StreamScan {
-    /// Takes what `buf` holds now; decoded data goes to `out`.
-    fn advance(&mut self, buf: &[u8], id: u64, out: &mut Vec<u8>) -> Step {
+    /// Takes what `buf` holds now.
+    fn advance(&mut self, buf: &[u8], id: u64) -> Step {
         let text = match self.text {
             Some(t) => t,
             None => match Self::head(buf, id) {
@@ -587,49 +571,71 @@ impl StreamScan {
             return Step::Other;
         }
         if self.text_end.is_none() {
-            let from = text + self.searched;
+            // The whole groups that came but the last (it may be the text's last,
+            // padded): all of the alphabet, none can be the closing quote.
+            let upto = ((buf.len() - text) / 4 * 4).saturating_sub(4);
+            let mut clean = true;
+            if upto > self.checked {
+                let piece = &buf[text + self.checked..text + upto];
+                clean = base64_simd::STANDARD_NO_PAD.check(piece).is_ok();
+                if clean {
+                    self.checked = upto;
+                }
+            }
+            // The end is after what was checked: in the last few bytes, or in the
+            // piece that failed the check (else that piece is no base64).
+            let from = text + self.checked;
             match memchr::memchr2(b'"', b'\\', &buf[from..]) {
                 Some(k) if buf[from + k] == b'"' => self.text_end = Some(from + k),
                 Some(_) => return Step::Other,
-                None => self.searched = buf.len() - text,
+                None if !clean => return Step::Other,
+                None => return Step::More,
             }
-        }
-        // Whole groups up to the text's last one; while its end is not in sight,
-        // up to the last complete group but one.
-        let body_len = match self.text_end {
-            Some(end) => {
-                let len = end - text;
-                if !len.is_multiple_of(4) {
-                    return Step::Other;
-                }
-                len.saturating_sub(4)
-            }
-            None => ((buf.len() - text) / 4 * 4).saturating_sub(4),
-        };
-        if body_len > self.decoded {
-            let piece = &buf[text + self.decoded..text + body_len];
-            if base64_simd::STANDARD_NO_PAD
-                .decode_append(piece, out)
-                .is_err()
-            {
-                return Step::Other;
-            }
-            self.decoded = body_len;
         }
         let Some(end) = self.text_end else {
             return Step::More;
         };
-        if !self.last_done && end > text {
-            let last = std::str::from_utf8(&buf[end - 4..end])
+        let len = end - text;
+        if !len.is_multiple_of(4) {
+            return Step::Other;
+        }
+        let body = len.saturating_sub(4);
+        if body > self.checked {
+            if base64_simd::STANDARD_NO_PAD
+                .check(&buf[text + self.checked..text + body])
+                .is_err()
+            {
+                return Step::Other;
+            }
+            self.checked = body;
+        }
+        let mut last = [0u8; 3];
+        let mut last_len = 0;
+        if len > 0 {
+            let group = std::str::from_utf8(&buf[end - 4..end])
                 .ok()
                 .and_then(|g| Base64::decode(g).ok());
-            match last {
-                Some(last) => out.extend_from_slice(&last),
-                None => return Step::Other,
+            match group {
+                Some(g) if g.len() <= 3 => {
+                    last[..g.len()].copy_from_slice(&g);
+                    last_len = g.len();
+                }
+                _ => return Step::Other,
             }
         }
-        self.last_done = true;
-        self.tail(buf, end + 1, id)
+        match self.tail(buf, end + 1, id) {
+            Ok((msg_end, count, eof)) => Step::Done {
+                end: msg_end,
+                scan: ReadScan {
+                    count,
+                    eof,
+                    body: text..text + body,
+                    last,
+                    last_len,
+                },
+            },
+            Err(step) => step,
+        }
     }
 
     /// Reads the head, up to the text's opening quote: where the text starts and
@@ -684,7 +690,7 @@ impl StreamScan {
     }
 
     /// Reads the rest, from just after the text's closing quote (`from`).
-    fn tail(&self, buf: &[u8], from: usize, id: u64) -> Step {
+    fn tail(&self, buf: &[u8], from: usize, id: u64) -> Result<(usize, i64, bool), Step> {
         let mut c = Scanner { b: buf, i: from };
         let mut m = self.head;
         // The rest of `return`, then the rest of the reply.
@@ -693,53 +699,49 @@ impl StreamScan {
                 match c.next_member() {
                     Some(true) => {}
                     Some(false) => break,
-                    None => return failed(&c),
+                    None => return Err(failed(&c)),
                 }
                 let Some(key) = c.key() else {
-                    return failed(&c);
+                    return Err(failed(&c));
                 };
                 match (in_return, key) {
                     (true, b"count") if m.count.is_none() => {
                         let Some(n) = c.uint() else {
-                            return failed(&c);
+                            return Err(failed(&c));
                         };
                         if c.at_end() {
-                            return Step::More;
+                            return Err(Step::More);
                         }
                         let Ok(n) = i64::try_from(n) else {
-                            return Step::Other;
+                            return Err(Step::Other);
                         };
                         m.count = Some(n);
                     }
                     (true, b"eof") if m.eof.is_none() => {
                         let Some(b) = c.boolean() else {
-                            return failed(&c);
+                            return Err(failed(&c));
                         };
                         m.eof = Some(b);
                     }
                     (false, b"id") if !m.id => {
                         let Some(n) = c.uint() else {
-                            return failed(&c);
+                            return Err(failed(&c));
                         };
                         if c.at_end() {
-                            return Step::More;
+                            return Err(Step::More);
                         }
                         if n != id {
-                            return Step::Other;
+                            return Err(Step::Other);
                         }
                         m.id = true;
                     }
-                    _ => return Step::Other,
+                    _ => return Err(Step::Other),
                 }
             }
         }
         match (m.count, m.eof, m.id) {
-            (Some(count), Some(eof), true) => Step::Done {
-                end: c.i,
-                count,
-                eof,
-            },
-            _ => Step::Other,
+            (Some(count), Some(eof), true) => Ok((c.i, count, eof)),
+            _ => Err(Step::Other),
         }
     }
 }
@@ -1007,18 +1009,44 @@ mod tests {
     /// Feeds `m` (then `after`, the start of whatever follows it) to a stream scan
     /// cut at `cuts`; returns the last step and the decoded bytes. A scan that
     /// gives up stays given up (the caller hands the bytes to the framer).
-    fn streamed(m: &[u8], after: &[u8], cuts: &[usize], id: u64) -> (Step, Vec<u8>) {
+    fn streamed(m: &[u8], after: &[u8], cuts: &[usize], id: u64) -> (Streamed, Vec<u8>) {
         let mut scan = StreamScan::default();
-        let mut out = Vec::new();
         let mut all = m.to_vec();
         all.extend_from_slice(after);
+        let mut step = Step::More;
         for &k in cuts {
-            match scan.advance(&all[..k.min(all.len())], id, &mut out) {
-                Step::More => {}
-                done => return (done, out),
+            step = scan.advance(&all[..k.min(all.len())], id);
+            if step != Step::More {
+                break;
             }
         }
-        (scan.advance(&all, id, &mut out), out)
+        if step == Step::More {
+            step = scan.advance(&all, id);
+        }
+        match step {
+            Step::Done { end, scan } => {
+                let mut out = Vec::new();
+                scan.decode(&all[..end], &mut out).unwrap();
+                (
+                    Streamed::Done {
+                        end,
+                        count: scan.count,
+                        eof: scan.eof,
+                    },
+                    out,
+                )
+            }
+            Step::More => (Streamed::More, Vec::new()),
+            Step::Other => (Streamed::Other, Vec::new()),
+        }
+    }
+
+    /// A stream scan's outcome, with the reply's count and eof.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Streamed {
+        Done { end: usize, count: i64, eof: bool },
+        More,
+        Other,
     }
 
     /// Streamed at every cut (or a spread of them for long messages), `m` is taken
@@ -1039,7 +1067,7 @@ mod tests {
                 for cuts in [&[k][..], &[k / 2, k]] {
                     let (step, out) = streamed(m, after, cuts, id);
                     match step {
-                        Step::Done { end, count, eof } => {
+                        Streamed::Done { end, count, eof } => {
                             assert_eq!(end, m.len(), "{text} cut at {cuts:?}");
                             assert_eq!(
                                 ordinary(m, id),
@@ -1047,8 +1075,8 @@ mod tests {
                                 "{text} cut at {cuts:?}"
                             );
                         }
-                        Step::Other => assert!(!plain, "{text} refused, cut at {cuts:?}"),
-                        Step::More => panic!("{text}: more wanted when all is there"),
+                        Streamed::Other => assert!(!plain, "{text} refused, cut at {cuts:?}"),
+                        Streamed::More => panic!("{text}: more wanted when all is there"),
                     }
                 }
             }
@@ -1077,7 +1105,7 @@ mod tests {
         assert_eq!(
             (step, out),
             (
-                Step::Done {
+                Streamed::Done {
                     end: m.len(),
                     count: 30_000,
                     eof: false
