@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 mod local;
 mod out;
+mod transfer;
 mod views;
 
 use out::{Out, Table};
@@ -288,6 +289,11 @@ enum SuspendMode {
 }
 
 const CHUNK: usize = 4 * 1024 * 1024;
+/// Chunk of `get` and `put`: one request is in flight at a time, and the next is
+/// prepared (or the last one's data written out) while the agent handles it, so
+/// 1 MiB keeps the agent busy with little memory on either side (agent-bench's
+/// copy rows measure this size).
+const COPY_CHUNK: usize = 1024 * 1024;
 
 /// The command behind a read-only verb without arguments: with `--json`, its raw
 /// return value is printed as the agent sent it.
@@ -702,37 +708,58 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
             out.bytes(&data)?;
         }
         Cmd::Get { guest_file, local } => {
+            // Streamed into a temporary file that replaces `local` once complete.
+            let mut dest = transfer::Destination::create(local)
+                .map_err(CliError::local("write local file", local))?;
             let bar = progress_bar(None);
             let mut cb = |done: u64, _: Option<u64>| {
                 if let Some(b) = &bar {
                     b.set_position(done);
                 }
             };
-            let data = c
-                .read_file(guest_file, CHUNK, Some(&mut cb))
+            let copied = c
+                .copy_from_guest(
+                    guest_file,
+                    &mut transfer::Blocking(dest.file()),
+                    COPY_CHUNK,
+                    Some(&mut cb),
+                )
                 .await
-                .map_err(failed(&format!("reading guest file {guest_file}")))?;
-            std::fs::write(local, &data).map_err(CliError::local("write local file", local))?;
+                .map_err(|e| match e {
+                    ClientError::Local(e) => CliError::local("write local file", local)(e),
+                    e => failed(&format!("reading guest file {guest_file}"))(e),
+                })?;
+            dest.commit()
+                .map_err(CliError::local("write local file", local))?;
             finish_bar(
                 bar,
-                format_args!("{} bytes copied to {}", data.len(), local.display()),
+                format_args!("{copied} bytes copied to {}", local.display()),
             );
         }
         Cmd::Put { local, guest_file } => {
-            let data = std::fs::read(local).map_err(CliError::local("read local file", local))?;
-            let bar = progress_bar(Some(data.len() as u64));
+            // Checked before the guest file is opened (and truncated).
+            let (file, total) =
+                transfer::source(local).map_err(CliError::local("read local file", local))?;
+            let bar = progress_bar(total);
             let mut cb = |done: u64, _: Option<u64>| {
                 if let Some(b) = &bar {
                     b.set_position(done);
                 }
             };
-            c.write_file(guest_file, &data, CHUNK, Some(&mut cb))
+            let copied = c
+                .copy_to_guest(
+                    &mut transfer::Blocking(file),
+                    guest_file,
+                    COPY_CHUNK,
+                    total,
+                    Some(&mut cb),
+                )
                 .await
-                .map_err(failed(&format!("writing guest file {guest_file}")))?;
-            finish_bar(
-                bar,
-                format_args!("{} bytes copied to {guest_file}", data.len()),
-            );
+                .map_err(|e| match e {
+                    ClientError::Local(e) => CliError::local("read local file", local)(e),
+                    e => failed(&format!("writing guest file {guest_file}"))(e),
+                })?;
+            finish_bar(bar, format_args!("{copied} bytes copied to {guest_file}"));
         }
         Cmd::Fsfreeze { action } => match action {
             FreezeAction::Status => {

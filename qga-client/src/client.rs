@@ -4,7 +4,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use qga_framing::{encode_json, Decoder, Frame, Limits, SENTINEL};
 use qga_proto::*;
 use serde::Serialize;
@@ -13,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::ClientError;
+
+mod copy;
 
 /// Largest request qemu-ga accepts (its 64 MiB token limit); larger ones are refused
 /// locally instead of being sent to fail without an id.
@@ -37,7 +39,7 @@ const _: () =
 /// Every other reply is far smaller (guest-exec-status caps captured output at
 /// 16 MiB, about 21 MiB of base64). One extra MiB covers the envelope with room to
 /// spare while still bounding what a misbehaving agent can make the client buffer.
-const MAX_REPLY: usize = 65 * 1024 * 1024;
+pub(crate) const MAX_REPLY: usize = 65 * 1024 * 1024;
 
 /// Per-call timeouts by command class. A call's timeout covers all of it: the
 /// resync it may need first (itself bounded by `quick`), writing the request and
@@ -105,10 +107,13 @@ pub struct Client<S> {
     next_id: u64,
     timeouts: Timeouts,
     delimited_sync: bool,
+    /// Size of the reply being waited for, when it is known to be large (a file
+    /// read): the read buffer is grown to it at once instead of by doubling.
+    reply_hint: usize,
 }
 
 /// The answer to one request.
-struct Reply {
+pub(crate) struct Reply {
     /// The `return` value, or why there is none.
     result: Result<Value, ClientError>,
     /// Whether the stream is known to be in step after it (else the next call
@@ -127,6 +132,39 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
+/// What [`Client::reply_or_fast`] found: the message its fast path took, with what
+/// that path made of it, or the reply read the ordinary way.
+pub(crate) enum Answer<T> {
+    Fast(Bytes, T),
+    Reply(Reply),
+}
+
+/// What one message from the agent says about the request carrying `id`: its
+/// answer, or `None` when the message is no answer to it (garbage, a reply to
+/// another request, a success without an id), to be skipped.
+pub(crate) fn interpret(m: &[u8], id: &Value) -> Option<Reply> {
+    // Not a reply at all: garbage on the line. Skip it.
+    let reply = RawResponse::parse(m).ok()?;
+    match (reply.id.as_ref(), reply.result) {
+        // A reply to some other request: never ours to hand out.
+        (Some(got), _) if got != id => None,
+        (Some(_), Ok(raw)) => Some(Reply {
+            result: serde_json::from_str(raw.get()).map_err(ClientError::protocol),
+            in_step: true,
+        }),
+        (Some(_), Err(e)) => Some(Reply {
+            result: Err(ClientError::Agent(e)),
+            in_step: true,
+        }),
+        (None, Err(e)) => Some(Reply {
+            result: Err(ClientError::Agent(e)),
+            in_step: false,
+        }),
+        // A success without an id answers no request of ours.
+        (None, Ok(_)) => None,
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// A client over `stream`. Nothing is sent until the first call, which
     /// synchronises first.
@@ -143,6 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
             next_id: random_u64() >> 12,
             timeouts: Timeouts::default(),
             delimited_sync: true,
+            reply_hint: 0,
         }
     }
 
@@ -192,7 +231,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
             if let Some(f) = self.decoder.decode(&mut self.buf) {
                 return Ok(f);
             }
-            self.buf.reserve(64 * 1024);
+            let want = self.reply_hint.saturating_sub(self.buf.len());
+            self.buf.reserve(want.max(64 * 1024));
             let n = self
                 .stream
                 .read_buf(&mut self.buf)
@@ -279,6 +319,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         }
     }
 
+    /// Starts an exchange due by `deadline` (`start` is now): resyncs first if the
+    /// stream is in doubt (within the `quick` timeout too), marks it in doubt until
+    /// the reply is in, empties the output buffer; returns a fresh id.
+    async fn begin_request(
+        &mut self,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<u64, ClientError> {
+        if self.dirty {
+            self.sync_until(deadline.min(start + self.timeouts.quick))
+                .await?;
+        }
+        self.dirty = true;
+        self.begin_exchange();
+        Ok(self.fresh_id())
+    }
+
+    /// Writes `req` (a whole request, or `self.out` when `None`) within `deadline`,
+    /// refusing locally what the agent could not take.
+    async fn send_request(
+        &mut self,
+        req: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        let len = req.map_or(self.out.len(), <[u8]>::len);
+        if len > MAX_REQUEST {
+            self.out.clear();
+            self.dirty = false;
+            return Err(ClientError::Protocol(format!(
+                "request of {len} bytes exceeds the agent's 64 MiB limit"
+            )));
+        }
+        let send = async {
+            match req {
+                Some(r) => {
+                    self.stream.write_all(r).await.map_err(ClientError::io)?;
+                    self.stream.flush().await.map_err(ClientError::io)
+                }
+                None => self.send().await,
+            }
+        };
+        match tokio::time::timeout_at(deadline, send).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
     /// Sends one request and waits for the reply with its id. Returns `None` for
     /// commands without a success response once the grace period passed quietly.
     ///
@@ -293,32 +380,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     ) -> Result<Option<Value>, ClientError> {
         let start = Instant::now();
         let deadline = start + timeout;
-        if self.dirty {
-            self.sync_until(deadline.min(start + self.timeouts.quick))
-                .await?;
-        }
-        self.dirty = true;
-        self.begin_exchange();
-        let id = Value::from(self.fresh_id());
+        let id = Value::from(self.begin_request(start, deadline).await?);
         let req = Execute {
             execute: name,
             arguments: args,
             id: Some(&id),
         };
         encode_json(&req, false, &mut self.out).map_err(ClientError::protocol)?;
-        if self.out.len() > MAX_REQUEST {
-            let len = self.out.len();
-            self.out.clear();
-            self.dirty = false;
-            return Err(ClientError::Protocol(format!(
-                "request of {len} bytes exceeds the agent's 64 MiB limit"
-            )));
-        }
-        let result = tokio::time::timeout_at(deadline, self.send()).await;
-        match result {
-            Ok(r) => r?,
-            Err(_) => return Err(ClientError::Timeout),
-        }
+        self.send_request(None, deadline).await?;
         let wait_until = if expects_reply {
             deadline
         } else {
@@ -337,6 +406,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     }
 
     /// Reads replies until the one answering the request carrying `id`.
+    async fn reply_for(&mut self, id: &Value) -> Result<Reply, ClientError> {
+        match self.reply_or_fast(id, |_| None::<()>).await? {
+            Answer::Reply(r) => Ok(r),
+            Answer::Fast(..) => unreachable!("no fast path was offered"),
+        }
+    }
+
+    /// Reads replies until the one answering the request carrying `id`, trying
+    /// `fast` on each message first: a message it takes (`Some`) is that answer,
+    /// handed back with what `fast` found; it must take only a success reply
+    /// carrying `id` that [`interpret`] would hand out, so that the answer is the
+    /// same either way.
     ///
     /// The stream was in step when the request went out (the call synchronised
     /// first if it was in doubt), so anything the agent says now answers it. A reply
@@ -345,7 +426,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// answer the rest of a broken request with more such errors, so the stream is
     /// left marked for a resync. A reply that breaks the decoder's limits fails the
     /// call as a protocol error rather than being skipped while the caller waits.
-    async fn reply_for(&mut self, id: &Value) -> Result<Reply, ClientError> {
+    async fn reply_or_fast<T>(
+        &mut self,
+        id: &Value,
+        mut fast: impl FnMut(&[u8]) -> Option<T>,
+    ) -> Result<Answer<T>, ClientError> {
         loop {
             let m = match self.frame().await? {
                 Frame::Message(m) => m,
@@ -354,36 +439,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
                 }
                 _ => continue,
             };
-            let reply = match RawResponse::parse(&m) {
-                Ok(r) => r,
-                // Not a reply at all: garbage on the line. Skip it.
-                Err(_) => continue,
-            };
-            match (reply.id.as_ref(), reply.result) {
-                (Some(got), _) if got != id => {
-                    // A reply to some other request: never ours to hand out.
-                    continue;
-                }
-                (Some(_), Ok(raw)) => {
-                    return Ok(Reply {
-                        result: serde_json::from_str(raw.get()).map_err(ClientError::protocol),
-                        in_step: true,
-                    })
-                }
-                (Some(_), Err(e)) => {
-                    return Ok(Reply {
-                        result: Err(ClientError::Agent(e)),
-                        in_step: true,
-                    })
-                }
-                (None, Err(e)) => {
-                    return Ok(Reply {
-                        result: Err(ClientError::Agent(e)),
-                        in_step: false,
-                    })
-                }
-                // A success without an id answers no request of ours.
-                (None, Ok(_)) => continue,
+            if let Some(found) = fast(&m) {
+                return Ok(Answer::Fast(m, found));
+            }
+            if let Some(reply) = interpret(&m, id) {
+                return Ok(Answer::Reply(reply));
             }
         }
     }
@@ -755,73 +815,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         })
         .await
         .map(|_| ())
-    }
-
-    /// Reads a whole guest file in chunks of `chunk` bytes (at most 48 MiB).
-    pub async fn read_file(
-        &mut self,
-        path: &str,
-        chunk: usize,
-        progress: Option<Progress<'_>>,
-    ) -> Result<Vec<u8>, ClientError> {
-        let chunk = chunk.clamp(1, MAX_CHUNK) as i64;
-        let handle = self.file_open(path, Some("r")).await?;
-        let mut data = Vec::new();
-        let mut progress = progress;
-        let result = async {
-            loop {
-                let r = self.file_read(handle, Some(chunk)).await?;
-                data.extend_from_slice(&r.buf_b64.0);
-                if let Some(p) = progress.as_mut() {
-                    p(data.len() as u64, None);
-                }
-                if r.eof || r.count == 0 {
-                    return Ok::<(), ClientError>(());
-                }
-            }
-        }
-        .await;
-        let closed = self.file_close(handle).await;
-        result?;
-        closed?;
-        Ok(data)
-    }
-
-    /// Writes `data` to a guest file (created or truncated) in chunks of `chunk`
-    /// bytes (at most [`MAX_WRITE_CHUNK`], so each request stays within the agent's
-    /// 64 MiB limit).
-    pub async fn write_file(
-        &mut self,
-        path: &str,
-        data: &[u8],
-        chunk: usize,
-        progress: Option<Progress<'_>>,
-    ) -> Result<(), ClientError> {
-        let chunk = chunk.clamp(1, MAX_WRITE_CHUNK);
-        let handle = self.file_open(path, Some("w")).await?;
-        let mut progress = progress;
-        let total = data.len() as u64;
-        let result = async {
-            let mut done = 0usize;
-            for piece in data.chunks(chunk) {
-                let w = self.file_write(handle, piece.to_vec()).await?;
-                if w.count as usize != piece.len() {
-                    return Err(ClientError::Protocol(format!(
-                        "short write: {} of {} bytes",
-                        w.count,
-                        piece.len()
-                    )));
-                }
-                done += piece.len();
-                if let Some(p) = progress.as_mut() {
-                    p(done as u64, Some(total));
-                }
-            }
-            self.file_flush(handle).await
-        }
-        .await;
-        let closed = self.file_close(handle).await;
-        result?;
-        closed
     }
 }

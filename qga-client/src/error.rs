@@ -31,6 +31,11 @@ pub enum ClientError {
     /// The agent's answer made no sense (or a request could not be built).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Reading the local source or writing the local destination of a copy
+    /// ([`Client::copy_to_guest`](crate::Client::copy_to_guest),
+    /// [`Client::copy_from_guest`](crate::Client::copy_from_guest)) failed.
+    #[error("local i/o error: {0}")]
+    Local(#[source] io::Error),
     /// The agent could not be reached: `target` names what was tried (the unix
     /// socket's path, the vsock address, the hybrid vsock socket and port).
     #[error("cannot connect to {target}: {source}")]

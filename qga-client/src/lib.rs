@@ -16,15 +16,21 @@
 //!   a 48 MiB read needs, or nested deeper than 1024) with a protocol error at once;
 //! * bounds every call with a timeout chosen by command class ([`Timeouts`]);
 //! * returns one error type, [`ClientError`], telling an agent's refusal (class and
-//!   desc) from a timeout, a closed connection or an I/O error.
+//!   desc) from a timeout, a closed connection, an I/O error, or (for copies) a
+//!   failure of the local source or destination.
 //!
 //! Transports: [`connect_unix`], [`connect_vsock`], [`connect_hybrid_vsock`], or any
 //! `AsyncRead + AsyncWrite` stream with [`Client::new`]. Calls are typed through
 //! `qga-proto`'s `Command` trait ([`Client::execute`]), raw
 //! ([`Client::execute_raw`]), or one convenience method per command; whole-file
-//! helpers ([`Client::read_file`], [`Client::write_file`]) move data in chunks with a
-//! progress callback: reads of up to 48 MiB ([`MAX_CHUNK`]), writes of up to 48 MiB
+//! copies stream a guest file into any `AsyncWrite` ([`Client::copy_from_guest`]) or
+//! any `AsyncRead` into a guest file ([`Client::copy_to_guest`]) in chunks with a
+//! progress callback ([`Client::read_file`] and [`Client::write_file`] do the same
+//! to and from memory): reads of up to 48 MiB ([`MAX_CHUNK`]), writes of up to 48 MiB
 //! less 3 KiB ([`MAX_WRITE_CHUNK`]) so each base64 request fits the agent's 64 MiB.
+//! Their payload stays off serde_json: base64 is encoded and decoded with SIMD
+//! straight between the caller's buffers and the socket's, and the next request is
+//! prepared while the agent handles the current one (still one in flight at a time).
 //! [`Client::exec_wait`] runs a guest program to completion (guest-exec, then
 //! guest-exec-status with backoff) and hands back its decoded output and exit.
 //! It never touches the guest itself and never spawns tasks: a call runs on the

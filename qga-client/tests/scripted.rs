@@ -1090,3 +1090,509 @@ async fn dropping_exec_wait_mid_poll_leaves_the_client_usable() {
         ]
     );
 }
+
+/// The bytes of the guest file the copy tests read: 10,000 bytes, no two 1000-byte
+/// chunks alike.
+fn guest_file() -> Vec<u8> {
+    (0..10_000u32).map(|i| (i * 7 + i / 1000) as u8).collect()
+}
+
+/// How a file agent answers a read: as ours does (compact, `buf-b64` first), or as
+/// qemu-ga 7.2 does (spaced, `count` first).
+#[derive(Clone, Copy)]
+enum Style {
+    Ours,
+    Qemu,
+}
+
+/// A guest-file-read reply carrying `data`.
+fn read_reply(style: Style, data: &[u8], eof: bool, id: &Value) -> Vec<u8> {
+    let b64 = base64_simd::STANDARD.encode_to_string(data);
+    let n = data.len();
+    match style {
+        Style::Ours => {
+            format!("{{\"return\":{{\"buf-b64\":\"{b64}\",\"count\":{n},\"eof\":{eof}}},\"id\":{id}}}\n")
+        }
+        Style::Qemu => format!(
+            "{{\"return\": {{\"count\": {n}, \"buf-b64\": \"{b64}\", \"eof\": {eof}}}, \"id\": {id}}}\n"
+        ),
+    }
+    .into_bytes()
+}
+
+/// A scripted agent with one guest file (handle 1000): reads walk through `file`
+/// (eof once a read reaches its end), writes are collected into the returned
+/// buffer, everything else is `proper`. `fault` may replace the answer to the n-th
+/// read or write (1-based, with the request) by other bytes.
+#[allow(clippy::type_complexity)]
+fn file_agent(
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    piece: usize,
+    style: Style,
+    file: Vec<u8>,
+    mut fault: impl FnMut(usize, &Value) -> Option<Vec<u8>> + Send + 'static,
+) -> (
+    tokio::task::JoinHandle<Vec<Value>>,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = written.clone();
+    let (mut pos, mut transfers) = (0usize, 0usize);
+    let peer = agent(io, piece, move |req| {
+        let id = &req["id"];
+        let ret = match req["execute"].as_str().unwrap() {
+            "guest-file-open" => {
+                pos = 0;
+                json!(1000)
+            }
+            "guest-file-read" | "guest-file-write" => {
+                transfers += 1;
+                if let Some(bytes) = fault(transfers, req) {
+                    return bytes;
+                }
+                if req["execute"] == "guest-file-read" {
+                    let count = req["arguments"]["count"].as_u64().unwrap() as usize;
+                    let end = (pos + count).min(file.len());
+                    let data = file[pos..end].to_vec();
+                    pos = end;
+                    return read_reply(style, &data, pos == file.len(), id);
+                }
+                let b64 = req["arguments"]["buf-b64"].as_str().unwrap();
+                let data = qga_proto::Base64::decode(b64).unwrap();
+                sink.lock().unwrap().extend_from_slice(&data);
+                json!({"count": data.len(), "eof": false})
+            }
+            "guest-file-flush" | "guest-file-close" => json!({}),
+            _ => return proper(req),
+        };
+        format!("{}\n", json!({"return": ret, "id": id})).into_bytes()
+    });
+    (peer, written)
+}
+
+#[tokio::test]
+async fn copy_from_guest_copies_every_byte_in_chunks_from_either_agent() {
+    for (style, piece) in [(Style::Ours, 4096), (Style::Qemu, 4096), (Style::Ours, 7)] {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (peer, _) = file_agent(theirs, piece, style, guest_file(), |_, _| None);
+        let mut client = Client::new(ours);
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        let mut progress = |done: u64, total: Option<u64>| seen.push((done, total));
+        let n = client
+            .copy_from_guest("/etc/data", &mut out, 3000, Some(&mut progress))
+            .await
+            .unwrap();
+        assert_eq!(n, 10_000);
+        assert!(out == guest_file(), "other bytes came out");
+        assert_eq!(
+            seen,
+            [(3000, None), (6000, None), (9000, None), (10_000, None)]
+        );
+        // Still in step: the next call needs no resync.
+        client.ping().await.unwrap();
+        drop(client);
+        let names = names(&peer.await.unwrap());
+        assert_eq!(
+            names,
+            [
+                "guest-sync-delimited",
+                "guest-file-open",
+                "guest-file-read",
+                "guest-file-read",
+                "guest-file-read",
+                "guest-file-read",
+                "guest-file-close",
+                "guest-ping"
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn copy_from_guest_skips_a_stale_reply_and_takes_an_unusual_one() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (peer, _) = file_agent(theirs, 4096, Style::Ours, Vec::new(), |n, req| {
+        let id = &req["id"];
+        Some(match n {
+            // A stale reply to another read first, then ours.
+            1 => {
+                let mut v = read_reply(Style::Ours, b"stale!", false, &json!(12345));
+                v.extend(read_reply(Style::Ours, b"first ", false, id));
+                v
+            }
+            // An escaped slash: the framer and the careful path's.
+            2 => format!(
+                "{{\"return\":{{\"buf-b64\":\"P\\/8=\",\"count\":2,\"eof\":false}},\"id\":{id}}}\n"
+            )
+            .into_bytes(),
+            _ => read_reply(Style::Qemu, b" last", true, id),
+        })
+    });
+    let mut client = Client::new(ours);
+    let mut out = Vec::new();
+    client
+        .copy_from_guest("/x", &mut out, 6, None)
+        .await
+        .unwrap();
+    assert_eq!(out, b"first ?\xff last");
+    drop(client);
+    assert_eq!(peer.await.unwrap().len(), 6);
+}
+
+/// Copies the guest file with `fault` on the agent's side; returns the error, the
+/// bytes that came out before it, and the commands the agent saw. The client must
+/// still be usable afterwards (checked with a ping).
+async fn copy_from_guest_failing(
+    fault: impl FnMut(usize, &Value) -> Option<Vec<u8>> + Send + 'static,
+) -> (ClientError, Vec<u8>, Vec<String>) {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (peer, _) = file_agent(theirs, 4096, Style::Ours, guest_file(), fault);
+    let mut client = Client::new(ours).with_timeouts(Timeouts {
+        file: Duration::from_secs(5),
+        ..Default::default()
+    });
+    let mut out = Vec::new();
+    let err = client
+        .copy_from_guest("/etc/data", &mut out, 1000, None)
+        .await
+        .unwrap_err();
+    client.ping().await.unwrap();
+    drop(client);
+    (err, out, names(&peer.await.unwrap()))
+}
+
+/// `n` reads (and the read-ahead after them, when `ahead`), then the close.
+fn reads_then_close(n: usize, resync: bool) -> Vec<&'static str> {
+    let mut v = vec!["guest-sync-delimited", "guest-file-open"];
+    v.extend(std::iter::repeat_n("guest-file-read", n));
+    if resync {
+        v.push("guest-sync-delimited");
+    }
+    v.extend(["guest-file-close", "guest-ping"]);
+    v
+}
+
+#[tokio::test]
+async fn an_agent_error_in_the_middle_of_copy_from_guest_is_returned_and_the_file_closed() {
+    let (err, out, names) = copy_from_guest_failing(|n, req| {
+        (n == 3).then(|| {
+            format!(
+                "{}\n",
+                json!({"error": {"class": "GenericError", "desc": "read failed: Input/output error"}, "id": req["id"]})
+            )
+            .into_bytes()
+        })
+    })
+    .await;
+    let agent = err.agent_error().expect("the agent's error");
+    assert_eq!(agent.desc, "read failed: Input/output error");
+    // What came before the error was copied; nothing after it was asked for.
+    assert!(out == guest_file()[..2000]);
+    assert_eq!(names, reads_then_close(3, false));
+}
+
+#[tokio::test]
+async fn a_malformed_read_reply_in_the_middle_of_a_copy_is_a_protocol_error() {
+    for bad in [
+        // Not base64.
+        &b"{\"return\":{\"buf-b64\":\"!!!!\",\"count\":3,\"eof\":false},\"id\":ID}\n"[..],
+        // No data at all.
+        b"{\"return\":{\"count\":3,\"eof\":false},\"id\":ID}\n",
+        // A count that is no integer.
+        b"{\"return\":{\"buf-b64\":\"AAAA\",\"count\":\"3\",\"eof\":false},\"id\":ID}\n",
+    ] {
+        let (err, out, names) = copy_from_guest_failing(move |n, req| {
+            let id = req["id"].to_string();
+            (n == 2).then(|| String::from_utf8_lossy(bad).replace("ID", &id).into_bytes())
+        })
+        .await;
+        assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+        assert!(out == guest_file()[..1000]);
+        assert_eq!(names, reads_then_close(2, false));
+    }
+}
+
+#[tokio::test]
+async fn an_agent_that_closes_in_the_middle_of_a_read_reply_is_reported_closed() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let peer = tokio::spawn(async move {
+        let mut io = theirs;
+        let (mut dec, mut buf) = (Decoder::new(), BytesMut::new());
+        let mut reads = 0;
+        while let Some(req) = next_request(&mut io, &mut dec, &mut buf).await {
+            let reply = match req["execute"].as_str().unwrap() {
+                "guest-file-open" => {
+                    format!("{}\n", json!({"return": 1000, "id": req["id"]})).into_bytes()
+                }
+                "guest-file-read" => {
+                    reads += 1;
+                    let r = read_reply(Style::Ours, &[7; 3000], false, &req["id"]);
+                    if reads == 2 {
+                        io.write_all(&r[..2000]).await.unwrap();
+                        return;
+                    }
+                    r
+                }
+                _ => proper(&req),
+            };
+            io.write_all(&reply).await.unwrap();
+        }
+    });
+    let mut client = Client::new(ours);
+    let mut out = Vec::new();
+    let err = client
+        .copy_from_guest("/x", &mut out, 3000, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Closed), "{err:?}");
+    assert_eq!(out, [7; 3000]);
+    peer.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_reply_that_never_comes_times_out_and_the_next_call_resyncs() {
+    let (err, out, names) = copy_from_guest_failing(|n, _| (n == 4).then(Vec::new)).await;
+    assert!(matches!(err, ClientError::Timeout), "{err:?}");
+    assert!(out == guest_file()[..3000]);
+    assert_eq!(names, reads_then_close(4, true));
+}
+
+/// A destination that takes `room` bytes, then fails.
+struct Full {
+    room: usize,
+    got: Vec<u8>,
+}
+
+impl AsyncWrite for Full {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = buf.len().min(self.room - self.got.len());
+        if n == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("disk full")));
+        }
+        self.got.extend_from_slice(&buf[..n]);
+        std::task::Poll::Ready(Ok(n))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_destination_stops_the_copy_and_the_read_on_its_way_is_never_handed_out() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (peer, _) = file_agent(theirs, 4096, Style::Ours, guest_file(), |_, _| None);
+    let mut client = Client::new(ours);
+    let mut out = Full {
+        room: 2500,
+        got: Vec::new(),
+    };
+    let err = client
+        .copy_from_guest("/etc/data", &mut out, 1000, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Local(e) if e.to_string() == "disk full"),
+        "{err:?}"
+    );
+    assert!(!err.is_unreachable());
+    assert!(out.got == guest_file()[..2500]);
+    // The fourth read was sent before the third chunk failed to go out: its
+    // reply is dropped by a resync before the close.
+    client.ping().await.unwrap();
+    drop(client);
+    assert_eq!(names(&peer.await.unwrap()), reads_then_close(4, true));
+}
+
+#[tokio::test]
+async fn copy_to_guest_writes_every_byte_in_chunks() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (peer, written) = file_agent(theirs, 4096, Style::Ours, Vec::new(), |_, _| None);
+    let mut client = Client::new(ours);
+    let data = guest_file();
+    let mut seen = Vec::new();
+    let mut progress = |done: u64, total: Option<u64>| seen.push((done, total));
+    // A source that hands out at most 100 bytes a read: chunks are still whole.
+    let mut src = tokio::io::BufReader::with_capacity(100, &data[..]);
+    let n = client
+        .copy_to_guest(&mut src, "/tmp/x", 4000, Some(10_000), Some(&mut progress))
+        .await
+        .unwrap();
+    assert_eq!(n, 10_000);
+    assert_eq!(
+        seen,
+        [
+            (4000, Some(10_000)),
+            (8000, Some(10_000)),
+            (10_000, Some(10_000))
+        ]
+    );
+    client.ping().await.unwrap();
+    drop(client);
+    let seen = peer.await.unwrap();
+    assert_eq!(
+        names(&seen),
+        [
+            "guest-sync-delimited",
+            "guest-file-open",
+            "guest-file-write",
+            "guest-file-write",
+            "guest-file-write",
+            "guest-file-flush",
+            "guest-file-close",
+            "guest-ping"
+        ]
+    );
+    assert_eq!(seen[1]["arguments"], json!({"path": "/tmp/x", "mode": "w"}));
+    assert!(
+        *written.lock().unwrap() == data,
+        "the agent got other bytes"
+    );
+    // An empty source opens, flushes and closes the file, writing nothing.
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (peer, written) = file_agent(theirs, 4096, Style::Ours, Vec::new(), |_, _| None);
+    let mut client = Client::new(ours);
+    let n = client
+        .copy_to_guest(&mut &b""[..], "/tmp/x", 4000, None, None)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(client);
+    assert_eq!(
+        names(&peer.await.unwrap()),
+        [
+            "guest-sync-delimited",
+            "guest-file-open",
+            "guest-file-flush",
+            "guest-file-close"
+        ]
+    );
+    assert!(written.lock().unwrap().is_empty());
+}
+
+/// Copies 10,000 bytes from `src` into the guest with `fault` on the agent's side;
+/// returns the error, what the agent wrote, and the commands it saw. The client
+/// must still be usable afterwards (checked with a ping).
+async fn copy_to_guest_failing(
+    src: &mut (impl AsyncRead + Unpin),
+    fault: impl FnMut(usize, &Value) -> Option<Vec<u8>> + Send + 'static,
+) -> (ClientError, Vec<u8>, Vec<String>) {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (peer, written) = file_agent(theirs, 4096, Style::Ours, Vec::new(), fault);
+    let mut client = Client::new(ours);
+    let err = client
+        .copy_to_guest(src, "/tmp/x", 4000, None, None)
+        .await
+        .unwrap_err();
+    client.ping().await.unwrap();
+    drop(client);
+    let names = names(&peer.await.unwrap());
+    let written = written.lock().unwrap().clone();
+    (err, written, names)
+}
+
+#[tokio::test]
+async fn an_error_in_the_middle_of_copy_to_guest_is_returned_and_the_file_closed() {
+    let data = guest_file();
+    let (err, written, names) = copy_to_guest_failing(&mut &data[..], |n, req| {
+        (n == 2).then(|| {
+            format!(
+                "{}\n",
+                json!({"error": {"class": "GenericError", "desc": "write failed: No space left on device"}, "id": req["id"]})
+            )
+            .into_bytes()
+        })
+    })
+    .await;
+    assert_eq!(
+        err.agent_error().expect("the agent's error").desc,
+        "write failed: No space left on device"
+    );
+    assert!(written == data[..4000]);
+    // No flush after a failed write; the close still goes out.
+    assert_eq!(
+        names,
+        [
+            "guest-sync-delimited",
+            "guest-file-open",
+            "guest-file-write",
+            "guest-file-write",
+            "guest-file-close",
+            "guest-ping"
+        ]
+    );
+
+    // A short write is a protocol error.
+    let (err, _, _) = copy_to_guest_failing(&mut &data[..], |n, req| {
+        (n == 1).then(|| {
+            format!(
+                "{}\n",
+                json!({"return": {"count": 10, "eof": false}, "id": req["id"]})
+            )
+            .into_bytes()
+        })
+    })
+    .await;
+    assert!(
+        matches!(&err, ClientError::Protocol(m) if m == "short write: 10 of 4000 bytes"),
+        "{err:?}"
+    );
+}
+
+/// A source that hands out `ok` bytes of zeros, then fails.
+struct Broken {
+    ok: usize,
+}
+
+impl AsyncRead for Broken {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = buf.remaining().min(self.ok);
+        if n == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("bad sector")));
+        }
+        buf.put_slice(&vec![0; n]);
+        self.ok -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_source_stops_copy_to_guest_with_a_local_error() {
+    // The first chunk goes out; reading the second fails while the first is on
+    // its way: its reply is dropped by a resync before the close.
+    let (err, written, names) = copy_to_guest_failing(&mut Broken { ok: 5000 }, |_, _| None).await;
+    assert!(
+        matches!(&err, ClientError::Local(e) if e.to_string() == "bad sector"),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "local i/o error: bad sector");
+    assert!(written == [0; 4000]);
+    assert_eq!(
+        names,
+        [
+            "guest-sync-delimited",
+            "guest-file-open",
+            "guest-file-write",
+            "guest-sync-delimited",
+            "guest-file-close",
+            "guest-ping"
+        ]
+    );
+}

@@ -511,6 +511,22 @@ fn bench(o: &Options) -> Result<(), String> {
         }
     }
     harvest(&mut pending, &mut results, true);
+    if let (true, Some((_, ours))) = (wants("client"), sides.first().filter(|s| s.0 == Side::Ours))
+    {
+        eprintln!(
+            "[{:>5.1}s] whole-file copies via qga-client",
+            started.elapsed().as_secs_f64()
+        );
+        via_client::copies(
+            ours,
+            work.path(),
+            o.cpus,
+            &inputs,
+            o.runs,
+            &mut results,
+            &mut errors,
+        );
+    }
     drop(inputs);
 
     let elapsed = started.elapsed();
@@ -521,6 +537,7 @@ fn bench(o: &Options) -> Result<(), String> {
     );
     println!();
     print_tables(&results, &scenarios, ours.is_some(), o.reference.is_some());
+    via_client::print_copies(&results);
     print_samples(&results);
     if !errors.is_empty() {
         println!();

@@ -2,12 +2,17 @@
 //! what the client library adds on top of the raw socket numbers.
 
 use std::io;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use qga_benches::stats::percentile_sorted;
 
-use crate::scenarios::{Inputs, Samples};
+use qga_benches::reply::ReplyReader;
+
+use crate::agent::{self, Agent, Conn, Cpus, Pin, Program, Started};
+use crate::scenarios::{self, size_label, Inputs, Samples, Scenario, Sizes};
+use crate::{Results, Side};
 
 fn io_err(e: qga_client::ClientError) -> io::Error {
     io::Error::other(e.to_string())
@@ -89,4 +94,292 @@ pub fn read(sock: &Path, inputs: &Inputs, chunk: usize, key: &str) -> io::Result
             offset as f64 / dt.as_secs_f64() / 1e6,
         )])
     })
+}
+
+/// Chunk size of the whole-file copies: the raw-socket `read.1M` and `write.1M` rows
+/// use the same, so the copy's rate is compared with theirs from the same run.
+pub const COPY_CHUNK: usize = 1 << 20;
+
+/// CPU time of the calling thread so far, in ns (the scheduler's run time).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whole-file copies through qga-client, the way `qga get` and `qga put` do them,
+/// with our agent only: four times the read source (1 GiB full, 128 MiB with
+/// --quick), `runs` fresh agents per direction.
+///
+/// Each agent also serves the raw-socket scenario of the same chunk size on the same
+/// file (its first quarter, the read source's size), just before or after the copy
+/// (alternately), so the copy's share of the raw rate is measured under the same
+/// load. Records, under `copy.get.{c}` and `copy.put.{c}`: `.mbs` (MB/s of payload,
+/// open to close), `.client_ns` (the client thread's CPU ns per payload byte, the
+/// verification's memcmp or the source's memcpy included), `.raw_mbs` (the paired
+/// raw-socket run) and `.share` (copy / paired raw).
+pub fn copies(
+    program: &Program,
+    base: &Path,
+    cpus: Cpus,
+    inputs: &Inputs,
+    runs: usize,
+    results: &mut Results,
+    errors: &mut Vec<String>,
+) {
+    let data = scenarios::test_data(inputs.sizes.read_file * 4);
+    let source = inputs.work_dir.join("copy-source.bin");
+    if let Err(e) = std::fs::write(&source, &data) {
+        errors.push(format!("writing the copy source: {e}"));
+        return;
+    }
+    let raw_len = inputs.sizes.read_file.min(data.len()) / COPY_CHUNK * COPY_CHUNK;
+    let expected = Some((
+        COPY_CHUNK,
+        scenarios::expected_chunks(&data[..raw_len], COPY_CHUNK),
+    ));
+    let raw = Inputs {
+        data,
+        data_path: source.clone(),
+        work_dir: inputs.work_dir.clone(),
+        expected,
+        sizes: Sizes {
+            max_read_requests: raw_len / COPY_CHUNK,
+            write_total: raw_len,
+            ..inputs.sizes.clone()
+        },
+    };
+    let label = size_label(COPY_CHUNK);
+    for run in 0..runs {
+        for put in [false, true] {
+            let key = format!("copy.{}.{label}", if put { "put" } else { "get" });
+            eprintln!("  {key} run {run}, {} MiB", raw.data.len() >> 20);
+            let scenario = if put {
+                Scenario::Write(COPY_CHUNK)
+            } else {
+                Scenario::Read(COPY_CHUNK)
+            };
+            let raw_first = run % 2 == 0;
+            let out = Agent::start(program, base, cpus, Pin::Split).and_then(|started| {
+                let Started { agent, conn, .. } = started;
+                let (pid, sock) = (agent.pid(), agent.sock());
+                let mut raw_mbs = 0.0;
+                if raw_first {
+                    raw_mbs = raw_rate(scenario, conn, &raw, pid)?;
+                } else {
+                    // One connection at a time: the raw one goes, qga-client connects.
+                    drop(conn);
+                }
+                let copied = if put {
+                    let target = inputs.work_dir.join("copy-target.bin");
+                    let r = copy_put(&sock, &raw.data, &target, COPY_CHUNK);
+                    let _ = std::fs::remove_file(&target);
+                    r
+                } else {
+                    copy_get(&sock, &raw.data, &source, COPY_CHUNK)
+                }?;
+                if !raw_first {
+                    let stream = UnixStream::connect(&sock)?;
+                    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+                    raw_mbs = raw_rate(scenario, ReplyReader::new(stream), &raw, pid)?;
+                }
+                drop(agent);
+                Ok((copied, raw_mbs))
+            });
+            agent::unpin_current_thread();
+            match out {
+                Ok(((mbs, ns), raw_mbs)) => {
+                    crate::record(results, format!("{key}.mbs"), Side::Ours, mbs);
+                    crate::record(results, format!("{key}.client_ns"), Side::Ours, ns);
+                    crate::record(results, format!("{key}.raw_mbs"), Side::Ours, raw_mbs);
+                    if raw_mbs > 0.0 {
+                        crate::record(results, format!("{key}.share"), Side::Ours, mbs / raw_mbs);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("  error: {key} run {run}: {e}");
+                    errors.push(format!("{key} run {run}: {e}"));
+                }
+            }
+        }
+    }
+    drop(raw);
+    let _ = std::fs::remove_file(&source);
+}
+
+/// The raw-socket scenario `scenario` on `conn` (closed afterwards): its MB/s.
+fn raw_rate(scenario: Scenario, mut conn: Conn, raw: &Inputs, pid: u32) -> io::Result<f64> {
+    let out = scenarios::run(scenario, &mut conn, raw, pid)?;
+    out.iter()
+        .find(|(k, _)| k.ends_with(".mbs"))
+        .map(|(_, v)| *v)
+        .ok_or_else(|| io::Error::other("the raw scenario gave no rate"))
+}
+
+/// Timed part of a copy: (MB/s, client CPU ns per byte).
+fn rate(bytes: usize, wall: Duration, cpu_ns: u64) -> (f64, f64) {
+    (
+        bytes as f64 / wall.as_secs_f64() / 1e6,
+        cpu_ns as f64 / bytes as f64,
+    )
+}
+
+/// A destination that compares what it is given with the expected bytes (a memcmp
+/// per chunk, on the client thread) and keeps nothing.
+struct Verify<'a> {
+    expected: &'a [u8],
+    at: usize,
+}
+
+impl tokio::io::AsyncWrite for Verify<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let at = self.at;
+        let end = at + buf.len();
+        if self.expected.get(at..end) != Some(buf) {
+            return std::task::Poll::Ready(Err(io::Error::other(format!(
+                "copied bytes differ from the source at {at}..{end}"
+            ))));
+        }
+        self.at = end;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// `qga get`: the guest file `source` (holding `data`) copied out with
+/// `Client::copy_from_guest`, every byte compared as it arrives.
+fn copy_get(sock: &Path, data: &[u8], source: &Path, chunk: usize) -> io::Result<(f64, f64)> {
+    block_on(async {
+        let mut client = qga_client::connect_unix(sock).await.map_err(io_err)?;
+        client.sync().await.map_err(io_err)?;
+        let path = source.to_string_lossy();
+        let mut sink = Verify {
+            expected: data,
+            at: 0,
+        };
+        let cpu0 = thread_cpu_ns();
+        let t = Instant::now();
+        let n = client
+            .copy_from_guest(&path, &mut sink, chunk, None)
+            .await
+            .map_err(io_err)?;
+        let dt = t.elapsed();
+        let cpu = thread_cpu_ns() - cpu0;
+        if n as usize != data.len() || sink.at != data.len() {
+            return Err(io::Error::other(format!(
+                "copied {n} bytes ({} verified) of {}",
+                sink.at,
+                data.len()
+            )));
+        }
+        Ok(rate(data.len(), dt, cpu))
+    })
+}
+
+/// `qga put`: `data` copied with `Client::copy_to_guest` into the guest file `target`,
+/// which is compared afterwards.
+fn copy_put(sock: &Path, data: &[u8], target: &Path, chunk: usize) -> io::Result<(f64, f64)> {
+    let (mbs, ns) = block_on(async {
+        let mut client = qga_client::connect_unix(sock).await.map_err(io_err)?;
+        client.sync().await.map_err(io_err)?;
+        let path = target.to_string_lossy();
+        let cpu0 = thread_cpu_ns();
+        let t = Instant::now();
+        let mut src = data;
+        let n = client
+            .copy_to_guest(&mut src, &path, chunk, Some(data.len() as u64), None)
+            .await
+            .map_err(io_err)?;
+        let dt = t.elapsed();
+        if n as usize != data.len() {
+            return Err(io::Error::other(format!(
+                "copied {n} bytes of {}",
+                data.len()
+            )));
+        }
+        Ok(rate(data.len(), dt, thread_cpu_ns() - cpu0))
+    })?;
+    let written = std::fs::read(target)?;
+    if written != data {
+        return Err(io::Error::other(format!(
+            "the guest file differs ({} bytes, expected {})",
+            written.len(),
+            data.len()
+        )));
+    }
+    Ok((mbs, ns))
+}
+
+/// Target of the copies: at least this share of the raw-socket rate of the same chunk.
+const COPY_RATE_TARGET: f64 = 0.8;
+/// Target of the copies: at most this much client CPU per payload byte, ns.
+const COPY_CPU_TARGET: f64 = 2.0;
+
+/// The table of the whole-file copies (ours only), against the raw-socket runs of
+/// the same chunk size: paired with each copy (same agent, same file, same load),
+/// and the raw-socket row of this bench run.
+pub fn print_copies(results: &Results) {
+    let label = size_label(COPY_CHUNK);
+    let rows = [
+        ("get", "read", "`qga get`: Client::copy_from_guest"),
+        ("put", "write", "`qga put`: Client::copy_to_guest"),
+    ];
+    if !rows
+        .iter()
+        .any(|(d, _, _)| results.contains_key(&format!("copy.{d}.{label}.mbs")))
+    {
+        return;
+    }
+    println!();
+    println!(
+        "Whole-file copies via qga-client, our agent (the library calls of `qga get`/`qga put`; {label} chunks, split CPUs). \
+         paired raw = the raw-socket scenario of the same chunk size on the same agent and file right before or after each copy; \
+         % of paired raw = median of the per-run ratios (what met? judges); raw row = the raw-socket row above. \
+         Targets: >= {:.0} % of raw, <= {COPY_CPU_TARGET} client CPU ns/byte:",
+        COPY_RATE_TARGET * 100.0
+    );
+    println!();
+    println!("| copy | MB/s | paired raw MB/s | % of paired raw | raw row MB/s | % of raw row | client CPU ns/byte | met? |");
+    println!("|---|---:|---:|---:|---:|---:|---:|:---:|");
+    for (dir, raw, what) in rows {
+        let get = |m: &str| crate::summary(results, &format!("copy.{dir}.{label}.{m}"), Side::Ours);
+        let mbs = get("mbs");
+        let paired = get("raw_mbs");
+        let share = get("share");
+        let ns = get("client_ns");
+        let row = crate::summary(results, &format!("{raw}.{label}.mbs"), Side::Ours);
+        let row_share = mbs.zip(row).filter(|(_, r)| *r > 0.0).map(|(m, r)| m / r);
+        let met = match (share, ns) {
+            (Some(s), Some(n)) => crate::yes(s >= COPY_RATE_TARGET && n <= COPY_CPU_TARGET),
+            _ => "?".into(),
+        };
+        let pct = |x: Option<f64>| crate::fmt(x.map(|s| s * 100.0), 0);
+        println!(
+            "| {what} | {} | {} | {} | {} | {} | {} | {met} |",
+            crate::fmt(mbs, 0),
+            crate::fmt(paired, 0),
+            pct(share),
+            crate::fmt(row, 0),
+            pct(row_share),
+            crate::fmt(ns, 2),
+        );
+    }
 }
