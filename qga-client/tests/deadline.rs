@@ -3,35 +3,18 @@
 //! (qga-client/fuzz): each phase used to get a timeout of its own, so a call could
 //! take its `quick` resync plus twice its timeout. On tokio's paused clock.
 
+mod common;
+
 use std::time::Duration;
+
+use common::next_request;
 
 use bytes::BytesMut;
 use qga_client::{Client, ClientError, Timeouts};
-use qga_framing::{Decoder, Frame};
+use qga_framing::Decoder;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-
-/// Reads the peer's next request (skipping 0xFF), `None` at end of stream.
-async fn next_request(
-    io: &mut DuplexStream,
-    dec: &mut Decoder,
-    buf: &mut BytesMut,
-) -> Option<Value> {
-    loop {
-        while let Some(f) = dec.decode(buf) {
-            if let Frame::Message(m) = f {
-                return Some(serde_json::from_slice(&m).unwrap());
-            }
-        }
-        let mut tmp = [0u8; 4096];
-        let n = io.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
 
 fn sync_reply(req: &Value) -> Vec<u8> {
     let mut v = vec![0xff];

@@ -2,7 +2,11 @@
 //! wrong ids, silent and vanishing agents, the hybrid vsock handshake. Timeouts run
 //! on tokio's paused clock, so they are instant and exact.
 
+mod common;
+
 use std::time::Duration;
+
+use common::next_request;
 
 use bytes::BytesMut;
 use qga_client::{hybrid_handshake, Client, ClientError, ExecCommand, ExecExit, Timeouts};
@@ -10,27 +14,6 @@ use qga_framing::{Decoder, Frame};
 use qga_proto::GuestExecCaptureOutput;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// Reads the peer's next request (skipping the client's 0xFF flush bytes).
-async fn next_request(
-    io: &mut (impl AsyncRead + Unpin),
-    dec: &mut Decoder,
-    buf: &mut BytesMut,
-) -> Option<Value> {
-    loop {
-        while let Some(f) = dec.decode(buf) {
-            if let Frame::Message(m) = f {
-                return Some(serde_json::from_slice(&m).unwrap());
-            }
-        }
-        let mut tmp = [0u8; 4096];
-        let n = io.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
 
 /// A scripted agent: for each request, `answer` returns the raw bytes to send
 /// (possibly nothing), written in pieces of `piece` bytes.
