@@ -21,6 +21,23 @@ pub trait GuestFile: Send {
     /// Appends up to `count` bytes to `buf`; returns the end-of-file flag (always
     /// false for `count == 0`, as qemu-ga reports it).
     fn read(&mut self, count: usize, buf: &mut Vec<u8>) -> Result<bool, OpsError>;
+    /// Reads into `buf` as [`read`](Self::read) reads `buf.len()` bytes, and returns
+    /// how many came and the end-of-file flag: the way to read a large count in
+    /// pieces through one small buffer. `continuing` says that this request already
+    /// got data from an earlier piece, so a descriptor with nothing ready (`EAGAIN`
+    /// on a FIFO) ends the read with what came instead of failing it, exactly as one
+    /// [`read`](Self::read) of the whole count would.
+    ///
+    /// The default goes through [`read`](Self::read) (for implementations that keep
+    /// their data in memory).
+    fn read_into(&mut self, buf: &mut [u8], continuing: bool) -> Result<(usize, bool), OpsError> {
+        let _ = continuing;
+        let mut v = Vec::new();
+        let eof = self.read(buf.len(), &mut v)?;
+        let n = v.len().min(buf.len());
+        buf[..n].copy_from_slice(&v[..n]);
+        Ok((n, eof))
+    }
     /// Writes `data`.
     fn write(&mut self, data: &[u8]) -> Result<WriteOutcome, OpsError>;
     /// Moves the position; returns the new position.
@@ -212,6 +229,23 @@ impl GuestFile for LinuxFile {
             }
         }
         Ok(eof)
+    }
+
+    fn read_into(&mut self, buf: &mut [u8], continuing: bool) -> Result<(usize, bool), OpsError> {
+        // The same loop as `read`, one read(2) per pass into the caller's buffer: a
+        // regular file fills it in one call.
+        let mut got = 0;
+        while got < buf.len() {
+            match retry(|| (&self.file).read(&mut buf[got..])) {
+                Ok(0) => return Ok((got, true)),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && (got > 0 || continuing) => {
+                    break
+                }
+                Err(e) => return Err(OpsError::os("failed to read file", e)),
+            }
+        }
+        Ok((got, false))
     }
 
     fn write(&mut self, data: &[u8]) -> Result<WriteOutcome, OpsError> {
