@@ -244,3 +244,139 @@ fn flush(ctx: &mut Context, c: GuestFileFlush) -> Result<Empty, QgaError> {
     ctx.file(c.handle)?.flush().map_err(ops_err)?;
     Ok(Empty {})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Dispatcher, DispatcherConfig, StateDir};
+    use base64::Engine;
+
+    fn dispatcher() -> Dispatcher {
+        Dispatcher::new(
+            qga_ops::Ops::linux(Default::default()),
+            StateDir::in_memory(),
+            DispatcherConfig::default(),
+        )
+        .unwrap()
+    }
+
+    fn raw(d: &mut Dispatcher, req: &str) -> BytesMut {
+        let mut out = BytesMut::new();
+        d.handle_message(req.as_bytes(), &mut out);
+        out
+    }
+
+    fn open(d: &mut Dispatcher, path: &Path) -> i64 {
+        let req = serde_json::json!({"execute": "guest-file-open", "arguments": {"path": path}});
+        let reply: serde_json::Value = serde_json::from_slice(&raw(d, &req.to_string())).unwrap();
+        reply["return"].as_i64().unwrap()
+    }
+
+    fn read(d: &mut Dispatcher, handle: i64, count: usize) -> BytesMut {
+        raw(
+            d,
+            &format!(
+                r#"{{"execute":"guest-file-read","arguments":{{"handle":{handle},"count":{count}}},"id":[7,"x"]}}"#
+            ),
+        )
+    }
+
+    /// The reply qemu-ga's semantics give (and this agent gave before it read in
+    /// pieces): the next `count` bytes from `pos`, eof when fewer than asked for
+    /// came, encoded by another base64 implementation.
+    fn expected(data: &[u8], pos: usize, count: usize) -> (Vec<u8>, usize) {
+        let end = pos.saturating_add(count).min(data.len()).max(pos);
+        let got = &data[pos..end];
+        let eof = count > 0 && got.len() < count;
+        let text = format!(
+            "{{\"return\":{{\"buf-b64\":\"{}\",\"count\":{},\"eof\":{eof}}},\"id\":[7,\"x\"]}}\n",
+            base64::engine::general_purpose::STANDARD.encode(got),
+            got.len()
+        );
+        (text.into_bytes(), end)
+    }
+
+    #[test]
+    fn reads_in_pieces_reply_as_one_read_would_at_every_piece_edge() {
+        const P: usize = READ_PIECE;
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = dispatcher();
+        for size in [0, 1, 2, 3, P - 1, P, P + 1, 2 * P, 2 * P + 2, 3 * P + 1] {
+            let data: Vec<u8> = (0..size as u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+                .collect();
+            let path = dir.path().join(format!("f{size}"));
+            std::fs::write(&path, &data).unwrap();
+            for count in [0, 1, 4, P - 1, P, P + 1, 2 * P, 3 * P + 7] {
+                if (1..P - 1).contains(&count) && size > 4 {
+                    continue; // Small counts on large files: slow and nothing new.
+                }
+                // Read the whole file with this count, then once more at the end.
+                let handle = open(&mut d, &path);
+                let mut pos = 0;
+                loop {
+                    let got = read(&mut d, handle, count);
+                    let (want, next) = expected(&data, pos, count);
+                    assert!(
+                        got[..] == want[..],
+                        "size {size}, count {count}, at {pos}: {} bytes, want {}",
+                        got.len(),
+                        want.len()
+                    );
+                    if next == pos {
+                        break;
+                    }
+                    pos = next;
+                }
+                raw(
+                    &mut d,
+                    &format!(
+                        r#"{{"execute":"guest-file-close","arguments":{{"handle":{handle}}}}}"#
+                    ),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_count_on_a_small_file_reserves_what_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let mut d = dispatcher();
+        let handle = open(&mut d, &path);
+        let out = read(&mut d, handle, MAX_READ_COUNT as usize);
+        assert_eq!(&out[..], &expected(b"0123456789", 0, 48 << 20).0[..]);
+        // Before, the full 64 MiB of text for the count.
+        assert!(out.capacity() < 4096, "{} bytes reserved", out.capacity());
+    }
+
+    #[test]
+    fn a_fifo_that_runs_dry_after_a_whole_piece_returns_that_piece() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut d = dispatcher();
+        // Opened non-blocking (as qemu-ga), then a writer that is never closed.
+        let handle = open(&mut d, &fifo);
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        // Exactly one piece in the pipe: the second piece finds nothing yet. That
+        // ends the read with the first (no error, no eof), as one read would.
+        let fd = std::os::fd::AsFd::as_fd(&writer);
+        let sized = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(READ_PIECE as i32));
+        assert!(sized.unwrap() as usize >= READ_PIECE);
+        let data: Vec<u8> = (0..READ_PIECE).map(|i| (i % 251) as u8).collect();
+        writer.write_all(&data).unwrap();
+        let got = read(&mut d, handle, 4 * READ_PIECE);
+        assert_eq!(&got[..], &expected(&data, 0, READ_PIECE).0[..]);
+        // Nothing at all: the OS error, as qemu-ga.
+        let got = read(&mut d, handle, 10);
+        assert!(
+            std::str::from_utf8(&got)
+                .unwrap()
+                .contains("failed to read file: Resource temporarily unavailable"),
+            "{got:?}"
+        );
+    }
+}
