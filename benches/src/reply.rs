@@ -127,6 +127,14 @@ pub fn return_value(reply: &[u8]) -> Result<&[u8], BadReply> {
 /// inside strings are skipped). Found by text search, so only for the small, known
 /// replies of the agents.
 pub fn member<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let value = member_start(json, key)?;
+    let len = value_len(value)?;
+    Some(&value[..len])
+}
+
+/// `json` from the start of the value of the first member named `key` (see
+/// [`member`]) to its end: the value is not scanned.
+fn member_start<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let mut quoted = Vec::with_capacity(key.len() + 2);
     quoted.push(b'"');
     quoted.extend_from_slice(key);
@@ -136,9 +144,7 @@ pub fn member<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
         let after = from + pos + quoted.len();
         let rest = skip_ws(&json[after..]);
         if let Some(value) = rest.strip_prefix(b":") {
-            let value = skip_ws(value);
-            let len = value_len(value)?;
-            return Some(&value[..len]);
+            return Some(skip_ws(value));
         }
         from = after;
     }
@@ -154,34 +160,37 @@ fn skip_ws(s: &[u8]) -> &[u8] {
 fn value_len(v: &[u8]) -> Option<usize> {
     match v.first()? {
         b'"' => string_len(v),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut i = 0;
-            while i < v.len() {
-                match v[i] {
-                    b'"' => {
-                        i += string_len(&v[i..])?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-            None
-        }
+        b'{' | b'[' => closing_len(v, 0),
         _ => Some(
             v.iter()
                 .position(|b| b",}] \t\r\n".contains(b))
                 .unwrap_or(v.len()),
         ),
     }
+}
+
+/// Length of `v` up to and including the bracket that closes `depth` open ones
+/// (0: the array or object that `v` starts with); strings are skipped.
+fn closing_len(v: &[u8], mut depth: usize) -> Option<usize> {
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'"' => {
+                i += string_len(&v[i..])?;
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Length of the JSON string (with both quotes) at the start of `v`.
@@ -226,9 +235,13 @@ pub struct FileRead<'a> {
 impl<'a> FileRead<'a> {
     /// Parses a `guest-file-read` reply. The base64 string is located first and the
     /// small members are searched for only outside it, so a large payload is scanned
-    /// once (by `memchr`) rather than once per member.
+    /// once (by `memchr`), not once more to find where the `return` object ends: that
+    /// is found from the end of the string.
     pub fn parse(reply: &'a [u8]) -> Result<Self, BadReply> {
-        let ret = return_value(reply)?;
+        let (_, json) = strip_sentinel(reply);
+        let ret = member_start(json, b"return")
+            .filter(|v| v.first() == Some(&b'{'))
+            .ok_or_else(|| BadReply::new("not a success reply", reply))?;
         let bad = || BadReply::new("malformed guest-file-read reply", reply);
         let key = b"\"buf-b64\"";
         let kpos = memchr::memmem::find(ret, key).ok_or_else(bad)?;
@@ -237,8 +250,14 @@ impl<'a> FileRead<'a> {
         let body = rest.strip_prefix(b"\"").ok_or_else(bad)?;
         let end = memchr::memchr(b'"', body).ok_or_else(bad)?;
         let b64 = &body[..end];
-        let before = &ret[..kpos];
-        let after = &body[end + 1..];
+        // The members before the string, and after it up to the `return` object's
+        // closing brace (which must be there).
+        let before = ret.get(1..kpos).ok_or_else(bad)?;
+        if closing_len(before, 1).is_some() {
+            return Err(bad());
+        }
+        let tail = &body[end + 1..];
+        let after = &tail[..closing_len(tail, 1).ok_or_else(bad)?];
         let count = member_u64(before, b"count")
             .or_else(|| member_u64(after, b"count"))
             .ok_or_else(bad)?;
@@ -359,5 +378,32 @@ mod tests {
         );
         assert!(FileRead::parse(b"{\"return\": {\"count\": 3, \"eof\": false}}").is_err());
         assert!(FileRead::parse(b"{\"return\": {\"count\": 3, \"buf-b64\": \"YWJj").is_err());
+        // The object must close after the string, and hold the key.
+        assert!(
+            FileRead::parse(b"{\"return\":{\"buf-b64\":\"YWJj\",\"count\":3,\"eof\":false")
+                .is_err()
+        );
+        assert!(
+            FileRead::parse(b"{\"return\":{\"count\":3,\"eof\":false},\"buf-b64\":\"YWJj\"}")
+                .is_err()
+        );
+        assert!(FileRead::parse(b"{\"return\":\"buf-b64\"}").is_err());
+        assert!(FileRead::parse(
+            b"{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"buf-b64\\\": \\\"YWJj\\\"\"}}"
+        )
+        .is_err());
+        // Members after the string are read only up to the object's end.
+        assert!(FileRead::parse(
+            b"{\"return\":{\"buf-b64\":\"YWJj\",\"count\":3},\"eof\":true,\"id\":1}"
+        )
+        .is_err());
+        let with_id = FileRead::parse(
+            b"\xff{\"return\":{\"buf-b64\":\"YWJj\",\"count\":3,\"eof\":true},\"id\":{\"a\":[1]}}",
+        )
+        .unwrap();
+        assert_eq!(
+            (with_id.count, with_id.b64, with_id.eof),
+            (3, &b"YWJj"[..], true)
+        );
     }
 }

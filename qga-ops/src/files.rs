@@ -21,6 +21,23 @@ pub trait GuestFile: Send {
     /// Appends up to `count` bytes to `buf`; returns the end-of-file flag (always
     /// false for `count == 0`, as qemu-ga reports it).
     fn read(&mut self, count: usize, buf: &mut Vec<u8>) -> Result<bool, OpsError>;
+    /// Reads into `buf` as [`read`](Self::read) reads `buf.len()` bytes, and returns
+    /// how many came and the end-of-file flag: the way to read a large count in
+    /// pieces through one small buffer. `continuing` says that this request already
+    /// got data from an earlier piece, so a descriptor with nothing ready (`EAGAIN`
+    /// on a FIFO) ends the read with what came instead of failing it, exactly as one
+    /// [`read`](Self::read) of the whole count would.
+    ///
+    /// The default goes through [`read`](Self::read) (for implementations that keep
+    /// their data in memory).
+    fn read_into(&mut self, buf: &mut [u8], continuing: bool) -> Result<(usize, bool), OpsError> {
+        let _ = continuing;
+        let mut v = Vec::new();
+        let eof = self.read(buf.len(), &mut v)?;
+        let n = v.len().min(buf.len());
+        buf[..n].copy_from_slice(&v[..n]);
+        Ok((n, eof))
+    }
     /// Writes `data`.
     fn write(&mut self, data: &[u8]) -> Result<WriteOutcome, OpsError>;
     /// Moves the position; returns the new position.
@@ -214,6 +231,21 @@ impl GuestFile for LinuxFile {
         Ok(eof)
     }
 
+    fn read_into(&mut self, buf: &mut [u8], continuing: bool) -> Result<(usize, bool), OpsError> {
+        // The same loop as `read`, one read(2) per pass into the caller's buffer: a
+        // regular file fills it in one call.
+        let mut got = 0;
+        while got < buf.len() {
+            match retry(|| (&self.file).read(&mut buf[got..])) {
+                Ok(0) => return Ok((got, true)),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && (got > 0 || continuing) => break,
+                Err(e) => return Err(OpsError::os("failed to read file", e)),
+            }
+        }
+        Ok((got, false))
+    }
+
     fn write(&mut self, data: &[u8]) -> Result<WriteOutcome, OpsError> {
         let mut done = 0;
         while done < data.len() {
@@ -271,5 +303,87 @@ impl GuestFile for LinuxFile {
                 io::Error::from_raw_os_error(e as i32),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `count` bytes through `read_into` in `piece`-byte steps, as the agent does.
+    fn in_pieces(f: &mut dyn GuestFile, count: usize, piece: usize) -> (Vec<u8>, bool) {
+        let (mut got, mut eof) = (Vec::new(), false);
+        let mut buf = vec![0u8; piece];
+        while got.len() < count {
+            let want = (count - got.len()).min(piece);
+            let (n, e) = f.read_into(&mut buf[..want], !got.is_empty()).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            eof = e;
+            if n < want || e {
+                break;
+            }
+        }
+        (got, eof)
+    }
+
+    #[test]
+    fn reading_in_pieces_is_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let fakes = crate::fake::FakeFiles::default();
+        let mut w = fakes.open(&path, "w").unwrap();
+        w.write(&data).unwrap();
+        let files: [&dyn Files; 2] = [&LinuxFiles, &fakes];
+        for files in files {
+            for (count, piece) in [
+                (0, 7),
+                (1, 1),
+                (9_999, 3),
+                (10_000, 3),
+                (10_001, 3),
+                (10_000, 5_000),
+                (20_000, 4_096),
+            ] {
+                let mut a = files.open(&path, "r").unwrap();
+                let mut b = files.open(&path, "r").unwrap();
+                let mut whole = Vec::new();
+                let eof = a.read(count, &mut whole).unwrap();
+                assert_eq!(
+                    in_pieces(&mut *b, count, piece),
+                    (whole, eof),
+                    "{count} by {piece}"
+                );
+                // And the next read, from where each stopped.
+                let mut whole = Vec::new();
+                let eof = a.read(count, &mut whole).unwrap();
+                assert_eq!(
+                    in_pieces(&mut *b, count, piece),
+                    (whole, eof),
+                    "{count} by {piece}, again"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_dry_fifo_fails_a_read_but_ends_a_continued_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut f = LinuxFiles.open(&fifo, "r").unwrap();
+        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            f.read_into(&mut buf, false).unwrap_err().to_string(),
+            "failed to read file: Resource temporarily unavailable"
+        );
+        assert_eq!(f.read_into(&mut buf, true).unwrap(), (0, false));
+        writer.write_all(b"abc").unwrap();
+        assert_eq!(f.read_into(&mut buf, false).unwrap(), (3, false));
+        assert_eq!(&buf[..3], b"abc");
+        drop(writer);
+        assert_eq!(f.read_into(&mut buf, false).unwrap(), (0, true));
     }
 }

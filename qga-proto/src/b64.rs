@@ -44,15 +44,21 @@ impl Base64 {
     }
 
     /// Appends the base64 encoding of `data` to `out` (padded, standard alphabet),
-    /// encoding in place into `out`'s spare capacity.
+    /// encoding with SIMD straight into `out`'s spare capacity (never zeroed first).
+    /// `out` grows as [`Vec::reserve`] grows it, so appending piece after piece
+    /// stays linear.
     pub fn encode_into(data: &[u8], out: &mut Vec<u8>) {
-        let start = out.len();
+        out.reserve(encoded_len(data.len()));
+        base64_simd::STANDARD.encode_append(data, out);
+    }
+
+    /// Writes the base64 encoding of `data` (padded, standard alphabet) at the start
+    /// of `out` with SIMD and returns its length, or `None` (nothing written) when
+    /// `out` is shorter than [`encoded_len`](Self::encoded_len)`(data.len())`.
+    pub fn encode_to_slice(data: &[u8], out: &mut [u8]) -> Option<usize> {
         let len = encoded_len(data.len());
-        out.resize(start + len, 0);
-        let written = ENGINE
-            .encode_slice(data, &mut out[start..])
-            .unwrap_or_default();
-        out.truncate(start + written);
+        let out = out.get_mut(..len)?;
+        Some(base64_simd::STANDARD.encode(data, out.as_out()).len())
     }
 
     /// Length of the base64 text for `n` bytes of data.
