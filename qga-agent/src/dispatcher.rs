@@ -50,8 +50,9 @@ pub struct Context {
     pub(crate) auto_thaw_retry: Option<Instant>,
     /// The registered commands, for guest-info and the enabled checks.
     pub(crate) table: Arc<Table>,
-    /// guest-file-write's decode buffer (one piece, 192 KiB), kept across requests.
-    pub(crate) write_buf: Vec<u8>,
+    /// One piece (192 KiB) of file data for guest-file-read and -write, kept across
+    /// requests: what a read reads before encoding it, what a write decodes into.
+    pub(crate) file_buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for Context {
@@ -161,7 +162,7 @@ impl Dispatcher {
                 frozen_since: frozen.then(Instant::now),
                 auto_thaw_retry: None,
                 table: Arc::new(registry.into_table()),
-                write_buf: Vec::new(),
+                file_buf: Vec::new(),
             },
         })
     }

@@ -99,7 +99,7 @@ fn read_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
     }
     let start = out.len();
     out.extend_from_slice(b"{\"return\":{\"buf-b64\":\"");
-    let result = read_encoded(file.as_mut(), count as usize, &mut ctx.write_buf, out);
+    let result = read_encoded(file.as_mut(), count as usize, &mut ctx.file_buf, out);
     let (total, eof) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -192,10 +192,10 @@ fn write_argument_error(ctx: &Context, req: &Request<'_>, e: ArgumentError) -> Q
 }
 
 fn write(ctx: &mut Context, c: GuestFileWriteArgs<'_>) -> Result<GuestFileWriteResult, QgaError> {
-    let mut scratch = std::mem::take(&mut ctx.write_buf);
+    let mut scratch = std::mem::take(&mut ctx.file_buf);
     let result = write_pieces(ctx, &c, &mut scratch);
     // A piece's worth (192 KiB) stays for the next request.
-    ctx.write_buf = scratch;
+    ctx.file_buf = scratch;
     result
 }
 
