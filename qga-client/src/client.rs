@@ -225,22 +225,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         Ok(())
     }
 
+    /// Reads what the agent has sent next onto the buffer (room for the reply
+    /// expected, at least 64 KiB); the agent closing the stream is `Closed`.
+    async fn fill(&mut self) -> Result<(), ClientError> {
+        let want = self.reply_hint.saturating_sub(self.buf.len());
+        self.buf.reserve(want.max(64 * 1024));
+        let n = self
+            .stream
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(ClientError::io)?;
+        if n == 0 {
+            return Err(ClientError::Closed);
+        }
+        Ok(())
+    }
+
     /// The next frame from the agent.
     async fn frame(&mut self) -> Result<Frame, ClientError> {
         loop {
             if let Some(f) = self.decoder.decode(&mut self.buf) {
                 return Ok(f);
             }
-            let want = self.reply_hint.saturating_sub(self.buf.len());
-            self.buf.reserve(want.max(64 * 1024));
-            let n = self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(ClientError::io)?;
-            if n == 0 {
-                return Err(ClientError::Closed);
-            }
+            self.fill().await?;
         }
     }
 

@@ -322,16 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
                 Step::Other => return Ok(None),
                 Step::More => {}
             }
-            let want = self.reply_hint.saturating_sub(self.buf.len());
-            self.buf.reserve(want.max(64 * 1024));
-            let n = self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(ClientError::io)?;
-            if n == 0 {
-                return Err(ClientError::Closed);
-            }
+            self.fill().await?;
         }
     }
 
