@@ -293,17 +293,6 @@ struct Region {
     close: u64,
     /// Bit k: just after byte `at + k`, the stream is inside a string.
     in_string: u64,
-    /// Bit k: byte `at + k` is a bracket outside strings after which the nesting
-    /// depth is zero, walking the region's brackets from `depth_in` (a closer at
-    /// depth zero, a stray one, leaves it at zero). Where a message that starts in
-    /// the region at depth zero ends, with no further walk.
-    ends: u64,
-    /// The nesting depth just before the region, as the caller said.
-    depth_in: usize,
-    /// The depth just after it.
-    depth_out: usize,
-    /// The deepest the walk went (at least `depth_in`).
-    peak: usize,
 }
 
 impl Region {
@@ -311,10 +300,8 @@ impl Region {
     /// not as `in_string` says, up to the first backslash, sentinel or stray byte and
     /// at most 64 bytes. The region is empty when `buf[i]` itself is one of those.
     /// Also says whether the region holds a quote.
-    ///
-    /// `depth` is the nesting depth at `i`, for `ends`, `depth_out` and `peak`.
     #[inline]
-    fn classify(buf: &[u8], i: usize, at: usize, in_string: bool, depth: usize) -> (Region, bool) {
+    fn classify(buf: &[u8], i: usize, at: usize, in_string: bool) -> (Region, bool) {
         let masks = classify(buf, i);
         let len = (masks.stop.trailing_zeros() as usize)
             .min(buf.len() - i)
@@ -344,44 +331,14 @@ impl Region {
         }
         let keep = low_bits(len);
         let quotes = masks.quote & keep;
-        let open = masks.open & keep & !in_string;
-        let close = masks.close & keep & !in_string;
-        // One walk over the brackets, without a branch on the depth: the messages
-        // that end here are then found with one bit scan each.
-        let (mut d, mut peak, mut ends) = (depth, depth, 0u64);
-        let mut brackets = open | close;
-        while brackets != 0 {
-            let k = brackets.trailing_zeros();
-            brackets &= brackets - 1;
-            let opens = (open >> k & 1) as usize;
-            // +1 for an opener; -1 for a closer, but not below zero.
-            d = (d + 2 * opens).saturating_sub(1);
-            peak = peak.max(d);
-            ends |= u64::from(d == 0) << k;
-        }
         let region = Region {
             at,
             len,
-            open,
-            close,
+            open: masks.open & keep & !in_string,
+            close: masks.close & keep & !in_string,
             in_string,
-            ends,
-            depth_in: depth,
-            depth_out: d,
-            peak,
         };
         (region, quotes != 0)
-    }
-
-    /// Whether the walk's depth is zero just before offset `k` (in the region).
-    #[inline]
-    fn zero_before(&self, k: usize) -> bool {
-        let before = (self.open | self.close) & low_bits(k);
-        if before == 0 {
-            self.depth_in == 0
-        } else {
-            self.ends >> (63 - before.leading_zeros()) & 1 == 1
-        }
     }
 
     /// How far into the region stream position `pos` is, if it is in it.
@@ -559,7 +516,6 @@ impl Decoder {
             return Simple::No;
         }
         let max_depth = self.limits.max_depth;
-        // The nesting depth at `i`.
         let mut depth = 0usize;
         let mut i = start;
         // Inside a string at `i`.
@@ -568,17 +524,15 @@ impl Decoder {
             let pos = self.front.wrapping_add(i);
             let (r, k) = match self.region.offset_of(pos) {
                 Some(k) => {
-                    let r = self.region;
-                    if i == start && (r.open >> k & 1 == 0 || !r.zero_before(k)) {
-                        // The region disagrees that this opener is outside a string,
-                        // or its walk is not at depth zero here: leave it to the
-                        // general path rather than guess.
+                    if i == start && self.region.open >> k & 1 == 0 {
+                        // The region disagrees that this opener is outside a string:
+                        // leave it to the general path rather than guess.
                         return Simple::No;
                     }
-                    (r, k)
+                    (self.region, k)
                 }
                 None => {
-                    let (region, quoted) = Region::classify(buf, i, pos, in_string, depth);
+                    let (region, quoted) = Region::classify(buf, i, pos, in_string);
                     if region.len == 0 || (in_string && !quoted) {
                         return Simple::No;
                     }
@@ -586,23 +540,28 @@ impl Decoder {
                     (region, 0)
                 }
             };
-            if r.peak > max_depth {
-                return Simple::No;
-            }
-            // The walk was at depth zero before the message (or carries its depth
-            // on from the previous region), so its first zero from `k` on is where
-            // the message ends: the opener at `k` itself leaves depth one or more.
-            let ends = r.ends & !low_bits(k);
-            if ends != 0 {
-                let end = i + (ends.trailing_zeros() as usize - k) + 1;
-                if end - start > self.limits.max_message {
+            in_string = r.ends_in_string();
+            let (open, close, n) = (r.open >> k, r.close >> k, r.len - k);
+            let mut brackets = open | close;
+            // At most 64 openers here: only near the limit is it checked at each.
+            let near_limit = depth + 64 > max_depth;
+            while brackets != 0 {
+                let at = brackets.trailing_zeros() as usize;
+                brackets &= brackets - 1;
+                // +1 or -1, without a branch to mispredict.
+                depth = depth + 2 * (open >> at & 1) as usize - 1;
+                if depth == 0 {
+                    let end = i + at + 1;
+                    if end - start > self.limits.max_message {
+                        return Simple::No;
+                    }
+                    return Simple::Message { start, end };
+                }
+                if near_limit && depth > max_depth {
                     return Simple::No;
                 }
-                return Simple::Message { start, end };
             }
-            in_string = r.ends_in_string();
-            depth = r.depth_out;
-            i += r.len - k;
+            i += n;
         }
         Simple::No
     }
@@ -822,7 +781,7 @@ impl Decoder {
             }
             // Past what is classified: classify from `i`, up to the first backslash or
             // sentinel.
-            let (region, quoted) = Region::classify(buf, i, abs, p.in_string, p.depth);
+            let (region, quoted) = Region::classify(buf, i, abs, p.in_string);
             if region.len == 0 {
                 match buf[i] {
                     0xFE | 0xFF => return Step::Sentinel(i),
