@@ -311,9 +311,11 @@ impl Region {
         // control or high byte is no quote, so its bit says where it stands).
         let carry = if in_string { u64::MAX } else { 0 };
         let in_string = prefix_xor(masks.quote & keep) ^ carry;
-        // Stop before the first stray byte. The odd bytes (control or high) are
-        // rare but for line ends, so each is checked on its own.
-        let mut odd = masks.odd & keep;
+        // Stop before the first stray byte: a line feed inside a string, or one of
+        // the odd bytes (other control bytes, high bytes), rare, each checked on
+        // its own.
+        let lf_in_string = masks.lf & in_string & keep;
+        let mut odd = (masks.odd | lf_in_string) & keep;
         let mut len = len;
         while odd != 0 {
             let k = odd.trailing_zeros() as usize;

@@ -15,11 +15,13 @@ pub(crate) struct Masks {
     pub(crate) close: u64,
     /// `\`, 0xFE, 0xFF: the bytes the mask walk leaves to the byte loop.
     pub(crate) stop: u64,
-    /// Bytes below 0x20 or from 0x80 up: the ones that may be stray (a control byte
-    /// inside a string; outside one, a control byte but TAB, LF, CR, or a high
-    /// byte), which the caller checks one by one. Line ends between messages are the
-    /// only common ones in ASCII traffic.
+    /// Bytes below 0x20 but LF, or from 0x80 up: the ones that may be stray (a
+    /// control byte inside a string; outside one, a control byte but TAB and CR, or
+    /// a high byte), which the caller checks one by one. Rare in ASCII traffic.
     pub(crate) odd: u64,
+    /// Line feeds: stray inside a string, whitespace outside one. They follow most
+    /// messages, so they get a mask of their own rather than a check each.
+    pub(crate) lf: u64,
 }
 
 /// Classifies the bytes `buf[at..at + 64]` that matter outside strings (fewer at the
@@ -46,6 +48,7 @@ pub(crate) fn scalar_classify(buf: &[u8], at: usize) -> Masks {
         close: 0,
         stop: 0,
         odd: 0,
+        lf: 0,
     };
     for (k, &b) in buf[at..].iter().take(64).enumerate() {
         let bit = 1u64 << k;
@@ -56,7 +59,9 @@ pub(crate) fn scalar_classify(buf: &[u8], at: usize) -> Masks {
             b'\\' | 0xFE | 0xFF => m.stop |= bit,
             _ => {}
         }
-        if !(0x20..0x80).contains(&b) {
+        if b == b'\n' {
+            m.lf |= bit;
+        } else if !(0x20..0x80).contains(&b) {
             m.odd |= bit;
         }
     }
@@ -134,8 +139,8 @@ pub(crate) fn swar_string_special(hay: &[u8]) -> Option<usize> {
 #[cfg(target_arch = "x86_64")]
 mod sse2 {
     use std::arch::x86_64::{
-        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_max_epu8,
-        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
+        __m128i, _mm_add_epi8, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
+        _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
     };
 
     use super::Masks;
@@ -155,6 +160,7 @@ mod sse2 {
         // Folds `{` onto `[` and `}` onto `]` (they differ only in bit 0x20); also
         // the bound of the signed compare for odd bytes.
         let x20 = _mm_set1_epi8(0x20);
+        let lf = _mm_set1_epi8(b'\n' as i8);
         let open = _mm_set1_epi8(b'{' as i8);
         let close = _mm_set1_epi8(b'}' as i8);
         let mut m = Masks {
@@ -163,35 +169,37 @@ mod sse2 {
             close: 0,
             stop: 0,
             odd: 0,
+            lf: 0,
         };
-        // Backslashes and sentinels are rare, and so are odd bytes in pure ASCII
-        // (nested objects, one line): their bits are gathered only if any.
-        let mut stops = [_mm_setzero_si128(); 4];
-        let mut odds = [_mm_setzero_si128(); 4];
+        // Backslashes, sentinels and odd bytes are rare in ASCII traffic (line feeds
+        // have their own mask): one test over the block finds whether there are
+        // any, and only then are their bits worked out and gathered.
+        // Blocks past the end of `buf` stay spaces, which are neither.
+        let mut blocks = [_mm_set1_epi8(b' ' as i8); 4];
         let mut drops = [0u32; 4];
-        let mut any_stop = _mm_setzero_si128();
-        let mut any_odd = _mm_setzero_si128();
+        let mut any_rare = _mm_setzero_si128();
+        let odd = |v: __m128i, is_lf: __m128i| {
+            // Signed, 0x80 and up are negative: one compare flags them and the
+            // bytes below 0x20.
+            _mm_andnot_si128(is_lf, _mm_cmplt_epi8(v, x20))
+        };
         // One 16-byte step: block `k` is `v`, whose first `drop` bytes were seen.
         macro_rules! step {
             ($k:expr, $v:expr, $drop:expr) => {{
                 let (k, v, drop): (usize, __m128i, usize) = ($k, $v, $drop);
                 let folded = _mm_or_si128(v, x20);
-                let stop = _mm_or_si128(
-                    _mm_cmpeq_epi8(v, backslash),
-                    _mm_cmpeq_epi8(_mm_max_epu8(v, fe), v),
-                );
                 let bits = |x: __m128i| u64::from(_mm_movemask_epi8(x) as u16 >> drop) << (16 * k);
                 m.quote |= bits(_mm_cmpeq_epi8(v, quote));
                 m.open |= bits(_mm_cmpeq_epi8(folded, open));
                 m.close |= bits(_mm_cmpeq_epi8(folded, close));
-                // Signed, 0x80 and up are negative: one compare flags them and the
-                // bytes below 0x20.
-                let odd = _mm_cmplt_epi8(v, x20);
-                odds[k] = odd;
-                any_odd = _mm_or_si128(any_odd, odd);
-                stops[k] = stop;
+                let is_lf = _mm_cmpeq_epi8(v, lf);
+                m.lf |= bits(is_lf);
+                // A sentinel is a high byte, so backslashes and odd bytes cover
+                // every stop.
+                let rare = _mm_or_si128(_mm_cmpeq_epi8(v, backslash), odd(v, is_lf));
+                any_rare = _mm_or_si128(any_rare, rare);
+                blocks[k] = v;
                 drops[k] = drop as u32;
-                any_stop = _mm_or_si128(any_stop, stop);
             }};
         }
         let len = buf.len();
@@ -220,16 +228,17 @@ mod sse2 {
                 step!(k, v, drop);
             }
         }
-        if _mm_movemask_epi8(any_stop) != 0 {
+        if _mm_movemask_epi8(any_rare) != 0 {
             for k in 0..4 {
-                let bits = _mm_movemask_epi8(stops[k]) as u16 >> drops[k];
-                m.stop |= u64::from(bits) << (16 * k);
-            }
-        }
-        if _mm_movemask_epi8(any_odd) != 0 {
-            for k in 0..4 {
-                let bits = _mm_movemask_epi8(odds[k]) as u16 >> drops[k];
-                m.odd |= u64::from(bits) << (16 * k);
+                let v = blocks[k];
+                let stop = _mm_or_si128(
+                    _mm_cmpeq_epi8(v, backslash),
+                    _mm_cmpeq_epi8(_mm_max_epu8(v, fe), v),
+                );
+                let bits =
+                    |x: __m128i| u64::from(_mm_movemask_epi8(x) as u16 >> drops[k]) << (16 * k);
+                m.stop |= bits(stop);
+                m.odd |= bits(odd(v, _mm_cmpeq_epi8(v, lf)));
             }
         }
         m
@@ -329,7 +338,14 @@ mod tests {
                 assert_eq!(m.open, expect(b"{[".contains(&b)), "{b:#x}");
                 assert_eq!(m.close, expect(b"}]".contains(&b)), "{b:#x}");
                 assert_eq!(m.stop, expect(b == b'\\' || b >= 0xFE), "{b:#x}");
-                assert_eq!(m.odd, expect(!(0x20..0x80).contains(&b)), "{b:#x}");
+                // Line feeds have a mask of their own; the other controls and the
+                // high bytes are odd.
+                assert_eq!(m.lf, expect(b == b'\n'), "{b:#x}");
+                assert_eq!(
+                    m.odd,
+                    expect(!(0x20..0x80).contains(&b) && b != b'\n'),
+                    "{b:#x}"
+                );
             }
         }
     }
