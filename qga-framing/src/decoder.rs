@@ -584,7 +584,6 @@ impl Decoder {
                     (region, 0)
                 }
             };
-            in_string = r.ends_in_string();
             let (open, close, n) = (r.open >> k, r.close >> k, r.len - k);
             let mut brackets = open | close;
             // At most 64 openers here: only near the limit is it checked at each.
@@ -611,6 +610,8 @@ impl Decoder {
                     }
                 }
             }
+            // The message goes on past the region.
+            in_string = r.ends_in_string();
             i += n;
         }
         Simple::No

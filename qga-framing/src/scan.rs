@@ -114,8 +114,14 @@ impl Simd for Avx2 {
             // SAFETY: `self` proves the CPU has AVX2.
             unsafe { avx2::classify(buf, at) }
         } else {
-            // The tail of the buffer: the SSE2 path handles a short block.
-            classify(buf, at)
+            // The tail of the buffer: the SSE2 path handles a short block. Out of
+            // line, so its constants are not loaded on every call of the caller.
+            #[cold]
+            #[inline(never)]
+            fn tail(buf: &[u8], at: usize) -> Masks {
+                classify(buf, at)
+            }
+            tail(buf, at)
         }
     }
 
