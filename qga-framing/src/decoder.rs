@@ -314,10 +314,14 @@ impl Region {
         in_string: bool,
     ) -> (Region, bool) {
         let masks = simd.classify(buf, i);
-        let len = (masks.stop.trailing_zeros() as usize)
-            .min(buf.len() - i)
-            .min(64);
-        let keep = low_bits(len);
+        // The bits past the end of `buf` are clear in every mask, so only a stop
+        // byte (rare) needs a mask to cut the rest off.
+        let mut len = (buf.len() - i).min(64);
+        let mut keep = u64::MAX;
+        if masks.stop != 0 {
+            len = len.min(masks.stop.trailing_zeros() as usize);
+            keep = low_bits(len);
+        }
         // Quote parity from the state at `i` decides what is inside a string (a
         // control or high byte is no quote, so its bit says where it stands).
         let carry = if in_string { u64::MAX } else { 0 };
@@ -327,7 +331,6 @@ impl Region {
         // its own.
         let lf_in_string = masks.lf & in_string & keep;
         let mut odd = (masks.odd | lf_in_string) & keep;
-        let mut len = len;
         while odd != 0 {
             let k = odd.trailing_zeros() as usize;
             let b = buf[i + k];
@@ -338,11 +341,11 @@ impl Region {
             };
             if stray {
                 len = k;
+                keep = low_bits(k);
                 break;
             }
             odd &= odd - 1;
         }
-        let keep = low_bits(len);
         let quotes = masks.quote & keep;
         let region = Region {
             at,
