@@ -567,55 +567,46 @@ impl Decoder {
         let mut i = start;
         // Inside a string at `i`.
         let mut in_string = false;
-        while i < len {
-            let pos = self.front.wrapping_add(i);
-            let (r, k) = match self.region.offset_of(pos) {
-                Some(k) => {
-                    if i == start && self.region.open >> k & 1 == 0 {
-                        // The region disagrees that this opener is outside a string:
-                        // leave it to the general path rather than guess.
-                        return Simple::No;
-                    }
-                    (self.region, k)
-                }
-                None => {
-                    let (region, quoted) = Region::classify(simd, buf, i, pos, in_string);
-                    if region.len == 0 || (in_string && !quoted) {
-                        return Simple::No;
-                    }
-                    self.region = region;
-                    (region, 0)
-                }
-            };
-            let (open, close, n) = (r.open >> k, r.close >> k, r.len - k);
-            let mut brackets = open | close;
-            // At most 64 openers here: only near the limit is it checked at each.
-            let near_limit = depth + 64 > max_depth;
-            while brackets != 0 {
-                // The next bracket as a one-bit mask: testing it against `open`
-                // takes no variable shift (two or three uops, with a flags
-                // dependency, on Intel), and its position is only needed at the end.
-                let bit = brackets & brackets.wrapping_neg();
-                brackets ^= bit;
-                if open & bit != 0 {
-                    depth += 1;
-                    if near_limit && depth > max_depth {
-                        return Simple::No;
-                    }
-                } else {
-                    depth -= 1;
-                    if depth == 0 {
-                        let end = i + bit.trailing_zeros() as usize + 1;
-                        if end - start > self.limits.max_message {
-                            return Simple::No;
-                        }
-                        return Simple::Message { start, end };
-                    }
-                }
+        let message = |end: usize| {
+            if end - start > self.limits.max_message {
+                Simple::No
+            } else {
+                Simple::Message { start, end }
+            }
+        };
+        // Usually the message starts in the region classified while scanning the
+        // previous one. That case comes first, on its own, so that it needs
+        // neither the classifier's registers nor its constants.
+        if let Some(k) = self.region.offset_of(self.front.wrapping_add(start)) {
+            let r = self.region;
+            if r.open >> k & 1 == 0 {
+                // The region disagrees that this opener is outside a string: leave
+                // it to the general path rather than guess.
+                return Simple::No;
+            }
+            match walk(r.open >> k, r.close >> k, &mut depth, max_depth) {
+                Walked::Ends(at) => return message(i + at as usize + 1),
+                Walked::TooDeep => return Simple::No,
+                Walked::GoesOn => {}
             }
             // The message goes on past the region.
             in_string = r.ends_in_string();
-            i += n;
+            i += r.len - k;
+        }
+        while i < len {
+            let pos = self.front.wrapping_add(i);
+            let (r, quoted) = Region::classify(simd, buf, i, pos, in_string);
+            if r.len == 0 || (in_string && !quoted) {
+                return Simple::No;
+            }
+            self.region = r;
+            match walk(r.open, r.close, &mut depth, max_depth) {
+                Walked::Ends(at) => return message(i + at as usize + 1),
+                Walked::TooDeep => return Simple::No,
+                Walked::GoesOn => {}
+            }
+            in_string = r.ends_in_string();
+            i += r.len;
         }
         Simple::No
     }
@@ -865,6 +856,44 @@ impl Decoder {
         p.scanned = i;
         Step::NeedMore
     }
+}
+
+/// What [`walk`] found.
+enum Walked {
+    /// The depth is back to zero after the bracket at this bit: the message ends.
+    Ends(u32),
+    /// An opener took the depth past the limit.
+    TooDeep,
+    /// The depth is still above zero after the last bracket.
+    GoesOn,
+}
+
+/// Walks the brackets `open` and `close` (bit k: byte k, both outside strings) of
+/// one region, updating `depth`.
+#[inline(always)]
+fn walk(open: u64, close: u64, depth: &mut usize, max_depth: usize) -> Walked {
+    let mut brackets = open | close;
+    // At most 64 openers here: only near the limit is it checked at each.
+    let near_limit = *depth + 64 > max_depth;
+    while brackets != 0 {
+        // The next bracket as a one-bit mask: testing it against `open` takes no
+        // variable shift (two or three uops, with a flags dependency, on Intel),
+        // and its position is only needed at the end.
+        let bit = brackets & brackets.wrapping_neg();
+        brackets ^= bit;
+        if open & bit != 0 {
+            *depth += 1;
+            if near_limit && *depth > max_depth {
+                return Walked::TooDeep;
+            }
+        } else {
+            *depth -= 1;
+            if *depth == 0 {
+                return Walked::Ends(bit.trailing_zeros());
+            }
+        }
+    }
+    Walked::GoesOn
 }
 
 /// How many sentinel bytes `buf` starts with.
