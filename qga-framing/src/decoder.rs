@@ -508,6 +508,16 @@ impl Decoder {
             // compiled for.
             return unsafe { self.step_avx2(avx2, buf) };
         }
+        self.step_baseline(buf)
+    }
+
+    /// [`step`](Decoder::step) with the baseline classifier. A function of its own,
+    /// so that `step`, and with it `decode` and `decode_slice`, stays small enough to
+    /// be inlined into the caller, which then gets the frame in registers rather
+    /// than reading back what a call wrote (a wide load over narrow stores, which
+    /// the CPU cannot forward: a stall on every call).
+    #[inline(never)]
+    fn step_baseline(&mut self, buf: &[u8]) -> (usize, Option<Found>) {
         self.step_with(Baseline, buf)
     }
 
