@@ -1,8 +1,11 @@
 //! Finding the bytes that matter inside a JSON string: `"`, `\`, the raw control
 //! bytes (below 0x20, never valid there) and the sentinels 0xFE/0xFF; and classifying
-//! the bytes that matter outside strings. Base64 payloads are megabytes of string with none of them, so this is
-//! the framer's hot loop: 64 bytes per step with SSE2 (part of every x86_64 CPU),
-//! a portable word-at-a-time loop elsewhere.
+//! the bytes that matter outside strings. Base64 payloads are megabytes of string with
+//! none of them, so this is the framer's hot loop: 64 bytes per step with SSE2 (part
+//! of every x86_64 CPU), a portable word-at-a-time loop elsewhere. Small messages
+//! spend their time classifying blocks instead; where the CPU has AVX2 (checked once
+//! per process), the decoder's lean path runs compiled for it, with the [`Avx2`]
+//! classifier and a carry-less multiply for the in-string mask.
 
 /// One 64-byte block, classified: bit k of each mask describes byte k.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
