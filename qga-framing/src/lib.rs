@@ -14,7 +14,8 @@
 //!   [`Decoder::decode_slice`] borrows them from a buffer the caller owns, with no
 //!   allocation or reference counting. It tracks strings and escapes, so brackets
 //!   inside strings do not count. Outside strings it classifies 64 bytes at a time
-//!   into bit masks (SSE2 on x86_64); inside strings it skips 64 bytes per step, so
+//!   into bit masks (SSE2 on x86_64, AVX2 where the CPU has it, detected at run
+//!   time); inside strings it skips 64 bytes per step, so
 //!   base64 payloads scan at memory speed. Garbage never wedges it: a stray closer or
 //!   a bare token is a (malformed) message of its own, a stray byte is reported the
 //!   moment it arrives and followed by qemu-ga's recovery (bytes are dropped up to a
