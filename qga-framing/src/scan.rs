@@ -8,7 +8,7 @@
 //! classifier and a carry-less multiply for the in-string mask.
 
 /// One 64-byte block, classified: bit k of each mask describes byte k.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Masks {
     /// `"`.
     pub(crate) quote: u64,
@@ -138,14 +138,7 @@ impl Simd for Avx2 {
 /// Byte-at-a-time reference implementation of [`classify`].
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 pub(crate) fn scalar_classify(buf: &[u8], at: usize) -> Masks {
-    let mut m = Masks {
-        quote: 0,
-        open: 0,
-        close: 0,
-        stop: 0,
-        odd: 0,
-        lf: 0,
-    };
+    let mut m = Masks::default();
     for (k, &b) in buf[at..].iter().take(64).enumerate() {
         let bit = 1u64 << k;
         match b {
@@ -264,14 +257,7 @@ mod sse2 {
             let lf = _mm_set1_epi8(b'\n' as i8);
             let open = _mm_set1_epi8(b'{' as i8);
             let close = _mm_set1_epi8(b'}' as i8);
-            let mut m = Masks {
-                quote: 0,
-                open: 0,
-                close: 0,
-                stop: 0,
-                odd: 0,
-                lf: 0,
-            };
+            let mut m = Masks::default();
             // Backslashes, sentinels and odd bytes are rare in ASCII traffic (line feeds
             // have their own mask): one test over the block finds whether there are
             // any, and only then are their bits worked out and gathered.
