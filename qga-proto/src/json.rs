@@ -539,15 +539,21 @@ fn scan_string(text: &str, start: usize) -> Result<(Cow<'_, str>, usize), (usize
             return Ok((Cow::Borrowed(""), bytes.len()));
         };
         if escaped != b'u' {
-            s.push(match escaped {
-                b'n' => '\n',
-                b't' => '\t',
-                b'r' => '\r',
-                b'b' => '\u{8}',
-                b'f' => '\u{c}',
-                other => char::from(other),
+            // Any character may follow the backslash here (serde_json judges the
+            // escape): step over all of it, or a multi-byte one would leave `run`
+            // inside it.
+            let Some(c) = text[i + 1..].chars().next() else {
+                return Ok((Cow::Borrowed(""), bytes.len()));
+            };
+            s.push(match c {
+                'n' => '\n',
+                't' => '\t',
+                'r' => '\r',
+                'b' => '\u{8}',
+                'f' => '\u{c}',
+                other => other,
             });
-            i += 2;
+            i += 1 + c.len_utf8();
             run = i;
             continue;
         }
@@ -791,6 +797,19 @@ mod tests {
         match parse_top_level(text) {
             Ok(_) => panic!("{text} parsed"),
             Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_backslash_before_a_multibyte_character_is_an_error_not_a_panic() {
+        // Found by the agent fuzz target: the string scan stepped one byte past the
+        // backslash and then sliced inside the character.
+        for input in [
+            "{\"id\":\"\\\u{7a1}x\"}",
+            "{\"\\\u{7a1}\":1,\"\\\u{7a1}\":2}",
+            "{\"a\":\"\\\u{1F600}\"}",
+        ] {
+            assert!(parse_top_level(input).is_err(), "{input}");
         }
     }
 
