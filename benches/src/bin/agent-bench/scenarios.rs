@@ -23,10 +23,15 @@ pub enum Scenario {
     Pipelined,
     /// Sequential guest-network-get-interfaces calls.
     NetIf,
-    /// Reading the whole test file with this `count`.
+    /// Reading the whole test file with this `count`, client and agent on two CPUs.
     Read(usize),
-    /// Writing the write size in chunks of this many bytes.
+    /// The same with client and agent on one CPU (as the issue measured it): a small
+    /// read's cost is then the agent's own work, not two cross-CPU wake-ups.
+    ReadSame(usize),
+    /// Writing the write size in chunks of this many bytes, client and agent on two CPUs.
     Write(usize),
+    /// The same with client and agent on one CPU.
+    WriteSame(usize),
     /// Start-up to first answer, and idle RSS.
     Startup,
     /// Sequential pings through `qga-client`.
@@ -61,7 +66,9 @@ impl Scenario {
             Scenario::Pipelined => "pipelined".into(),
             Scenario::NetIf => "netif".into(),
             Scenario::Read(c) => format!("read.{}", size_label(c)),
+            Scenario::ReadSame(c) => format!("read.same.{}", size_label(c)),
             Scenario::Write(c) => format!("write.{}", size_label(c)),
+            Scenario::WriteSame(c) => format!("write.same.{}", size_label(c)),
             Scenario::Startup => "startup".into(),
             Scenario::ClientPing(p) => format!("client.ping.{}", pin_key(p)),
             Scenario::ClientRead(c) => format!("client.read.{}", size_label(c)),
@@ -89,7 +96,13 @@ impl Scenario {
             Scenario::Pipelined => format!("{PIPELINED} pipelined guest-pings"),
             Scenario::NetIf => "guest-network-get-interfaces".into(),
             Scenario::Read(c) => format!("guest-file-read, count {}", size_label(c)),
+            Scenario::ReadSame(c) => {
+                format!("guest-file-read, count {}, same CPU", size_label(c))
+            }
             Scenario::Write(c) => format!("guest-file-write, {} chunks", size_label(c)),
+            Scenario::WriteSame(c) => {
+                format!("guest-file-write, {} chunks, same CPU", size_label(c))
+            }
             Scenario::Startup => "start-up and idle".into(),
             Scenario::ClientPing(p) => format!("guest-ping via qga-client, {}", p.label()),
             Scenario::ClientRead(c) => {
@@ -105,7 +118,11 @@ impl Scenario {
     pub fn pin(self) -> Pin {
         match self {
             Scenario::Ping(p) | Scenario::Sync(p) | Scenario::ClientPing(p) => p,
-            Scenario::NetIf | Scenario::Modern(_) | Scenario::Exec => Pin::Same,
+            Scenario::NetIf
+            | Scenario::Modern(_)
+            | Scenario::Exec
+            | Scenario::ReadSame(_)
+            | Scenario::WriteSame(_) => Pin::Same,
             _ => Pin::Split,
         }
     }
@@ -324,12 +341,12 @@ pub fn run(scenario: Scenario, conn: &mut Conn, inputs: &Inputs, pid: u32) -> io
             out.extend([(format!("{key}.rate"), rate), (format!("{key}.p50"), p50)]);
             Ok(out)
         }
-        Scenario::Read(chunk) => {
+        Scenario::Read(chunk) | Scenario::ReadSame(chunk) => {
             let (mbs, mut out) = file_read(conn, inputs, chunk, &key, pid)?;
             out.push((format!("{key}.mbs"), mbs));
             Ok(out)
         }
-        Scenario::Write(chunk) => {
+        Scenario::Write(chunk) | Scenario::WriteSame(chunk) => {
             let (mbs, mut out) = file_write(conn, inputs, chunk, &key, pid)?;
             out.push((format!("{key}.mbs"), mbs));
             Ok(out)
