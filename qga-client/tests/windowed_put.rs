@@ -393,3 +393,26 @@ async fn a_silent_agent_times_the_copy_out_and_a_vanished_one_closes_it() {
     let (err, _, _) = failing_copy(|n, _| if n == 4 { Act::Close } else { Act::Write }).await;
     assert!(err.is_unreachable(), "{err:?}");
 }
+
+#[tokio::test]
+async fn connect_unix_widens_the_send_buffer_as_far_as_the_kernel_allows() {
+    // With two 1 MiB writes in flight (about 2.8 MB of base64), the default 208 KiB
+    // send buffer would make the agent take each request in pieces.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qga.sock");
+    let _listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let client = qga_client::connect_unix(&path).await.unwrap();
+    let got =
+        nix::sys::socket::getsockopt(client.get_ref(), nix::sys::socket::sockopt::SndBuf).unwrap();
+    let Some(max) = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+    else {
+        return;
+    };
+    // The kernel caps the request at wmem_max and reports twice what it granted.
+    assert!(
+        got >= 2 * max.min(4 << 20),
+        "send buffer {got}, wmem_max {max}"
+    );
+}
