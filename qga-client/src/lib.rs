@@ -30,7 +30,8 @@
 //! less 3 KiB ([`MAX_WRITE_CHUNK`]) so each base64 request fits the agent's 64 MiB.
 //! Their payload stays off serde_json: base64 is encoded and decoded with SIMD
 //! straight between the caller's buffers and the socket's, and the next request is
-//! prepared while the agent handles the current one (still one in flight at a time).
+//! prepared while the agent handles the current one (a copy into the guest sends
+//! it too: two writes in flight, answered in order).
 //! [`Client::exec_wait`] runs a guest program to completion (guest-exec, then
 //! guest-exec-status with backoff) and hands back its decoded output and exit.
 //! It never touches the guest itself and never spawns tasks: a call runs on the

@@ -13,9 +13,28 @@ use crate::{Client, ClientError};
 /// How long [`connect_hybrid_vsock`] waits for the VMM's answer to `CONNECT`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Send buffer asked for on unix sockets: 4 MiB. On a unix stream socket the
+/// sender's send buffer bounds what is on its way to the peer, and the kernel's
+/// default (`net.core.wmem_default`, usually 208 KiB) holds a seventh of a 1 MiB
+/// chunk's guest-file-write: the agent would take each request in pieces, each
+/// waiting for this side to be woken and write more. With two writes in flight
+/// ([`Client::copy_to_guest`]) both whole requests fit, so the agent finds the next
+/// one complete when it is done with the current one. The buffer is a limit, not
+/// an allocation: small requests cost the same as before. The kernel caps the
+/// request at `net.core.wmem_max` (Linux's default is also 208 KiB; this is then
+/// a no-op and copies into the guest simply wake this side more often) and doubles
+/// what it grants for its bookkeeping.
+const UNIX_SNDBUF: usize = 4 << 20;
+
+/// Asks for [`UNIX_SNDBUF`]; a refusal is harmless (the default stays).
+fn widen_send_buffer(s: &UnixStream) {
+    let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::SndBuf, &UNIX_SNDBUF);
+}
+
 /// Connects to a unix socket: QEMU's `-chardev socket` for the guest agent port on
 /// the host, or an agent in `unix-listen` mode. A failure is a
-/// [`ClientError::Connect`] naming the path.
+/// [`ClientError::Connect`] naming the path. The socket's send buffer is widened
+/// for bulk writes (up to 4 MiB asked, as far as `net.core.wmem_max` allows).
 pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Client<UnixStream>, ClientError> {
     let path = path.as_ref();
     let s = UnixStream::connect(path)
@@ -24,6 +43,7 @@ pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Client<UnixStream>, 
             "unix socket {}",
             path.display()
         )))?;
+    widen_send_buffer(&s);
     Ok(Client::new(s))
 }
 
@@ -52,6 +72,7 @@ pub async fn connect_hybrid_vsock(
     let s = UnixStream::connect(path)
         .await
         .map_err(ClientError::connect(target.clone()))?;
+    widen_send_buffer(&s);
     let s = match hybrid_handshake(s, port, HANDSHAKE_TIMEOUT).await {
         Ok(s) => s,
         Err(ClientError::Io(e)) => return Err(ClientError::connect(target)(e)),

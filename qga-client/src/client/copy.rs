@@ -6,11 +6,11 @@
 //! plain shape of a successful reply to our request (anything else goes the ordinary
 //! way, with the ordinary answer), its base64 is checked and decoded with SIMD
 //! straight from the read buffer, and a write request is assembled by hand with the
-//! payload encoded (SIMD again) straight into it. One request is in flight at a
-//! time, as with every other call, but the next one is never waited for: a read's
-//! next request goes out as soon as its reply is in, so the agent reads the next
-//! chunk while this one is decoded and handed over, and a write's next request is
-//! read from the source and encoded while the agent handles this one.
+//! payload encoded (SIMD again) straight into it. The next request is never
+//! waited for: a read's next request goes out as soon as its reply is in, so the
+//! agent reads the next chunk while this one is decoded and handed over; a write's
+//! next request is read from the source, encoded and sent while the agent handles
+//! this one (two writes in flight, answered in order).
 
 use std::io::Write as _;
 use std::ops::Range;
@@ -123,12 +123,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// of bytes copied; `progress` gets the bytes copied so far after each chunk,
     /// and `total` as the expected total.
     ///
+    /// Two writes are on the wire at a time: while the agent decodes and writes
+    /// one chunk, the next is read from `src`, encoded and sent, so the agent finds
+    /// it waiting when it is done (it answers requests strictly in order).
+    ///
     /// Errors are those of the calls it makes ([`ClientError::Agent`] for a refusal,
     /// [`ClientError::Protocol`] for a reply that makes no sense or a short write,
-    /// and so on), and [`ClientError::Local`] when reading `src` fails. The handle is
-    /// closed whatever happened (the first error is the one returned); what was
-    /// written before an error stays in the guest file. The next chunk is read from
-    /// `src` and encoded while the agent handles the current one.
+    /// and so on), and [`ClientError::Local`] when reading `src` fails. The first
+    /// error is the one returned, and the handle is closed whatever happened.
+    ///
+    /// A failed copy leaves a partial guest file, not to be trusted past the
+    /// failure: it holds the chunks written before the failing one, and, since the
+    /// next chunk was already on its way, possibly that next chunk too, right
+    /// after them (the agent writes it even though the one before failed). After
+    /// an error reply to a write, the answer to the write still on the wire is
+    /// waited for and dropped, so the client stays in step and usable; if that
+    /// cannot be done (a timeout, a broken connection, an error without an id),
+    /// the next call resynchronises first, as after any doubt.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), qga_client::ClientError> {
@@ -216,34 +227,92 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         // Zeroed lazily by the allocator: a small file touches little of it.
         let mut data = vec![0u8; chunk];
         let mut req = Vec::new();
-        let mut len = fill(src, &mut data).await?;
-        if len > 0 {
-            write_request(&mut req, handle, &data[..len]);
-        }
         let mut done = 0u64;
-        while len > 0 {
-            let sent = self.send_write(&mut req).await?;
-            let sent_len = len;
-            // Read and encode the next chunk while the agent decodes and writes
-            // this one (the request is on its way: its buffer is free).
-            len = fill(src, &mut data).await?;
-            if len > 0 {
+        // The older of the (at most two) writes on the wire, with its length. The
+        // agent answers in order, so while it decodes and writes that one, the next
+        // is read from `src`, encoded and sent: it is waiting in the socket when the
+        // agent is done with the older one, however late this task runs again.
+        let mut older: Option<(Sent, usize)> = None;
+        loop {
+            let len = match fill(src, &mut data).await {
+                Ok(n) => n,
+                Err(e) => return Err(self.abandon_writes(e, true, older.map(|o| o.0)).await),
+            };
+            let newer = if len > 0 {
                 write_request(&mut req, handle, &data[..len]);
+                // On failure the stream is left in doubt (marked for a resync),
+                // which skips the older write's answer too.
+                let sent = self.send_write(&mut req, older.is_some()).await?;
+                Some((sent, len))
+            } else {
+                None
+            };
+            if let Some((sent, sent_len)) = older.take() {
+                if let Err((e, in_step)) = self.write_answered(&sent, sent_len).await {
+                    return Err(self.abandon_writes(e, in_step, newer.map(|n| n.0)).await);
+                }
+                done += sent_len as u64;
+                if let Some(p) = progress.as_mut() {
+                    p(done, total);
+                }
             }
-            let w = self.write_reply(&sent).await?;
-            if usize::try_from(w.count).ok() != Some(sent_len) {
-                return Err(ClientError::Protocol(format!(
-                    "short write: {} of {sent_len} bytes",
-                    w.count
-                )));
-            }
-            done += sent_len as u64;
-            if let Some(p) = progress.as_mut() {
-                p(done, total);
+            match newer {
+                Some(n) => older = Some(n),
+                None => break,
             }
         }
+        // Every write is answered, each in step.
+        self.dirty = false;
         self.file_flush(handle).await?;
         Ok(done)
+    }
+
+    /// Waits for the answer to the write `sent` of `len` bytes, which must say all
+    /// of them were written. The stream stays marked in doubt (another write may
+    /// be on the wire); an error comes with whether the stream is in step after
+    /// it (an error carrying the write's id, or a short write: yes; a timeout, an
+    /// error without an id, a broken connection: no).
+    async fn write_answered(&mut self, sent: &Sent, len: usize) -> Result<(), (ClientError, bool)> {
+        let w = self.write_reply(sent).await;
+        // `write_reply` clears the mark when the answer was in step.
+        let in_step = !self.dirty;
+        self.dirty = true;
+        let w = w.map_err(|e| (e, in_step))?;
+        if usize::try_from(w.count).ok() != Some(len) {
+            return Err((
+                ClientError::Protocol(format!("short write: {} of {len} bytes", w.count)),
+                in_step,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ends a windowed copy on `err`, returned as is. When the stream is `in_step`
+    /// but for the answer to `pending` (a write still on the wire: the one after a
+    /// failed write, or the last one sent when reading the source failed), that
+    /// answer is waited for (within that write's deadline) and dropped, so the
+    /// stream is back in step for the next call without a resync. Otherwise, or if
+    /// waiting fails, the stream stays marked for a resync, which skips it.
+    async fn abandon_writes(
+        &mut self,
+        err: impl Into<ClientError>,
+        in_step: bool,
+        pending: Option<Sent>,
+    ) -> ClientError {
+        if in_step {
+            match pending {
+                None => self.dirty = false,
+                Some(sent) => {
+                    let id = Value::from(sent.id);
+                    if let Ok(Ok(r)) =
+                        tokio::time::timeout_at(sent.deadline, self.reply_for(&id)).await
+                    {
+                        self.dirty = !r.in_step;
+                    }
+                }
+            }
+        }
+        err.into()
     }
 
     /// Sends guest-file-read of `count` bytes (built by hand: it is small, but one
@@ -327,11 +396,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     }
 
     /// Sends the guest-file-write in `req` (built by [`write_request`]), with a
-    /// fresh id appended.
-    async fn send_write(&mut self, req: &mut Vec<u8>) -> Result<Sent, ClientError> {
+    /// fresh id appended. The first write of a copy starts an exchange (resyncing
+    /// first if the stream is in doubt); a `windowed` one goes out while the
+    /// previous write is still unanswered, onto a stream already marked in doubt.
+    async fn send_write(&mut self, req: &mut Vec<u8>, windowed: bool) -> Result<Sent, ClientError> {
         let start = Instant::now();
         let deadline = start + self.timeouts.for_command(GuestFileWrite::NAME);
-        let id = self.begin_request(start, deadline).await?;
+        let id = if windowed {
+            self.fresh_id()
+        } else {
+            self.begin_request(start, deadline).await?
+        };
         // Writing to a Vec cannot fail.
         let _ = writeln!(req, ",\"id\":{id}}}");
         self.send_request(Some(req), deadline).await?;

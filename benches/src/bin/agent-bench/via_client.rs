@@ -108,6 +108,26 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// User and system CPU time of the calling thread so far, in clock ticks
+/// (`/proc/thread-self/stat`, fields 14 and 15).
+fn thread_user_sys() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let mut f = rest
+        .split_whitespace()
+        .skip(11)
+        .map(|x| x.parse().unwrap_or(0));
+    (f.next().unwrap_or(0), f.next().unwrap_or(0))
+}
+
+/// The system (kernel) share of the CPU time between two [`thread_user_sys`].
+fn sys_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let user = after.0.saturating_sub(before.0);
+    let sys = after.1.saturating_sub(before.1);
+    sys as f64 / (user + sys).max(1) as f64
+}
+
 /// Whole-file copies through qga-client, the way `qga get` and `qga put` do them,
 /// with our agent only: four times the read source (1 GiB full, 128 MiB with
 /// --quick), `runs` fresh agents per direction.
@@ -117,8 +137,10 @@ fn thread_cpu_ns() -> u64 {
 /// (alternately), so the copy's share of the raw rate is measured under the same
 /// load. Records, under `copy.get.{c}` and `copy.put.{c}`: `.mbs` (MB/s of payload,
 /// open to close), `.client_ns` (the client thread's CPU ns per payload byte, the
-/// verification's memcmp or the source's memcpy included), `.raw_mbs` (the paired
-/// raw-socket run) and `.share` (copy / paired raw).
+/// verification's memcmp or the source's memcpy included), `.client_sys` (the
+/// kernel's share of that, from the thread's tick counters: socket copies and
+/// their allocations), `.raw_mbs` (the paired raw-socket run) and `.share` (copy /
+/// paired raw).
 pub fn copies(
     program: &Program,
     base: &Path,
@@ -189,9 +211,10 @@ pub fn copies(
             });
             agent::unpin_current_thread();
             match out {
-                Ok(((mbs, ns), raw_mbs)) => {
+                Ok(((mbs, ns, sys), raw_mbs)) => {
                     crate::record(results, format!("{key}.mbs"), Side::Ours, mbs);
                     crate::record(results, format!("{key}.client_ns"), Side::Ours, ns);
+                    crate::record(results, format!("{key}.client_sys"), Side::Ours, sys);
                     crate::record(results, format!("{key}.raw_mbs"), Side::Ours, raw_mbs);
                     if raw_mbs > 0.0 {
                         crate::record(results, format!("{key}.share"), Side::Ours, mbs / raw_mbs);
@@ -217,11 +240,12 @@ fn raw_rate(scenario: Scenario, mut conn: Conn, raw: &Inputs, pid: u32) -> io::R
         .ok_or_else(|| io::Error::other("the raw scenario gave no rate"))
 }
 
-/// Timed part of a copy: (MB/s, client CPU ns per byte).
-fn rate(bytes: usize, wall: Duration, cpu_ns: u64) -> (f64, f64) {
+/// Timed part of a copy: (MB/s, client CPU ns per byte, the kernel's share of it).
+fn rate(bytes: usize, wall: Duration, cpu_ns: u64, sys: f64) -> (f64, f64, f64) {
     (
         bytes as f64 / wall.as_secs_f64() / 1e6,
         cpu_ns as f64 / bytes as f64,
+        sys,
     )
 }
 
@@ -266,7 +290,7 @@ impl tokio::io::AsyncWrite for Verify<'_> {
 
 /// `qga get`: the guest file `source` (holding `data`) copied out with
 /// `Client::copy_from_guest`, every byte compared as it arrives.
-fn copy_get(sock: &Path, data: &[u8], source: &Path, chunk: usize) -> io::Result<(f64, f64)> {
+fn copy_get(sock: &Path, data: &[u8], source: &Path, chunk: usize) -> io::Result<(f64, f64, f64)> {
     block_on(async {
         let mut client = qga_client::connect_unix(sock).await.map_err(io_err)?;
         client.sync().await.map_err(io_err)?;
@@ -275,7 +299,7 @@ fn copy_get(sock: &Path, data: &[u8], source: &Path, chunk: usize) -> io::Result
             expected: data,
             at: 0,
         };
-        let cpu0 = thread_cpu_ns();
+        let (cpu0, ticks0) = (thread_cpu_ns(), thread_user_sys());
         let t = Instant::now();
         let n = client
             .copy_from_guest(&path, &mut sink, chunk, None)
@@ -283,6 +307,7 @@ fn copy_get(sock: &Path, data: &[u8], source: &Path, chunk: usize) -> io::Result
             .map_err(io_err)?;
         let dt = t.elapsed();
         let cpu = thread_cpu_ns() - cpu0;
+        let sys = sys_share(ticks0, thread_user_sys());
         if n as usize != data.len() || sink.at != data.len() {
             return Err(io::Error::other(format!(
                 "copied {n} bytes ({} verified) of {}",
@@ -290,18 +315,18 @@ fn copy_get(sock: &Path, data: &[u8], source: &Path, chunk: usize) -> io::Result
                 data.len()
             )));
         }
-        Ok(rate(data.len(), dt, cpu))
+        Ok(rate(data.len(), dt, cpu, sys))
     })
 }
 
 /// `qga put`: `data` copied with `Client::copy_to_guest` into the guest file `target`,
 /// which is compared afterwards.
-fn copy_put(sock: &Path, data: &[u8], target: &Path, chunk: usize) -> io::Result<(f64, f64)> {
-    let (mbs, ns) = block_on(async {
+fn copy_put(sock: &Path, data: &[u8], target: &Path, chunk: usize) -> io::Result<(f64, f64, f64)> {
+    let (mbs, ns, sys) = block_on(async {
         let mut client = qga_client::connect_unix(sock).await.map_err(io_err)?;
         client.sync().await.map_err(io_err)?;
         let path = target.to_string_lossy();
-        let cpu0 = thread_cpu_ns();
+        let (cpu0, ticks0) = (thread_cpu_ns(), thread_user_sys());
         let t = Instant::now();
         let mut src = data;
         let n = client
@@ -315,7 +340,13 @@ fn copy_put(sock: &Path, data: &[u8], target: &Path, chunk: usize) -> io::Result
                 data.len()
             )));
         }
-        Ok(rate(data.len(), dt, thread_cpu_ns() - cpu0))
+        let cpu = thread_cpu_ns() - cpu0;
+        Ok(rate(
+            data.len(),
+            dt,
+            cpu,
+            sys_share(ticks0, thread_user_sys()),
+        ))
     })?;
     let written = std::fs::read(target)?;
     if written != data {
@@ -325,7 +356,7 @@ fn copy_put(sock: &Path, data: &[u8], target: &Path, chunk: usize) -> io::Result
             data.len()
         )));
     }
-    Ok((mbs, ns))
+    Ok((mbs, ns, sys))
 }
 
 /// Target of the copies: at least this share of the raw-socket rate of the same chunk.
