@@ -160,28 +160,41 @@ impl<'a> Base64Text<'a> {
     /// [`ArgumentError::InvalidBase64`], exactly where [`Base64::decode`] fails.
     pub fn parse(text: &'a str) -> Result<Self, ArgumentError> {
         let bytes = text.as_bytes();
+        if let Some(plain) = Self::parse_plain(bytes) {
+            return Ok(plain);
+        }
+        if bytes.len() < 4 && bytes.iter().all(|&b| VALID[b as usize] && b != b'\n') {
+            // Only an incomplete group, dropped.
+            return Ok(Base64Text(Repr::Decoded(Vec::new())));
+        }
+        decode_lenient(bytes).map(|v| Base64Text(Repr::Decoded(v)))
+    }
+
+    /// The SIMD reading of [`parse`](Self::parse) alone: `Some` for text of at least
+    /// one whole group, of the alphabet but for padding in its last whole group and
+    /// valid bytes after it, with no newline (what [`parse`](Self::parse) then returns
+    /// too); `None` for anything else, valid or not, which only the careful path
+    /// judges. Every byte of text this accepts is ASCII, none a quote, a backslash
+    /// or a control character: it is its own JSON string content.
+    pub(crate) fn parse_plain(bytes: &'a [u8]) -> Option<Self> {
         let whole = bytes.len() - bytes.len() % 4;
         // The incomplete final group is dropped, but its bytes must still be valid;
         // a newline anywhere takes the careful path.
         let tail_ok = bytes[whole..]
             .iter()
             .all(|&b| VALID[b as usize] && b != b'\n');
-        if tail_ok && whole > 0 {
-            let (body, last) = bytes[..whole].split_at(whole - 4);
-            let mut out = [0u8; 3];
-            if base64_simd::STANDARD_NO_PAD.check(body).is_ok() {
-                if let Ok(n) = ENGINE.decode_slice(last, &mut out) {
-                    return Ok(Base64Text(Repr::Plain {
-                        body,
-                        last: out,
-                        last_len: n,
-                    }));
-                }
-            }
-        } else if tail_ok {
-            return Ok(Base64Text(Repr::Decoded(Vec::new())));
+        if !tail_ok || whole == 0 {
+            return None;
         }
-        decode_lenient(bytes).map(|v| Base64Text(Repr::Decoded(v)))
+        let (body, last) = bytes[..whole].split_at(whole - 4);
+        let mut out = [0u8; 3];
+        base64_simd::STANDARD_NO_PAD.check(body).ok()?;
+        let n = ENGINE.decode_slice(last, &mut out).ok()?;
+        Some(Base64Text(Repr::Plain {
+            body,
+            last: out,
+            last_len: n,
+        }))
     }
 
     /// Text already decoded (by the careful path or after unescaping).

@@ -10,9 +10,10 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::json::{
-    format_g17, from_checked_str, parse_error_text, parse_top_level, BorrowedStr, TopLevel,
+    format_g17, from_checked_str, parse_error_text, parse_top_level, split_checked_object,
+    BorrowedStr, TopLevel,
 };
-use crate::{Command, QgaError};
+use crate::{Base64Text, Command, QgaError};
 
 /// A parsed request whose `arguments` are still raw JSON, borrowed from the message.
 ///
@@ -133,6 +134,93 @@ impl<'a> Request<'a> {
             }),
             None => Err(EnvelopeError::new(id, "QMP input lacks member 'execute'")),
         }
+    }
+}
+
+/// How far into a message [`Request::parse_file_write`] looks for the `"buf-b64"`
+/// key: the envelope and the other arguments sit before the payload in what clients
+/// send; anything else takes the full path.
+const FILE_WRITE_HEAD: usize = 4096;
+
+impl<'a> Request<'a> {
+    /// A guest-file-write request read without walking its payload more than twice
+    /// (one `memchr` for its closing quote, one SIMD base64 check), for the common
+    /// well-formed request; `None` for anything else, which the caller then gives to
+    /// [`Request::parse`] and [`GuestFileWrite::borrowed_arguments`] (the full path,
+    /// which also finds the error to report). When it answers, the answer is theirs:
+    /// the request's `id` and the arguments, the payload borrowed from `msg`.
+    ///
+    /// How: the `buf-b64` string is taken to run from its opening quote to the next
+    /// quote, and must be base64 text that [`Base64Text`]'s SIMD path accepts (so
+    /// every byte is ASCII, and none a quote, a backslash or a control character).
+    /// Then the message with that string emptied (a few hundred bytes) goes through
+    /// the full path, which must find the emptied string exactly where it was, as
+    /// the value of the `arguments`' member `buf-b64`. The two messages differ only in
+    /// that value's plain text, which no check of the full path but the base64 one
+    /// looks at: a duplicate key, a bad escape, the depth, the UTF-8 and lexer rules,
+    /// the member checks and their order all come out the same.
+    ///
+    /// ```
+    /// let payload = "aGVsbG8gd29ybGQ=".repeat(100);
+    /// let msg = format!(
+    ///     r#"{{"execute":"guest-file-write","arguments":{{"handle":1000,"buf-b64":"{payload}"}},"id":3}}"#
+    /// );
+    /// let (id, args) = qga_proto::Request::parse_file_write(msg.as_bytes()).unwrap();
+    /// assert_eq!((id, args.handle, args.count), (Some(serde_json::json!(3)), 1000, None));
+    /// assert_eq!(args.buf_b64.decoded_len(), 1100);
+    /// // An escape in the payload: the full path's matter.
+    /// let msg = msg.replacen("aGVs", "aG\\u0056s", 1);
+    /// assert!(qga_proto::Request::parse_file_write(msg.as_bytes()).is_none());
+    /// ```
+    pub fn parse_file_write(
+        msg: &'a [u8],
+    ) -> Option<(Option<Value>, crate::GuestFileWriteArgs<'a>)> {
+        const KEY: &[u8] = b"\"buf-b64\"";
+        let ws = |mut i: usize| {
+            while msg
+                .get(i)
+                .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                i += 1;
+            }
+            i
+        };
+        let head = &msg[..msg.len().min(FILE_WRITE_HEAD)];
+        let key = memchr::memmem::find(head, KEY)?;
+        let colon = ws(key + KEY.len());
+        if msg.get(colon) != Some(&b':') {
+            return None;
+        }
+        let quote = ws(colon + 1);
+        if msg.get(quote) != Some(&b'"') {
+            return None;
+        }
+        let start = quote + 1;
+        let end = start + memchr::memchr(b'"', &msg[start..])?;
+        let payload = Base64Text::parse_plain(&msg[start..end])?;
+        // The message with the payload emptied: `"buf-b64":""`.
+        let mut skeleton = Vec::with_capacity(msg.len() - (end - start));
+        skeleton.extend_from_slice(&msg[..start]);
+        skeleton.extend_from_slice(&msg[end..]);
+        let req = Request::parse(&skeleton).ok()?;
+        if req.execute != crate::GuestFileWrite::NAME {
+            return None;
+        }
+        let arguments = req.arguments?;
+        let members = split_checked_object(arguments.get())?;
+        let (_, value) = members.iter().find(|(name, _)| *name == "buf-b64")?;
+        // The emptied string, not some other `""` that happens to be there.
+        let emptied = &skeleton[quote..quote + 2];
+        if value.as_ptr() != emptied.as_ptr() || value.len() != 2 {
+            return None;
+        }
+        let args = crate::GuestFileWrite::borrowed_arguments(Some(arguments)).ok()?;
+        let args = crate::GuestFileWriteArgs {
+            handle: args.handle,
+            buf_b64: payload,
+            count: args.count,
+        };
+        Some((req.id, args))
     }
 }
 

@@ -16,7 +16,7 @@ pub(super) fn register(r: &mut Registry) {
     r.register(open)
         .register(close)
         .register_raw::<GuestFileRead>(Box::new(read_reply))
-        .register_raw::<GuestFileWrite>(Box::new(write_reply))
+        .register_stock_file_write(Box::new(write_reply))
         .register(seek)
         .register(flush);
 }
@@ -169,6 +169,21 @@ fn write_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
         Err(e) => Err(write_argument_error(ctx, req, e)),
     };
     reply(out, result, id, false);
+}
+
+impl Context {
+    /// guest-file-write for a request [`Request::parse_file_write`] has read (the
+    /// dispatcher's fast path): the same reply and the same writes as
+    /// [`write_reply`] gives the same request.
+    pub(crate) fn file_write_parsed(
+        &mut self,
+        id: Option<serde_json::Value>,
+        args: GuestFileWriteArgs<'_>,
+        out: &mut BytesMut,
+    ) {
+        let result = write(self, args);
+        reply(out, result, id, false);
+    }
 }
 
 /// qemu-ga looks a file handle up before it decodes a payload, so an unknown handle
