@@ -265,11 +265,20 @@ impl Dispatcher {
         if !entry.stock_file_write {
             return false;
         }
-        let Some((id, args)) = Request::parse_file_write(msg) else {
+        let mut scratch = std::mem::take(&mut self.ctx.file_buf);
+        let parsed = Request::parse_file_write(msg, &mut scratch);
+        // Empty if the payload holds it now.
+        self.ctx.file_buf = scratch;
+        let Some((id, args)) = parsed else {
             return false;
         };
         match self.ctx.disabled(&entry.spec) {
-            Some(err) => reply::<Empty>(out, Err(err), id, false),
+            Some(err) => {
+                if let Some(buf) = args.buf_b64.into_scratch() {
+                    self.ctx.file_buf = buf;
+                }
+                reply::<Empty>(out, Err(err), id, false)
+            }
             None => self.ctx.file_write_parsed(id, args, out),
         }
         true

@@ -107,6 +107,25 @@ fn decode_lenient(bytes: &[u8]) -> Result<Vec<u8>, ArgumentError> {
         .map_err(|_| ArgumentError::InvalidBase64)
 }
 
+/// Text of at least one whole group, of the alphabet but for padding in its last
+/// whole group and valid bytes after it, with no newline: the whole groups but the
+/// last (not checked) and the last one decoded; `None` for any other text.
+fn split_plain(bytes: &[u8]) -> Option<(&[u8], [u8; 3], usize)> {
+    let whole = bytes.len() - bytes.len() % 4;
+    // The incomplete final group is dropped, but its bytes must still be valid;
+    // a newline anywhere takes the careful path.
+    let tail_ok = bytes[whole..]
+        .iter()
+        .all(|&b| VALID[b as usize] && b != b'\n');
+    if !tail_ok || whole == 0 {
+        return None;
+    }
+    let (body, last) = bytes[..whole].split_at(whole - 4);
+    let mut out = [0u8; 3];
+    let n = ENGINE.decode_slice(last, &mut out).ok()?;
+    Some((body, out, n))
+}
+
 /// Text per piece when decoding in pieces (a multiple of 4): 192 KiB of data, small
 /// enough to stay in the CPU's cache between decoding and its use.
 const PIECE_TEXT: usize = 256 * 1024;
@@ -147,6 +166,15 @@ enum Repr<'a> {
     },
     /// Decoded by the careful path.
     Decoded(Vec<u8>),
+    /// What [`Base64Text::decode_plain_into`] decoded at once into a lent buffer:
+    /// `body` bytes from whole groups, then `last_len` from the last group, handed out
+    /// in the same pieces as [`Repr::Plain`] (`data` may be longer: its tail is not
+    /// ours).
+    Whole {
+        data: Vec<u8>,
+        body: usize,
+        last_len: usize,
+    },
 }
 
 impl fmt::Debug for Base64Text<'_> {
@@ -177,24 +205,49 @@ impl<'a> Base64Text<'a> {
     /// judges. Every byte of text this accepts is ASCII, none a quote, a backslash
     /// or a control character: it is its own JSON string content.
     pub(crate) fn parse_plain(bytes: &'a [u8]) -> Option<Self> {
-        let whole = bytes.len() - bytes.len() % 4;
-        // The incomplete final group is dropped, but its bytes must still be valid;
-        // a newline anywhere takes the careful path.
-        let tail_ok = bytes[whole..]
-            .iter()
-            .all(|&b| VALID[b as usize] && b != b'\n');
-        if !tail_ok || whole == 0 {
-            return None;
-        }
-        let (body, last) = bytes[..whole].split_at(whole - 4);
-        let mut out = [0u8; 3];
+        let (body, last, last_len) = split_plain(bytes)?;
         base64_simd::STANDARD_NO_PAD.check(body).ok()?;
-        let n = ENGINE.decode_slice(last, &mut out).ok()?;
         Some(Base64Text(Repr::Plain {
             body,
-            last: out,
-            last_len: n,
+            last,
+            last_len,
         }))
+    }
+
+    /// [`parse_plain`](Self::parse_plain), the check done by decoding the text
+    /// whole into `buf` (grown as needed, never zeroed but for its growth): one
+    /// pass instead of a check and a decode. The text then holds `buf` (see
+    /// [`into_scratch`](Self::into_scratch)); where `parse_plain` gives `None`, this
+    /// gives `buf` back.
+    pub(crate) fn decode_plain_into(bytes: &[u8], mut buf: Vec<u8>) -> Result<Self, Vec<u8>> {
+        let Some((body, last, last_len)) = split_plain(bytes) else {
+            return Err(buf);
+        };
+        let n = body.len() / 4 * 3;
+        if buf.len() < n + 3 {
+            buf.resize(n + 3, 0);
+        }
+        if base64_simd::STANDARD_NO_PAD
+            .decode(body, buf[..n].as_out())
+            .is_err()
+        {
+            return Err(buf);
+        }
+        buf[n..n + 3].copy_from_slice(&last);
+        Ok(Base64Text(Repr::Whole {
+            data: buf,
+            body: n,
+            last_len,
+        }))
+    }
+
+    /// The buffer lent to [`decode_plain_into`](Self::decode_plain_into), to lend
+    /// again; `None` for text that holds none.
+    pub fn into_scratch(self) -> Option<Vec<u8>> {
+        match self.0 {
+            Repr::Whole { data, .. } => Some(data),
+            _ => None,
+        }
     }
 
     /// Text already decoded (by the careful path or after unescaping).
@@ -207,6 +260,7 @@ impl<'a> Base64Text<'a> {
         match &self.0 {
             Repr::Plain { body, last_len, .. } => body.len() / 4 * 3 + last_len,
             Repr::Decoded(v) => v.len(),
+            Repr::Whole { body, last_len, .. } => body + last_len,
         }
     }
 
@@ -228,6 +282,14 @@ impl<'a> Base64Text<'a> {
                 v
             }
             Repr::Decoded(v) => v,
+            Repr::Whole {
+                mut data,
+                body,
+                last_len,
+            } => {
+                data.truncate(body + last_len);
+                data
+            }
         }
     }
 
@@ -245,6 +307,32 @@ impl<'a> Base64Text<'a> {
         match &self.0 {
             Repr::Decoded(v) => {
                 for piece in v[..limit].chunks(PIECE_TEXT / 4 * 3) {
+                    if !sink(piece)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Repr::Whole {
+                data,
+                body,
+                last_len,
+            } => {
+                // Plain's pieces, cut from what is decoded already.
+                let (mut done, mut at) = (0usize, 0usize);
+                while done < limit {
+                    let want = limit - done;
+                    let groups = want.div_ceil(3).clamp(1, PIECE_TEXT / 4);
+                    let mut end = at + (groups * 3).min(body.saturating_sub(at));
+                    if end == *body {
+                        end += last_len;
+                    }
+                    let piece = &data[at..end.min(at + want)];
+                    if piece.is_empty() {
+                        break;
+                    }
+                    done += piece.len();
+                    at = end;
                     if !sink(piece)? {
                         break;
                     }
@@ -387,6 +475,9 @@ mod tests {
         let fast = Base64Text::parse(text);
         match (&careful, &fast) {
             (Ok(want), Ok(t)) => {
+                if let Ok(w) = Base64Text::decode_plain_into(text.as_bytes(), Vec::new()) {
+                    assert_eq!(&pieces(&w, usize::MAX), want, "{text:?}");
+                }
                 assert_eq!(t.decoded_len(), want.len(), "{text:?}");
                 assert_eq!(&t.clone().into_vec(), want, "{text:?}");
                 assert_eq!(&pieces(t, usize::MAX), want, "{text:?}");
@@ -456,6 +547,58 @@ mod tests {
                 check_against_careful_path(&t);
             }
         }
+    }
+
+    /// The pieces (their lengths and bytes) `t` hands out up to `limit`.
+    fn piece_list(t: &Base64Text<'_>, limit: usize) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        t.decode_in_pieces(limit, &mut Vec::new(), |p| {
+            got.push(p.to_vec());
+            Ok::<bool, ()>(true)
+        })
+        .unwrap();
+        got
+    }
+
+    #[test]
+    fn decoding_whole_hands_out_the_pieces_checking_then_decoding_would() {
+        const P: usize = PIECE_TEXT / 4 * 3;
+        let data: Vec<u8> = (0..2 * P as u32 + 9)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        // Sizes around the piece edges, with 0, 1 and 2 bytes in the padded group.
+        let mut sizes = vec![1, 2, 3, 4, 5, 6, 7, 100];
+        for edge in [P, 2 * P] {
+            sizes.extend(edge - 4..=edge + 4);
+        }
+        let mut buf = vec![7u8; 5]; // stale contents: never read
+        for size in sizes {
+            let text = ENGINE.encode(&data[..size]);
+            let plain = Base64Text::parse_plain(text.as_bytes()).unwrap();
+            let whole = Base64Text::decode_plain_into(text.as_bytes(), buf).unwrap();
+            assert_eq!(whole.decoded_len(), size);
+            for limit in [0, 1, size / 2, size - 1, size, P, P + 1, size + 5] {
+                assert_eq!(
+                    piece_list(&whole, limit),
+                    piece_list(&plain, limit),
+                    "size {size} limit {limit}"
+                );
+            }
+            assert_eq!(whole.clone().into_vec(), data[..size]);
+            buf = whole.into_scratch().unwrap();
+        }
+        // Bad text anywhere: refused, the same buffer given back.
+        let text = ENGINE.encode(&data[..P + 10]);
+        for at in [0, 5, PIECE_TEXT, text.len() - 6] {
+            let mut bad = text.clone().into_bytes();
+            bad[at] = b'"';
+            let lent = vec![0u8; 2 * P];
+            let at_ptr = lent.as_ptr();
+            let back = Base64Text::decode_plain_into(&bad, lent).unwrap_err();
+            assert_eq!(back.as_ptr(), at_ptr);
+            assert!(Base64Text::parse_plain(&bad).is_none());
+        }
+        assert!(Base64Text::decode_plain_into(b"aGVsbG8=\n", Vec::new()).is_err());
     }
 
     proptest::proptest! {

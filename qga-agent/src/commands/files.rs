@@ -165,7 +165,7 @@ fn read_encoded(
 fn write_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
     let id = req.id.clone();
     let result = match GuestFileWrite::borrowed_arguments(req.arguments) {
-        Ok(args) => write(ctx, args),
+        Ok(args) => write(ctx, &args),
         Err(e) => Err(write_argument_error(ctx, req, e)),
     };
     reply(out, result, id, false);
@@ -181,7 +181,11 @@ impl Context {
         args: GuestFileWriteArgs<'_>,
         out: &mut BytesMut,
     ) {
-        let result = write(self, args);
+        let result = write(self, &args);
+        // The buffer a payload was decoded into, for the next request.
+        if let Some(buf) = args.buf_b64.into_scratch() {
+            self.file_buf = buf;
+        }
         reply(out, result, id, false);
     }
 }
@@ -206,9 +210,9 @@ fn write_argument_error(ctx: &Context, req: &Request<'_>, e: ArgumentError) -> Q
     e.into()
 }
 
-fn write(ctx: &mut Context, c: GuestFileWriteArgs<'_>) -> Result<GuestFileWriteResult, QgaError> {
+fn write(ctx: &mut Context, c: &GuestFileWriteArgs<'_>) -> Result<GuestFileWriteResult, QgaError> {
     let mut scratch = std::mem::take(&mut ctx.file_buf);
-    let result = write_pieces(ctx, &c, &mut scratch);
+    let result = write_pieces(ctx, c, &mut scratch);
     // A piece's worth (192 KiB) stays for the next request.
     ctx.file_buf = scratch;
     result
@@ -449,7 +453,7 @@ mod fast_write_tests {
 
         /// Runs `msg` both ways; returns the reply and whether the fast path took it.
         fn run(&mut self, msg: &[u8]) -> (Vec<u8>, bool) {
-            let taken = Request::parse_file_write(msg).is_some();
+            let taken = Request::parse_file_write(msg, &mut Vec::new()).is_some();
             let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
             self.fast.handle_message_via(msg, &mut a, true);
             self.full.handle_message_via(msg, &mut b, false);
@@ -680,6 +684,14 @@ mod fast_write_tests {
         let mut cases = cases;
         cases.push((bad_payload, false));
         cases.push((bad_id, false));
+        // At the largest size decoded at once, and past it (checked, then decoded
+        // piece by piece), good and with a bad byte near the end.
+        for size in [1 << 20, (1 << 20) + 3] {
+            let big = payload(size, 6);
+            cases.push((write_msg(h, &big).into_bytes(), true));
+            let bad = format!("{}!{}", &big[..big.len() - 9], &big[big.len() - 8..]);
+            cases.push((write_msg(h, &bad).into_bytes(), false));
+        }
         for (i, (msg, fast)) in cases.iter().enumerate() {
             let (reply, taken) = pair.run(msg);
             assert_eq!(
@@ -692,7 +704,11 @@ mod fast_write_tests {
         }
         // The successful writes did write (the files are compared after each).
         let written = std::fs::read(&pair.paths[0]).unwrap();
-        assert!(written.len() > 10 * 3000, "{} bytes", written.len());
+        assert!(
+            written.len() > (2 << 20) + 10 * 3000,
+            "{} bytes",
+            written.len()
+        );
     }
 
     #[test]
@@ -733,7 +749,7 @@ mod fast_write_tests {
         )
         .unwrap();
         let msg = write_msg(1000, &payload(3000, 5));
-        assert!(Request::parse_file_write(msg.as_bytes()).is_some());
+        assert!(Request::parse_file_write(msg.as_bytes(), &mut Vec::new()).is_some());
         let mut out = BytesMut::new();
         d.handle_message(msg.as_bytes(), &mut out);
         assert_eq!(&out[..], b"{\"return\":{}}\n");
