@@ -134,7 +134,7 @@ fn split_plain(bytes: &[u8]) -> Option<(&[u8], [u8; 3], usize)> {
 /// base64-simd.
 fn decode_groups(text: &[u8], out: &mut [u8]) -> Option<usize> {
     let n = text.len() / 4 * 3;
-    if text.len() % 4 != 0 || out.len() < n {
+    if !text.len().is_multiple_of(4) || out.len() < n {
         return None;
     }
     let mut done = 0;
