@@ -387,8 +387,9 @@ impl<'a> Base64Text<'a> {
         }))
     }
 
-    /// The buffer lent to [`decode_plain_into`](Self::decode_plain_into), to lend
-    /// again; `None` for text that holds none.
+    /// The buffer lent to [`Request::parse_file_write`](crate::Request::parse_file_write)
+    /// that the payload was decoded into, to lend again; `None` for text that holds
+    /// none.
     pub fn into_scratch(self) -> Option<Vec<u8>> {
         match self.0 {
             Repr::Whole { data, .. } => Some(data),
