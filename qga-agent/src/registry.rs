@@ -22,6 +22,10 @@ pub(crate) struct Entry {
     /// guest-get-devices on Linux): listed disabled, answers "has been disabled".
     unsupported: bool,
     run: RawHandler,
+    /// guest-file-write's stock handler, which the dispatcher may bypass for a
+    /// request [`qga_proto::Request::parse_file_write`] reads (a replaced handler
+    /// gets every request).
+    pub(crate) stock_file_write: bool,
 }
 
 impl Entry {
@@ -108,6 +112,18 @@ impl Registry {
             spec: CommandSpec::of::<C>(),
             unsupported: false,
             run,
+            stock_file_write: false,
+        })
+    }
+
+    /// Registers guest-file-write's stock handler, marked so the dispatcher may take
+    /// its fast path (see [`Entry::stock_file_write`]).
+    pub(crate) fn register_stock_file_write(&mut self, run: RawHandler) -> &mut Self {
+        self.insert(Entry {
+            spec: CommandSpec::of::<qga_proto::GuestFileWrite>(),
+            unsupported: false,
+            run,
+            stock_file_write: true,
         })
     }
 
@@ -118,6 +134,7 @@ impl Registry {
         self.insert(Entry {
             spec: CommandSpec::of::<C>(),
             unsupported: true,
+            stock_file_write: false,
             run: Box::new(|_, req, out| {
                 reply::<Empty>(
                     out,

@@ -10,9 +10,10 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::json::{
-    format_g17, from_checked_str, parse_error_text, parse_top_level, BorrowedStr, TopLevel,
+    format_g17, from_checked_str, parse_error_text, parse_top_level, split_checked_object,
+    BorrowedStr, TopLevel,
 };
-use crate::{Command, QgaError};
+use crate::{Base64Text, Command, QgaError};
 
 /// A parsed request whose `arguments` are still raw JSON, borrowed from the message.
 ///
@@ -133,6 +134,125 @@ impl<'a> Request<'a> {
             }),
             None => Err(EnvelopeError::new(id, "QMP input lacks member 'execute'")),
         }
+    }
+}
+
+/// How far into a message [`Request::parse_file_write`] looks for the `"buf-b64"`
+/// key, and how far from its end for the payload's closing quote: the envelope and
+/// the other arguments sit around the payload in what clients send; anything else
+/// takes the full path.
+const FILE_WRITE_EDGE: usize = 4096;
+
+/// Payloads of up to this many bytes are decoded at once by
+/// [`Request::parse_file_write`] (the decoding checks them); larger ones are
+/// checked there and decoded piece by piece as they are written.
+const FILE_WRITE_WHOLE: usize = 1 << 20;
+
+impl<'a> Request<'a> {
+    /// A guest-file-write request read without walking its payload but to check
+    /// it, for the common well-formed request; `None` for anything else, which the
+    /// caller then gives to [`Request::parse`] and
+    /// [`GuestFileWrite::borrowed_arguments`](crate::GuestFileWrite::borrowed_arguments)
+    /// (the full path, which also finds the error to report). When it answers, the
+    /// answer is theirs: the request's `id` and the arguments, the payload borrowed
+    /// from `msg`.
+    ///
+    /// A payload of at most 1 MiB (decoded) is checked by
+    /// decoding it whole, into `scratch`'s buffer, which the returned payload then
+    /// holds ([`Base64Text::into_scratch`] gives it back) and hands out in pieces as
+    /// if it decoded them; a larger one is checked with SIMD and decoded later. On
+    /// `None`, `scratch` is left as it was but for its contents.
+    ///
+    /// How: the `buf-b64` string is taken to run from its opening quote (the key in
+    /// the first 4 KiB) to the first quote in the last 4 KiB of the message, and
+    /// must be base64 text that [`Base64Text`]'s SIMD path accepts (so every byte
+    /// is ASCII, none a quote, a backslash or a control character: the quote found
+    /// is the string's end). The message with that string emptied (a few hundred
+    /// bytes) goes through the full path, which must find the emptied string exactly
+    /// where it was, as the value of the `arguments`' member `buf-b64`. The two
+    /// messages differ only in that value's plain text, which no check of the full
+    /// path but the base64 one looks at: a duplicate key, a bad escape, the depth,
+    /// the UTF-8 and lexer rules, the member checks and their order all come out the
+    /// same.
+    ///
+    /// ```
+    /// let payload = "aGVsbG8gd29y".repeat(100); // "hello wor" 100 times
+    /// let msg = format!(
+    ///     r#"{{"execute":"guest-file-write","arguments":{{"handle":1000,"buf-b64":"{payload}"}},"id":3}}"#
+    /// );
+    /// let mut scratch = Vec::new();
+    /// let (id, args) = qga_proto::Request::parse_file_write(msg.as_bytes(), &mut scratch).unwrap();
+    /// assert_eq!((id, args.handle, args.count), (Some(serde_json::json!(3)), 1000, None));
+    /// assert_eq!(args.buf_b64.decoded_len(), 900);
+    /// assert!(args.buf_b64.into_scratch().unwrap().starts_with(b"hello wor"));
+    /// // An escape in the payload: the full path's matter.
+    /// let msg = msg.replacen("aGVs", "aG\\u0056s", 1);
+    /// assert!(qga_proto::Request::parse_file_write(msg.as_bytes(), &mut scratch).is_none());
+    /// ```
+    pub fn parse_file_write(
+        msg: &'a [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Option<(Option<Value>, crate::GuestFileWriteArgs<'a>)> {
+        const KEY: &[u8] = b"\"buf-b64\"";
+        let ws = |mut i: usize| {
+            while msg
+                .get(i)
+                .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                i += 1;
+            }
+            i
+        };
+        let head = &msg[..msg.len().min(FILE_WRITE_EDGE)];
+        let key = memchr::memmem::find(head, KEY)?;
+        let colon = ws(key + KEY.len());
+        if msg.get(colon) != Some(&b':') {
+            return None;
+        }
+        let quote = ws(colon + 1);
+        if msg.get(quote) != Some(&b'"') {
+            return None;
+        }
+        let start = quote + 1;
+        // Not proven the string's end until the text between is checked below.
+        let from = start.max(msg.len().saturating_sub(FILE_WRITE_EDGE));
+        let end = from + memchr::memchr(b'"', &msg[from..])?;
+        // The message with the payload emptied: `"buf-b64":""`.
+        let mut skeleton = Vec::with_capacity(msg.len() - (end - start));
+        skeleton.extend_from_slice(&msg[..start]);
+        skeleton.extend_from_slice(&msg[end..]);
+        let req = Request::parse(&skeleton).ok()?;
+        if req.execute != crate::GuestFileWrite::NAME {
+            return None;
+        }
+        let arguments = req.arguments?;
+        let members = split_checked_object(arguments.get())?;
+        let (_, value) = members.iter().find(|(name, _)| *name == "buf-b64")?;
+        // The emptied string, not some other `""` that happens to be there.
+        let emptied = &skeleton[quote..quote + 2];
+        if value.as_ptr() != emptied.as_ptr() || value.len() != 2 {
+            return None;
+        }
+        let args = crate::GuestFileWrite::borrowed_arguments(Some(arguments)).ok()?;
+        // Last, the payload's check (what it costs, it costs once).
+        let text = &msg[start..end];
+        let payload = if text.len() <= crate::Base64::encoded_len(FILE_WRITE_WHOLE) {
+            match Base64Text::decode_plain_into(text, std::mem::take(scratch)) {
+                Ok(payload) => payload,
+                Err(buf) => {
+                    *scratch = buf;
+                    return None;
+                }
+            }
+        } else {
+            Base64Text::parse_plain(text)?
+        };
+        let args = crate::GuestFileWriteArgs {
+            handle: args.handle,
+            buf_b64: payload,
+            count: args.count,
+        };
+        Some((req.id, args))
     }
 }
 

@@ -16,7 +16,7 @@ pub(super) fn register(r: &mut Registry) {
     r.register(open)
         .register(close)
         .register_raw::<GuestFileRead>(Box::new(read_reply))
-        .register_raw::<GuestFileWrite>(Box::new(write_reply))
+        .register_stock_file_write(Box::new(write_reply))
         .register(seek)
         .register(flush);
 }
@@ -165,10 +165,29 @@ fn read_encoded(
 fn write_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
     let id = req.id.clone();
     let result = match GuestFileWrite::borrowed_arguments(req.arguments) {
-        Ok(args) => write(ctx, args),
+        Ok(args) => write(ctx, &args),
         Err(e) => Err(write_argument_error(ctx, req, e)),
     };
     reply(out, result, id, false);
+}
+
+impl Context {
+    /// guest-file-write for a request [`Request::parse_file_write`] has read (the
+    /// dispatcher's fast path): the same reply and the same writes as
+    /// [`write_reply`] gives the same request.
+    pub(crate) fn file_write_parsed(
+        &mut self,
+        id: Option<serde_json::Value>,
+        args: GuestFileWriteArgs<'_>,
+        out: &mut BytesMut,
+    ) {
+        let result = write(self, &args);
+        // The buffer a payload was decoded into, for the next request.
+        if let Some(buf) = args.buf_b64.into_scratch() {
+            self.file_buf = buf;
+        }
+        reply(out, result, id, false);
+    }
 }
 
 /// qemu-ga looks a file handle up before it decodes a payload, so an unknown handle
@@ -191,9 +210,9 @@ fn write_argument_error(ctx: &Context, req: &Request<'_>, e: ArgumentError) -> Q
     e.into()
 }
 
-fn write(ctx: &mut Context, c: GuestFileWriteArgs<'_>) -> Result<GuestFileWriteResult, QgaError> {
+fn write(ctx: &mut Context, c: &GuestFileWriteArgs<'_>) -> Result<GuestFileWriteResult, QgaError> {
     let mut scratch = std::mem::take(&mut ctx.file_buf);
-    let result = write_pieces(ctx, &c, &mut scratch);
+    let result = write_pieces(ctx, c, &mut scratch);
     // A piece's worth (192 KiB) stays for the next request.
     ctx.file_buf = scratch;
     result
@@ -378,5 +397,405 @@ mod tests {
                 .contains("failed to read file: Resource temporarily unavailable"),
             "{got:?}"
         );
+    }
+}
+
+/// guest-file-write's fast path against the full path: every request is run both
+/// ways, on two agents each writing its own file, and the replies and the files must
+/// be the same byte for byte.
+#[cfg(test)]
+mod fast_write_tests {
+    use super::*;
+    use crate::{Dispatcher, DispatcherConfig, StateDir};
+    use base64::Engine;
+
+    /// Two agents, one answering through the fast path (where it applies), one
+    /// through the full path only, each with one file open for writing.
+    struct Pair {
+        _dir: tempfile::TempDir,
+        fast: Dispatcher,
+        full: Dispatcher,
+        paths: [std::path::PathBuf; 2],
+        handle: i64,
+    }
+
+    impl Pair {
+        fn new(config: DispatcherConfig) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let new = || {
+                Dispatcher::new(
+                    qga_ops::Ops::linux(Default::default()),
+                    StateDir::in_memory(),
+                    config.clone(),
+                )
+                .unwrap()
+            };
+            let (mut fast, mut full) = (new(), new());
+            let paths = [dir.path().join("fast"), dir.path().join("full")];
+            let mut handles = [0; 2];
+            for (i, d) in [&mut fast, &mut full].into_iter().enumerate() {
+                let req = serde_json::json!({"execute": "guest-file-open",
+                    "arguments": {"path": paths[i], "mode": "w"}});
+                let mut out = BytesMut::new();
+                d.handle_message_via(req.to_string().as_bytes(), &mut out, false);
+                let reply: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                handles[i] = reply["return"].as_i64().unwrap();
+            }
+            assert_eq!(handles[0], handles[1]);
+            Pair {
+                _dir: dir,
+                fast,
+                full,
+                paths,
+                handle: handles[0],
+            }
+        }
+
+        /// Runs `msg` both ways; returns the reply and whether the fast path took it.
+        fn run(&mut self, msg: &[u8]) -> (Vec<u8>, bool) {
+            let taken = Request::parse_file_write(msg, &mut Vec::new()).is_some();
+            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+            self.fast.handle_message_via(msg, &mut a, true);
+            self.full.handle_message_via(msg, &mut b, false);
+            let show = String::from_utf8_lossy(&msg[..msg.len().min(300)]);
+            assert_eq!(
+                String::from_utf8_lossy(&a),
+                String::from_utf8_lossy(&b),
+                "reply for {show}"
+            );
+            let files = self.paths.each_ref().map(|p| std::fs::read(p).unwrap());
+            assert!(files[0] == files[1], "file after {show}");
+            (a.to_vec(), taken)
+        }
+    }
+
+    fn payload(n: usize, seed: u32) -> String {
+        let data: Vec<u8> = (0..n as u32)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        base64::engine::general_purpose::STANDARD.encode(data)
+    }
+
+    fn write_msg(handle: i64, p: &str) -> String {
+        format!(
+            r#"{{"execute":"guest-file-write","arguments":{{"handle":{handle},"buf-b64":"{p}"}}}}"#
+        )
+    }
+
+    #[test]
+    fn the_fast_path_answers_as_the_full_path_does() {
+        let mut pair = Pair::new(DispatcherConfig::default());
+        let h = pair.handle;
+        let p = payload(3000, 1); // 4000 characters, a multiple of 3: no padding
+        let padded1 = payload(3001, 2);
+        let padded2 = payload(3002, 3);
+        assert!(padded1.ends_with("==") && padded2.ends_with('=') && !padded2.ends_with("=="));
+        let slash = p.find('/').unwrap();
+        let plus = p.find('+').unwrap();
+        let a = p.find('A').unwrap_or(10);
+        let edit = |at: usize, with: &str| format!("{}{with}{}", &p[..at], &p[at + 1..]);
+        // (message, whether the fast path must take it)
+        let cases: Vec<(Vec<u8>, bool)> = vec![
+            (write_msg(h, &p), true),
+            (write_msg(h, &padded1), true),
+            (write_msg(h, &padded2), true),
+            (write_msg(h, padded1.trim_end_matches('=')), true),
+            (write_msg(h, &padded1[..padded1.len() - 3]), true), // one stray byte
+            (write_msg(h, &format!("{p}A=")), true),
+            (write_msg(h, &format!("{p}!")), false),
+            // Escapes: valid JSON, decoded before the base64 check.
+            (write_msg(h, &edit(slash, "\\/")), false),
+            (write_msg(h, &edit(a, "\\u0041")), false),
+            (write_msg(h, &edit(plus, "\\u002B")), false),
+            (write_msg(h, &edit(a, "\\u00e9")), false),
+            (write_msg(h, &edit(a, "\\uD800")), false),
+            (write_msg(h, &edit(a, "\\n")), false),
+            (write_msg(h, &edit(a, "\\q")), false),
+            (write_msg(h, &format!("{p}\\")), false),
+            // Invalid base64 and non-base64 text.
+            (write_msg(h, &edit(100, "!")), false),
+            (write_msg(h, &edit(100, "=")), false),
+            (write_msg(h, &edit(100, "-")), false),
+            (write_msg(h, &edit(100, " ")), false),
+            (write_msg(h, &edit(100, "\n")), false),
+            (write_msg(h, &edit(100, "\t")), false),
+            (write_msg(h, &edit(100, "\u{e9}")), false),
+            (write_msg(h, &format!("{p}=")), true), // a dropped, incomplete group
+            (write_msg(h, &format!("{p}====")), false),
+            // Unknown handle: before the payload in qemu-ga's order, good or bad.
+            (write_msg(h + 7, &p), true),
+            (write_msg(h + 7, &edit(100, "!")), false),
+            (write_msg(-1, &edit(100, "\\u0041")), false),
+            // Duplicate keys, at each level.
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"handle":{h},"buf-b64":"{p}"}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}","buf-b64":"{p}"}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}},"id":1,"id":2}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}},"id":{{"a":1,"a":2}}}}"#),
+                false,
+            ),
+            // Extra and unknown members.
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}","mode":"w"}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}},"extra":1}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","buf-b64":"{p}","arguments":{{"handle":{h},"buf-b64":"aGk="}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"x":{{"buf-b64":"{p}"}},"buf-b64":"aGk="}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h}}},"id":{{"buf-b64":"{p}"}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"a\"buf-b64":"{p}","buf-b64":"aGk="}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":""}},"id":"\"buf-b64\":\"{p}"}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf\u002db64":"{p}"}}}}"#),
+                false,
+            ),
+            // `count`, good and bad.
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}","count":10}}}}"#),
+                true,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}","count":0}}}}"#),
+                true,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"count":3000,"handle":{h},"buf-b64":"{p}"}}}}"#),
+                true,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}","count":3001}}}}"#),
+                true,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}","count":-1}}}}"#),
+                true,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}","count":1.0}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":"{h}","buf-b64":"{p}"}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"buf-b64":"{p}"}}}}"#),
+                false,
+            ),
+            // Member order, ids, whitespace.
+            (
+                format!(r#"{{"id":"x","arguments":{{"buf-b64":"{p}","handle":{h}}},"execute":"guest-file-write"}}"#),
+                true,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}},"id":-0}}"#),
+                true,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}},"id":[1.0,{{"b":0.1}},null,"\u00e9"]}}"#),
+                true,
+            ),
+            (
+                format!("\n {{ \"execute\" :\t\"guest-file-write\" ,\r\n \"arguments\" : {{ \"handle\" : {h} , \"buf-b64\" \n:\t \"{p}\" }} , \"id\" : 5 }} \n"),
+                true,
+            ),
+            // Other commands, other shapes, broken envelopes.
+            (
+                format!(r#"{{"execute":"guest-file-read","arguments":{{"handle":{h},"buf-b64":"{p}"}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-writ","arguments":{{"handle":{h},"buf-b64":"{p}"}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":["{p}"]}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}}}} 1"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}},"id":{}1{}}}"#, "[".repeat(1100), "]".repeat(1100)),
+                false,
+            ),
+            (
+                format!(r#"["execute","guest-file-write",{{"handle":{h},"buf-b64":"{p}"}}]"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}},"id":"\uDC00"}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}},"id":01}}"#),
+                false,
+            ),
+        ]
+        .into_iter()
+        .map(|(m, taken)| (m.into_bytes(), taken))
+        .collect();
+        // Non-UTF-8 bytes: in the payload, and in the envelope around a good one.
+        let mut bad_payload = write_msg(h, &p).into_bytes();
+        let at = bad_payload.len() - 100;
+        bad_payload[at] = 0xff;
+        let mut bad_id = format!(
+            r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"}},"id":"x?"}}"#
+        )
+        .into_bytes();
+        let at = bad_id.len() - 3;
+        bad_id[at] = 0xc3;
+        let mut cases = cases;
+        cases.push((bad_payload, false));
+        cases.push((bad_id, false));
+        // At the largest size decoded at once, and past it (checked, then decoded
+        // piece by piece), good and with a bad byte near the end.
+        for size in [1 << 20, (1 << 20) + 3] {
+            let big = payload(size, 6);
+            cases.push((write_msg(h, &big).into_bytes(), true));
+            let bad = format!("{}!{}", &big[..big.len() - 9], &big[big.len() - 8..]);
+            cases.push((write_msg(h, &bad).into_bytes(), false));
+        }
+        for (i, (msg, fast)) in cases.iter().enumerate() {
+            let (reply, taken) = pair.run(msg);
+            assert_eq!(
+                taken,
+                *fast,
+                "fast path taken? case {i}, {}: {}",
+                String::from_utf8_lossy(&msg[..msg.len().min(200)]),
+                String::from_utf8_lossy(&reply)
+            );
+        }
+        // The successful writes did write (the files are compared after each).
+        let written = std::fs::read(&pair.paths[0]).unwrap();
+        assert!(
+            written.len() > (2 << 20) + 10 * 3000,
+            "{} bytes",
+            written.len()
+        );
+    }
+
+    #[test]
+    fn a_disabled_write_is_refused_by_both_paths() {
+        for config in [
+            DispatcherConfig {
+                blocked: ["guest-file-write".to_owned()].into(),
+                ..Default::default()
+            },
+            DispatcherConfig {
+                allowed: Some(["guest-file-open".to_owned()].into()),
+                ..Default::default()
+            },
+        ] {
+            let mut pair = Pair::new(config);
+            let msg = write_msg(pair.handle, &payload(3000, 4));
+            let (reply, taken) = pair.run(msg.as_bytes());
+            assert!(taken);
+            assert!(
+                String::from_utf8_lossy(&reply).contains("has been disabled"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+    }
+
+    #[test]
+    fn a_replaced_write_handler_gets_every_request() {
+        let mut registry = crate::Registry::stock();
+        registry.register_raw::<GuestFileWrite>(Box::new(|_, req, out| {
+            reply(out, Ok(Empty {}), req.id.clone(), false)
+        }));
+        let mut d = Dispatcher::with_registry(
+            qga_ops::Ops::linux(Default::default()),
+            StateDir::in_memory(),
+            DispatcherConfig::default(),
+            registry,
+        )
+        .unwrap();
+        let msg = write_msg(1000, &payload(3000, 5));
+        assert!(Request::parse_file_write(msg.as_bytes(), &mut Vec::new()).is_some());
+        let mut out = BytesMut::new();
+        d.handle_message(msg.as_bytes(), &mut out);
+        assert_eq!(&out[..], b"{\"return\":{}}\n");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// A well-formed request with a few bytes replaced or inserted anywhere
+        /// (mostly where the envelope and the payload meet): the same reply and
+        /// the same file either way.
+        #[test]
+        fn edited_requests_answer_alike(
+            seed in 0u32..1000,
+            size in 760usize..800,
+            edits in proptest::collection::vec(
+                (0usize..1000, proptest::sample::select(
+                    b"\"\\{}[],: \n=!aZ09+/-uex\xff\xc3".to_vec()), proptest::bool::ANY),
+                1..4),
+            id in proptest::sample::select(vec!["", r#","id":1"#, r#","id":"q""#, r#","id":[-0,1.5]"#]),
+            count in proptest::sample::select(vec!["", r#","count":5"#, r#","count":-2"#]),
+        ) {
+            let mut pair = Pair::new(DispatcherConfig::default());
+            let h = pair.handle;
+            let p = payload(size, seed);
+            let mut msg = format!(
+                r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{p}"{count}}}{id}}}"#
+            )
+            .into_bytes();
+            let pstart = msg.windows(10).position(|w| w == b"\"buf-b64\":").unwrap() + 11;
+            let pend = pstart + p.len();
+            for (pos, byte, insert) in edits {
+                // Half the edits near the payload's edges, the rest anywhere.
+                let at = match pos % 4 {
+                    0 => pstart.saturating_sub(12) + pos / 4 % 24,
+                    1 => pend.saturating_sub(12) + pos / 4 % 24,
+                    _ => pos * msg.len() / 1000,
+                }
+                .min(msg.len() - 1);
+                if insert {
+                    msg.insert(at, byte);
+                } else {
+                    msg[at] = byte;
+                }
+            }
+            pair.run(&msg);
+        }
     }
 }
