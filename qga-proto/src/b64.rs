@@ -61,6 +61,19 @@ impl Base64 {
         Some(base64_simd::STANDARD.encode(data, out.as_out()).len())
     }
 
+    /// [`encode_to_slice`](Self::encode_to_slice) into memory that need not be
+    /// initialised (a buffer's spare capacity: no zeroing pass before the encoding
+    /// overwrites it). Returns the text, which starts at `out[0]`, or `None`
+    /// (nothing written) when `out` is too short.
+    pub fn encode_to_uninit<'o>(
+        data: &[u8],
+        out: &'o mut [std::mem::MaybeUninit<u8>],
+    ) -> Option<&'o mut [u8]> {
+        let len = encoded_len(data.len());
+        let out = out.get_mut(..len)?;
+        Some(base64_simd::STANDARD.encode(data, base64_simd::Out::from_uninit_slice(out)))
+    }
+
     /// Length of the base64 text for `n` bytes of data.
     pub fn encoded_len(n: usize) -> usize {
         encoded_len(n)

@@ -107,7 +107,8 @@ fn read_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
             return reply::<Empty>(out, Err(ops_err(e)), id, false);
         }
     };
-    out.extend_from_slice(format!("\",\"count\":{total},\"eof\":{eof}}}").as_bytes());
+    // BytesMut's fmt::Write appends in place (no String in between); it cannot fail.
+    let _ = std::fmt::Write::write_fmt(out, format_args!("\",\"count\":{total},\"eof\":{eof}}}"));
     if let Some(id) = &id {
         out.extend_from_slice(b",\"id\":");
         if serde_json::to_writer(bytes::BufMut::writer(&mut *out), id).is_err() {
@@ -143,14 +144,14 @@ fn read_encoded(
         eof = e;
         // Room for this piece's text, plus the reply's tail; `reserve` at least
         // doubles when it must grow, so growing piece by piece stays linear.
-        let at = out.len();
         let len = Base64::encoded_len(n);
         out.reserve(len + 128);
-        // Zeroing one piece's text while it is in cache costs little next to the
-        // encoding that overwrites it.
-        out.resize(at + len, 0);
-        let written = Base64::encode_to_slice(&scratch[..n], &mut out[at..]).unwrap_or(0);
-        out.truncate(at + written);
+        // Encoded straight into the spare capacity: no zeroing pass first.
+        let written = Base64::encode_to_uninit(&scratch[..n], out.spare_capacity_mut())
+            .map_or(0, |text| text.len());
+        // SAFETY: the encoder initialised the first `written` bytes of the spare
+        // capacity (the text it returned starts there).
+        unsafe { out.set_len(out.len() + written) };
         total += n;
         if n < want || eof {
             break;
