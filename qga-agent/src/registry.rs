@@ -4,6 +4,7 @@
 //! type, so a command cannot be half-registered.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::BytesMut;
 use qga_proto::{Command, CommandSpec, Empty, GuestSyncDelimited, QgaError, Request};
@@ -188,7 +189,30 @@ impl Registry {
 /// A registry frozen for dispatch: entries plus a name index.
 pub(crate) struct Table {
     entries: Vec<Entry>,
-    index: HashMap<&'static str, usize>,
+    index: HashMap<&'static str, usize, BuildHasherDefault<Fnv>>,
+}
+
+/// FNV-1a for the name index: every request looks its command up, the names are
+/// short, and the table's keys are fixed once it is built (a request picks only
+/// what it looks up), so SipHash's flooding resistance buys nothing here.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 impl Table {

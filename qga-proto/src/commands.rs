@@ -54,6 +54,14 @@ pub(crate) fn reject_unexpected(
     members: &Members<'_>,
     declared: &[&str],
 ) -> Result<(), ArgumentError> {
+    // The common case, nothing unexpected, needs no ordering (nor its allocations).
+    if members
+        .0
+        .iter()
+        .all(|(n, _)| declared.contains(&n.as_ref()))
+    {
+        return Ok(());
+    }
     match members
         .names_in_visitor_order()
         .into_iter()

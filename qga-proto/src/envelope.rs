@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::json::{
     format_g17, from_checked_str, parse_error_text, parse_top_level, split_checked_object,
-    BorrowedStr, TopLevel,
+    BorrowedStr, Members, TopLevel,
 };
 use crate::{Base64Text, Command, QgaError};
 
@@ -92,6 +92,16 @@ impl<'a> Request<'a> {
             }
             None => None,
         };
+        // Most requests are well formed: checked in input order first, they need no
+        // ordering. Only when something is wrong does the order decide which error
+        // qemu-ga reports, so then the members go again in its dictionary order.
+        if let Some((execute, arguments)) = Self::well_formed(&members) {
+            return Ok(Request {
+                execute,
+                arguments,
+                id,
+            });
+        }
         let mut execute = None;
         let mut arguments = None;
         for name in members.names_in_qdict_order() {
@@ -134,6 +144,27 @@ impl<'a> Request<'a> {
             }),
             None => Err(EnvelopeError::new(id, "QMP input lacks member 'execute'")),
         }
+    }
+}
+
+impl<'a> Request<'a> {
+    /// `execute` and `arguments`, if the members hold no error at all: `execute` a
+    /// string, `arguments` (if present) an object, nothing else but `id`.
+    fn well_formed(members: &Members<'a>) -> Option<(Cow<'a, str>, Option<&'a RawValue>)> {
+        let mut execute = None;
+        let mut arguments = None;
+        for (name, raw) in &members.0 {
+            match name.as_ref() {
+                "execute" if raw.get().starts_with('"') => {
+                    let s: BorrowedStr<'a> = serde_json::from_str(raw.get()).ok()?;
+                    execute = Some(s.0);
+                }
+                "arguments" if raw.get().starts_with('{') => arguments = Some(*raw),
+                "id" => {}
+                _ => return None,
+            }
+        }
+        Some((execute?, arguments))
     }
 }
 
