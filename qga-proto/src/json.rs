@@ -419,27 +419,44 @@ impl Issue {
 /// nesting deeper than [`MAX_DEPTH`]. Returns the first, with its byte offset. Text that
 /// is not JSON is skipped over, not judged: serde_json reports it.
 pub(crate) fn strict_issue(text: &str) -> Option<(usize, Issue)> {
-    enum Level<'a> {
+    #[derive(Clone, Copy)]
+    enum Level {
         Array,
-        Object {
-            keys: Vec<Cow<'a, str>>,
-            key: Option<Cow<'a, str>>,
-        },
+        /// An object whose keys so far are `keys[start..]`, with `pending` set
+        /// between a key and the end of its value.
+        Object { start: usize, pending: bool },
+    }
+    /// The keys of every open object, innermost last: one buffer for all levels,
+    /// so an object costs no allocation of its own.
+    struct Keys<'a> {
+        done: Vec<Cow<'a, str>>,
+        /// The key whose value is being read, per open object (innermost last).
+        pending: Vec<Cow<'a, str>>,
     }
     /// A value just ended: in an object, its key is now checked and recorded.
-    fn value_done<'a>(levels: &mut [Level<'a>], at: usize) -> Option<(usize, Issue)> {
-        if let Some(Level::Object { keys, key }) = levels.last_mut() {
-            if let Some(key) = key.take() {
-                if keys.contains(&key) {
+    fn value_done<'a>(
+        levels: &mut [Level],
+        keys: &mut Keys<'a>,
+        at: usize,
+    ) -> Option<(usize, Issue)> {
+        if let Some(Level::Object { start, pending }) = levels.last_mut() {
+            if *pending {
+                *pending = false;
+                let key = keys.pending.pop()?;
+                if keys.done[*start..].contains(&key) {
                     return Some((at, Issue::DuplicateKey));
                 }
-                keys.push(key);
+                keys.done.push(key);
             }
         }
         None
     }
     let bytes = text.as_bytes();
-    let mut levels: Vec<Level<'_>> = Vec::new();
+    let mut levels: Vec<Level> = Vec::with_capacity(8);
+    let mut keys = Keys {
+        done: Vec::with_capacity(8),
+        pending: Vec::with_capacity(4),
+    };
     let mut expect_key = false;
     let mut i = 0;
     while i < bytes.len() {
@@ -450,8 +467,8 @@ pub(crate) fn strict_issue(text: &str) -> Option<(usize, Issue)> {
                 }
                 levels.push(if bytes[i] == b'{' {
                     Level::Object {
-                        keys: Vec::new(),
-                        key: None,
+                        start: keys.done.len(),
+                        pending: false,
                     }
                 } else {
                     Level::Array
@@ -460,9 +477,15 @@ pub(crate) fn strict_issue(text: &str) -> Option<(usize, Issue)> {
                 i += 1;
             }
             b'}' | b']' => {
-                levels.pop();
+                if let Some(Level::Object { start, pending }) = levels.pop() {
+                    keys.done.truncate(start);
+                    if pending {
+                        // A key without a value: not JSON, which serde_json reports.
+                        keys.pending.pop();
+                    }
+                }
                 i += 1;
-                if let Some(issue) = value_done(&mut levels, i) {
+                if let Some(issue) = value_done(&mut levels, &mut keys, i) {
                     return Some(issue);
                 }
             }
@@ -481,12 +504,17 @@ pub(crate) fn strict_issue(text: &str) -> Option<(usize, Issue)> {
                 };
                 i = end;
                 match levels.last_mut() {
-                    Some(Level::Object { key, .. }) if expect_key => {
-                        *key = Some(decoded);
+                    Some(Level::Object { pending, .. }) if expect_key => {
+                        if *pending {
+                            // Two keys in a row: not JSON; the later one counts.
+                            keys.pending.pop();
+                        }
+                        keys.pending.push(decoded);
+                        *pending = true;
                         expect_key = false;
                     }
                     _ => {
-                        if let Some(issue) = value_done(&mut levels, i) {
+                        if let Some(issue) = value_done(&mut levels, &mut keys, i) {
                             return Some(issue);
                         }
                     }
@@ -499,7 +527,7 @@ pub(crate) fn strict_issue(text: &str) -> Option<(usize, Issue)> {
                 {
                     i += 1;
                 }
-                if let Some(issue) = value_done(&mut levels, i) {
+                if let Some(issue) = value_done(&mut levels, &mut keys, i) {
                     return Some(issue);
                 }
             }
