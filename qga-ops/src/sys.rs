@@ -215,6 +215,52 @@ pub(crate) fn pread0(file: &File, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// The whole of a small file opened relative to `dir`: a sysfs attribute (at most a
+/// page, all of it given by the first read) or a small regular file (`/run/udev`
+/// entries, fixture trees). Reads in 4 KiB steps and stops at a short read, which
+/// for those files is the end: no `statx` and no extra read for EOF, as
+/// `fs::read` makes. Not for procfs seq files (`mountinfo`), whose reads stop at
+/// page boundaries.
+pub(crate) fn read_small_at<P: ?Sized + nix::NixPath>(
+    dir: Option<BorrowedFd<'_>>,
+    path: &P,
+) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = open_at(dir, path, OFlag::O_RDONLY)?;
+    let mut buf = [0u8; 4096];
+    let mut out = Vec::new();
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return Ok(out);
+        }
+    }
+}
+
+/// The path the kernel has for an open descriptor (`/proc/self/fd/N`): what
+/// `realpath` of the path it was opened by gives, in three system calls (open,
+/// this readlink, close) instead of `canonicalize`'s readlink per component.
+/// `None` when that cannot be trusted (no `/proc`, a path outside this root,
+/// a removed file), so the caller falls back to `canonicalize`.
+pub(crate) fn fd_path(file: &File) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut link = NameBuf::new();
+    if !(link.push(b"/proc/self/fd/") && link.push_int(file.as_raw_fd().into())) {
+        return None;
+    }
+    let target = nix::fcntl::readlink(link.as_bytes()).ok()?;
+    let bytes = target.as_bytes();
+    if !bytes.starts_with(b"/") || bytes.ends_with(b" (deleted)") {
+        return None;
+    }
+    Some(target.into())
+}
+
 /// `d_type` of a directory entry (`DT_DIR`, `DT_LNK`, ...; `DT_UNKNOWN` when the
 /// filesystem does not say).
 pub(crate) type DType = u8;
@@ -272,8 +318,14 @@ impl Dents {
     const SIZE: usize = 32 * 1024;
 
     pub(crate) fn new() -> Self {
+        Self::with_capacity(Self::SIZE)
+    }
+
+    /// A listing with a smaller buffer, for directories known to be short
+    /// (`slaves/`), walked recursively.
+    pub(crate) fn with_capacity(size: usize) -> Self {
         Dents {
-            buf: vec![0; Self::SIZE],
+            buf: vec![0; size.max(512)],
             pos: 0,
             len: 0,
             done: false,
@@ -440,6 +492,37 @@ mod tests {
                 .raw_os_error(),
             Some(libc::ENOENT)
         );
+    }
+
+    #[test]
+    fn small_reads_and_fd_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        for len in [0usize, 1, 4095, 4096, 4097, 10_000] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            std::fs::write(real.join("f"), &data).unwrap();
+            assert_eq!(read_small_at(None, &real.join("f")).unwrap(), data, "{len}");
+        }
+        std::fs::create_dir(real.join("d")).unwrap();
+        std::os::unix::fs::symlink("d", real.join("l")).unwrap();
+        let d = open_dir_at(None, &real.join("l")).unwrap();
+        assert_eq!(fd_path(&d).unwrap(), real.join("d"));
+        assert_eq!(
+            read_small_at(Some(d.as_fd()), "missing")
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        // A removed directory is not reported as a path.
+        std::fs::remove_dir(real.join("d")).unwrap();
+        assert_eq!(fd_path(&d), None);
+        // The uevent of a real sysfs device comes whole from one read.
+        if let Ok(text) = std::fs::read("/sys/devices/system/cpu/cpu0/uevent") {
+            assert_eq!(
+                read_small_at(None, "/sys/devices/system/cpu/cpu0/uevent").unwrap(),
+                text
+            );
+        }
     }
 
     #[test]
