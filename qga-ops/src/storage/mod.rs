@@ -405,9 +405,11 @@ impl LinuxStorage {
                 fd: dir.as_fd(),
                 rel: Path::new(""),
             };
-            let devname =
-                read_text(Some(at.fd), "uevent").and_then(|u| udev::uevent_value(&u, "DEVNAME"));
-            let db = udev::Db::for_device(&self.udev_data, at.fd, at.rel);
+            let uevent = read_text(Some(at.fd), "uevent");
+            let devname = uevent
+                .as_deref()
+                .and_then(|u| udev::uevent_value(u, "DEVNAME"));
+            let db = udev::Db::for_device(&self.udev_data, at.fd, at.rel, uevent.as_deref());
             if let Some(disk) = self.device_disk(root, sp, at, devname, &db)? {
                 walk.disks.push(disk);
             }
@@ -469,10 +471,16 @@ impl LinuxStorage {
             return Some(s);
         }
         let devname = devname?;
+        let by_id = sys::open_dir_at(None, &self.dev.join("disk/by-id")).ok();
+        // The partition number matters only to the two lookups below.
+        if by_id.is_none() && !self.sysfs_serial {
+            return None;
+        }
         let part = read_attr(Some(at.fd), &at.join("partition"));
-        let by_id = self.dev.join("disk/by-id");
-        if let Some(s) = udev::serial_from_by_id(&by_id, devname, part.as_deref()) {
-            return Some(s);
+        if let Some(by_id) = by_id {
+            if let Some(s) = udev::serial_from_by_id(&by_id, devname, part.as_deref()) {
+                return Some(s);
+            }
         }
         if !self.sysfs_serial {
             return None;
@@ -661,7 +669,7 @@ impl Storage for LinuxStorage {
                 },
                 Err(_) => linked,
             };
-            let db = udev::Db::for_device(&self.udev_data, at.fd, at.rel);
+            let db = udev::Db::for_device(&self.udev_data, at.fd, at.rel, Some(&uevent));
             let address = match &opened {
                 Ok((sp, _)) if !sp.virt.contains("/devices/virtual/block/") => {
                     // qemu-ga takes the head of its prepended list: the only one

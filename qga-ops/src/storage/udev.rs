@@ -1,10 +1,11 @@
 //! The bits of udev's view qemu-ga gets through libudev, read from plain files.
 
+use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use super::read_text;
-use crate::sys::{self, Dents};
+use crate::sys::Dents;
 
 /// `KEY=value` from the text of a sysfs `uevent` file.
 pub(super) fn uevent_value(text: &str, key: &str) -> Option<String> {
@@ -19,10 +20,24 @@ pub(super) struct Db(Option<String>);
 
 impl Db {
     /// The entry of the block device whose sysfs directory is `rel` under the
-    /// open directory `dir` (empty when there is none: no udev, or udev has not
-    /// seen the device).
-    pub(super) fn for_device(data: &Path, dir: BorrowedFd<'_>, rel: &Path) -> Db {
-        let entry = read_text(Some(dir), &rel.join("dev")).and_then(|dev| {
+    /// open directory `dir` and whose `uevent` reads `uevent` (empty when there
+    /// is none: no udev, or udev has not seen the device). The device number is
+    /// the `MAJOR=`/`MINOR=` of `uevent`, where libudev takes it from (the `dev`
+    /// attribute prints the same number), so no file is read for it; the `dev`
+    /// attribute only when `uevent` lacks them.
+    pub(super) fn for_device(
+        data: &Path,
+        dir: BorrowedFd<'_>,
+        rel: &Path,
+        uevent: Option<&str>,
+    ) -> Db {
+        let from_uevent = uevent.and_then(|u| {
+            let maj = uevent_value(u, "MAJOR")?;
+            let min = uevent_value(u, "MINOR")?;
+            Some(format!("{maj}:{min}"))
+        });
+        let dev = from_uevent.or_else(|| read_text(Some(dir), &rel.join("dev")));
+        let entry = dev.and_then(|dev| {
             let dev = dev.trim_end();
             let (maj, min) = dev.split_once(':')?;
             // Digits only, so the file name cannot leave the database directory.
@@ -53,14 +68,15 @@ const BY_ID_BUSES: [&str; 10] = [
     "virtio", "nvme", "ata", "usb", "ieee1394", "mmc", "memstick", "xen", "cciss", "scsi",
 ];
 
-/// The serial in the name of a `/dev/disk/by-id/<bus>-<serial>` link pointing at
+/// The serial in the name of a `/dev/disk/by-id/<bus>-<serial>` link (in the open
+/// directory `by_id`) pointing at
 /// `devname`. World-wide names (`wwn-`, `nvme-eui.`, `nvme-nvme.`) are skipped;
 /// among several candidates, the best-ranked bus, then the shortest name, wins.
 /// For partition number `part`, the link is `<bus>-<serial>-part<N>` (udev gives
 /// partitions their disk's `ID_SERIAL`).
-pub(super) fn serial_from_by_id(by_id: &Path, devname: &str, part: Option<&str>) -> Option<String> {
+pub(super) fn serial_from_by_id(by_id: &File, devname: &str, part: Option<&str>) -> Option<String> {
     let suffix = part.map(|n| format!("-part{n}"));
-    let dir = sys::open_dir_at(None, by_id).ok()?;
+    let dir = by_id;
     let mut dents = Dents::new();
     let mut best: Option<(usize, String)> = None;
     // A listing error ends the listing, as it ends std's `read_dir`.
