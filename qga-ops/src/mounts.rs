@@ -22,6 +22,9 @@ pub struct Mount {
 
 /// Decodes the `\NNN` octal escapes the kernel uses for space, tab, newline and `\`.
 pub fn decode_octal(s: &str) -> String {
+    if !s.contains('\\') {
+        return s.to_owned();
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -48,36 +51,50 @@ pub fn decode_octal(s: &str) -> String {
 /// Parses mountinfo text into the mounts freeze and trim act on, in mount order.
 /// Like qemu-ga, filesystems without a backing device (major 0: proc, tmpfs,
 /// overlay, NFS, ...) are left out, except btrfs, whose subvolumes report major 0.
+/// Nothing is allocated for a line that is left out.
 pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
     let mut mounts = Vec::new();
     for line in text.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
         // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+        let mut fields = line.split(' ');
+        let (mut dev, mut dir) = ("", "");
+        // The first field that is exactly "-" separates the optional fields.
+        let mut sep = None;
+        for (i, f) in fields.by_ref().enumerate() {
+            match i {
+                2 => dev = f,
+                4 => dir = f,
+                _ => {}
+            }
+            if f == "-" {
+                sep = Some(i);
+                break;
+            }
+        }
+        let Some(sep) = sep else {
             continue;
         };
-        if sep < 6 || fields.len() < sep + 2 {
+        let Some(fstype) = fields.next() else {
+            continue;
+        };
+        if sep < 6 {
             continue;
         }
-        let Some((major, minor)) = fields[2].split_once(':') else {
+        let Some((major, minor)) = dev.split_once(':') else {
             continue;
         };
         let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
             continue;
         };
-        let fstype = decode_octal(fields[sep + 1]);
-        if major == 0 && fstype != "btrfs" {
+        if major == 0 && fstype != "btrfs" && decode_octal(fstype) != "btrfs" {
             continue;
         }
         mounts.push(Mount {
-            dir: decode_octal(fields[4]),
-            fstype,
+            dir: decode_octal(dir),
+            fstype: decode_octal(fstype),
             major,
             minor,
-            source: fields
-                .get(sep + 2)
-                .map(|f| decode_octal(f))
-                .unwrap_or_default(),
+            source: fields.next().map(decode_octal).unwrap_or_default(),
         });
     }
     mounts
@@ -142,6 +159,66 @@ garbage line
         assert_eq!((mounts[1].major, mounts[1].minor), (7, 0));
         assert_eq!(mounts[1].source, "/dev/loop0");
         assert_eq!(mounts[2].source, "/dev/vdb");
+    }
+
+    /// The parser before it stopped allocating per line: the reference for the
+    /// property test below.
+    fn parse_mountinfo_by_vec(text: &str) -> Vec<Mount> {
+        let mut mounts = Vec::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let Some(sep) = fields.iter().position(|f| *f == "-") else {
+                continue;
+            };
+            if sep < 6 || fields.len() < sep + 2 {
+                continue;
+            }
+            let Some((major, minor)) = fields[2].split_once(':') else {
+                continue;
+            };
+            let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
+                continue;
+            };
+            let fstype = decode_octal(fields[sep + 1]);
+            if major == 0 && fstype != "btrfs" {
+                continue;
+            }
+            mounts.push(Mount {
+                dir: decode_octal(fields[4]),
+                fstype,
+                major,
+                minor,
+                source: fields
+                    .get(sep + 2)
+                    .map(|f| decode_octal(f))
+                    .unwrap_or_default(),
+            });
+        }
+        mounts
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parses_as_the_per_line_vec_parser_did(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::strategy::Just("-".to_owned()),
+                        proptest::strategy::Just("btrfs".to_owned()),
+                        proptest::strategy::Just("btr\\146s".to_owned()),
+                        proptest::strategy::Just("0:45".to_owned()),
+                        proptest::strategy::Just("8:1".to_owned()),
+                        proptest::strategy::Just("".to_owned()),
+                        "[a-z0-9:/\\\\]{0,6}",
+                    ],
+                    0..12,
+                ),
+                0..6,
+            )
+        ) {
+            let text: String = lines.iter().map(|l| l.join(" ") + "\n").collect();
+            proptest::prop_assert_eq!(parse_mountinfo(&text), parse_mountinfo_by_vec(&text));
+        }
     }
 
     #[test]

@@ -1,10 +1,15 @@
-//! Every `unsafe` block of the crate: the filesystem ioctls, the NVMe admin ioctl
-//! and marking inherited descriptors close-on-exec before guest-exec spawns.
+//! Every `unsafe` block of the crate: the filesystem ioctls, the NVMe admin ioctl,
+//! marking inherited descriptors close-on-exec before guest-exec spawns, and the
+//! raw `getdents64` directory listing the sysfs readers use.
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 /// `_IOWR('X', 119, int)`: freeze a filesystem.
 const FIFREEZE: libc::c_ulong = 0xC004_5877;
@@ -167,9 +172,376 @@ fn cloexec_from_3_by_listing() {
     }
 }
 
+/// `openat(dir, path, flags | O_CLOEXEC)`; `dir` `None` is the working directory.
+/// The path is NUL-terminated on the stack (nix's `NixPath`), so a relative sysfs
+/// name costs no allocation.
+pub(crate) fn open_at<P: ?Sized + nix::NixPath>(
+    dir: Option<BorrowedFd<'_>>,
+    path: &P,
+    flags: OFlag,
+) -> io::Result<File> {
+    let flags = flags | OFlag::O_CLOEXEC;
+    match dir {
+        Some(d) => nix::fcntl::openat(d, path, flags, Mode::empty()),
+        None => nix::fcntl::open(path, flags, Mode::empty()),
+    }
+    .map(File::from)
+    .map_err(io::Error::from)
+}
+
+/// Opens a directory for [`Dents`], as `opendir` does (`O_RDONLY | O_NONBLOCK |
+/// O_DIRECTORY | O_CLOEXEC`), with the same errors.
+pub(crate) fn open_dir_at<P: ?Sized + nix::NixPath>(
+    dir: Option<BorrowedFd<'_>>,
+    path: &P,
+) -> io::Result<File> {
+    open_at(
+        dir,
+        path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_DIRECTORY,
+    )
+}
+
+/// One `pread(fd, buf, 0)`: how many bytes were read. A sysfs attribute gives its
+/// whole value to the first read (the value is at most a page), so small
+/// attributes need neither `read_to_string`'s `statx` nor its read to EOF.
+pub(crate) fn pread0(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    loop {
+        match file.read_at(buf, 0) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// The whole of a small file opened relative to `dir`: a sysfs attribute (at most a
+/// page, all of it given by the first read) or a small regular file (`/run/udev`
+/// entries, fixture trees). Reads in 4 KiB steps and stops at a short read, which
+/// for those files is the end: no `statx` and no extra read for EOF, as
+/// `fs::read` makes. Not for procfs seq files (`mountinfo`), whose reads stop at
+/// page boundaries.
+pub(crate) fn read_small_at<P: ?Sized + nix::NixPath>(
+    dir: Option<BorrowedFd<'_>>,
+    path: &P,
+) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = open_at(dir, path, OFlag::O_RDONLY)?;
+    let mut buf = [0u8; 4096];
+    let mut out = Vec::new();
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return Ok(out);
+        }
+    }
+}
+
+/// The path the kernel has for an open descriptor (`/proc/self/fd/N`): what
+/// `realpath` of the path it was opened by gives, in three system calls (open,
+/// this readlink, close) instead of `canonicalize`'s readlink per component.
+/// `None` when that cannot be trusted (no `/proc`, a path outside this root,
+/// a removed file), so the caller falls back to `canonicalize`.
+pub(crate) fn fd_path(file: &File) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut link = NameBuf::new();
+    if !(link.push(b"/proc/self/fd/") && link.push_int(file.as_raw_fd().into())) {
+        return None;
+    }
+    let target = nix::fcntl::readlink(link.as_bytes()).ok()?;
+    let bytes = target.as_bytes();
+    if !bytes.starts_with(b"/") || bytes.ends_with(b" (deleted)") {
+        return None;
+    }
+    Some(target.into())
+}
+
+/// `d_type` of a directory entry (`DT_DIR`, `DT_LNK`, ...; `DT_UNKNOWN` when the
+/// filesystem does not say).
+pub(crate) type DType = u8;
+
+/// One directory entry, borrowed from the [`Dents`] buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dent<'a> {
+    /// The name, NUL-terminated as the kernel wrote it (so it can be passed to
+    /// `openat` relative to the directory as is).
+    pub(crate) name: &'a CStr,
+    /// The entry's `d_type`.
+    pub(crate) d_type: DType,
+}
+
+impl Dent<'_> {
+    /// The name's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.name.to_bytes()
+    }
+
+    /// Its type as `std::fs::DirEntry::file_type` gives it: `d_type`, or when that
+    /// is `DT_UNKNOWN` the `lstat` of the entry (`None` if that fails).
+    pub(crate) fn file_type(&self, dir: BorrowedFd<'_>) -> Option<DType> {
+        if self.d_type != libc::DT_UNKNOWN {
+            return Some(self.d_type);
+        }
+        let st = nix::sys::stat::fstatat(dir, self.name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .ok()?;
+        Some(match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => libc::DT_DIR,
+            libc::S_IFLNK => libc::DT_LNK,
+            libc::S_IFREG => libc::DT_REG,
+            libc::S_IFBLK => libc::DT_BLK,
+            libc::S_IFCHR => libc::DT_CHR,
+            libc::S_IFIFO => libc::DT_FIFO,
+            libc::S_IFSOCK => libc::DT_SOCK,
+            _ => libc::DT_UNKNOWN,
+        })
+    }
+}
+
+/// A directory listing with raw `getdents64`, entries in the kernel's (`readdir`)
+/// order, `.` and `..` left out. Unlike `std::fs::read_dir` (glibc's `opendir`), it
+/// makes no `fstat` and no allocation per entry: one buffer for the whole listing.
+pub(crate) struct Dents {
+    /// What the last getdents64 call wrote.
+    buf: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Dents {
+    /// glibc's `opendir` buffer size: sysfs directories of a few hundred entries
+    /// (`/sys/devices/system/memory`) come in one call.
+    const SIZE: usize = 32 * 1024;
+
+    pub(crate) fn new() -> Self {
+        Self::with_capacity(Self::SIZE)
+    }
+
+    /// A listing with a smaller buffer, for directories known to be short
+    /// (`slaves/`), walked recursively.
+    pub(crate) fn with_capacity(size: usize) -> Self {
+        // Not zeroed (a 32 KiB memset costs about a microsecond, as much as a
+        // sysfs open): the kernel fills it, and only what it wrote is read.
+        Dents {
+            buf: Vec::with_capacity(size.max(512)),
+            pos: 0,
+            done: false,
+        }
+    }
+
+    /// The next entry of the directory open as `dir` (always the same one).
+    pub(crate) fn next(&mut self, dir: BorrowedFd<'_>) -> io::Result<Option<Dent<'_>>> {
+        let (start, end) = loop {
+            if self.pos >= self.buf.len() {
+                if self.done {
+                    return Ok(None);
+                }
+                self.buf.clear();
+                let cap = self.buf.capacity();
+                // SAFETY: getdents64 writes at most `cap` bytes of `struct
+                // linux_dirent64` records into the buffer's allocation, which is
+                // `cap` bytes long, writable and lives across the call; `dir` is an
+                // open descriptor.
+                let n = unsafe {
+                    libc::syscall(
+                        libc::SYS_getdents64,
+                        dir.as_raw_fd(),
+                        self.buf.as_mut_ptr(),
+                        cap,
+                    )
+                };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::EINTR) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                self.pos = 0;
+                // SAFETY: the kernel initialized the first `n` bytes (at most
+                // `cap`); nothing past them is ever read.
+                unsafe { self.buf.set_len((n as usize).min(cap)) };
+                if self.buf.is_empty() {
+                    self.done = true;
+                    return Ok(None);
+                }
+            }
+            // struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type;
+            // char d_name[]; }
+            let rec = &self.buf[self.pos..];
+            if rec.len() < 20 {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+            if reclen < 20 || reclen > rec.len() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let start = self.pos;
+            self.pos += reclen;
+            let name = &self.buf[start + 19..start + reclen];
+            if name.starts_with(b".\0") || name.starts_with(b"..\0") {
+                continue;
+            }
+            break (start, start + reclen);
+        };
+        let rec = &self.buf[start..end];
+        let Ok(name) = CStr::from_bytes_until_nul(&rec[19..]) else {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        };
+        Ok(Some(Dent {
+            name,
+            d_type: rec[18],
+        }))
+    }
+}
+
+/// A short byte string built on the stack (`memory196/state`), for `openat` names.
+pub(crate) struct NameBuf {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl NameBuf {
+    pub(crate) fn new() -> Self {
+        NameBuf {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    /// Appends `bytes`; false (and nothing appended) when they do not fit.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> bool {
+        let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) else {
+            return false;
+        };
+        dst.copy_from_slice(bytes);
+        self.len += bytes.len();
+        true
+    }
+
+    /// Appends `v` in decimal.
+    pub(crate) fn push_int(&mut self, v: i64) -> bool {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut u = v.unsigned_abs();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (u % 10) as u8;
+            u /= 10;
+            if u == 0 {
+                break;
+            }
+        }
+        (v >= 0 || self.push(b"-")) && self.push(&digits[i..])
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn dents_lists_what_read_dir_lists_with_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut want = Vec::new();
+        for i in 0..700 {
+            // Enough long names to need several getdents64 calls.
+            let name = format!("entry-with-a-rather-long-name-{i:04}");
+            if i % 3 == 0 {
+                std::fs::create_dir(dir.path().join(&name)).unwrap();
+            } else {
+                std::fs::write(dir.path().join(&name), "").unwrap();
+            }
+            want.push((name, i % 3 == 0));
+        }
+        std::os::unix::fs::symlink("x", dir.path().join("link")).unwrap();
+        want.push(("link".into(), false));
+        let fd = open_dir_at(None, dir.path()).unwrap();
+        let mut dents = Dents::new();
+        let mut got = Vec::new();
+        let mut link_type = None;
+        while let Some(e) = dents.next(fd.as_fd()).unwrap() {
+            let name = String::from_utf8(e.bytes().to_vec()).unwrap();
+            let t = e.file_type(fd.as_fd());
+            if name == "link" {
+                link_type = t;
+            }
+            got.push((name, t == Some(libc::DT_DIR)));
+        }
+        assert_eq!(link_type, Some(libc::DT_LNK));
+        // The same order as std's listing, which is readdir's.
+        let std_order: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            got.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            std_order
+        );
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        // Exhausted stays exhausted.
+        assert!(dents.next(fd.as_fd()).unwrap().is_none());
+        assert_eq!(
+            open_dir_at(None, &dir.path().join("link"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOENT)
+        );
+    }
+
+    #[test]
+    fn small_reads_and_fd_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        for len in [0usize, 1, 4095, 4096, 4097, 10_000] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            std::fs::write(real.join("f"), &data).unwrap();
+            assert_eq!(read_small_at(None, &real.join("f")).unwrap(), data, "{len}");
+        }
+        std::fs::create_dir(real.join("d")).unwrap();
+        std::os::unix::fs::symlink("d", real.join("l")).unwrap();
+        let d = open_dir_at(None, &real.join("l")).unwrap();
+        assert_eq!(fd_path(&d).unwrap(), real.join("d"));
+        assert_eq!(
+            read_small_at(Some(d.as_fd()), "missing")
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        // A removed directory is not reported as a path.
+        std::fs::remove_dir(real.join("d")).unwrap();
+        assert_eq!(fd_path(&d), None);
+        // The uevent of a real sysfs device comes whole from one read.
+        if let Ok(text) = std::fs::read("/sys/devices/system/cpu/cpu0/uevent") {
+            assert_eq!(
+                read_small_at(None, "/sys/devices/system/cpu/cpu0/uevent").unwrap(),
+                text
+            );
+        }
+    }
+
+    #[test]
+    fn name_buf_formats_like_format() {
+        for v in [0i64, 7, 196, -1, i64::MAX, i64::MIN] {
+            let mut n = NameBuf::new();
+            assert!(n.push(b"memory") && n.push_int(v) && n.push(b"/state"));
+            assert_eq!(n.as_bytes(), format!("memory{v}/state").as_bytes());
+        }
+        let mut n = NameBuf::new();
+        assert!(!n.push(&[b'x'; 65]));
+        assert!(n.as_bytes().is_empty());
+    }
 
     /// A descriptor without close-on-exec (`dup` never sets it), and whether a
     /// descriptor has it.

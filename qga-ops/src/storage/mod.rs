@@ -37,11 +37,16 @@
 mod address;
 mod udev;
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
+
 use crate::mounts::{read_mountinfo, Mount};
+use crate::sys::{self, Dents};
 use crate::OpsError;
 
 pub use address::{BusType, CcwAddress, DiskAddress, PciAddress};
@@ -266,10 +271,41 @@ fn trimmed(text: &str) -> &str {
     text.trim_end_matches(['\n', ' ', '\t', '\r'])
 }
 
-fn read_attr(path: &Path) -> Option<String> {
-    let text = fs::read_to_string(path).ok()?;
+/// A small file (a sysfs attribute, a udev database entry) as text: `None` when
+/// it cannot be read or is not UTF-8, as `fs::read_to_string(..).ok()`.
+pub(super) fn read_text<P: ?Sized + nix::NixPath>(
+    dir: Option<BorrowedFd<'_>>,
+    path: &P,
+) -> Option<String> {
+    String::from_utf8(sys::read_small_at(dir, path).ok()?).ok()
+}
+
+/// A trimmed, non-empty attribute at `path` (under the open directory `dir` when
+/// it is relative).
+fn read_attr(dir: Option<BorrowedFd<'_>>, path: &Path) -> Option<String> {
+    let text = read_text(dir, path)?;
     let t = trimmed(&text).trim_start();
     (!t.is_empty()).then(|| t.to_owned())
+}
+
+/// A device directory as the per-device readers see it: a path `rel` under an
+/// open directory `fd` (the device's own directory with `rel` empty, or
+/// `/sys/block` with `rel` the disk's name).
+#[derive(Clone, Copy)]
+struct At<'a> {
+    fd: BorrowedFd<'a>,
+    rel: &'a Path,
+}
+
+impl At<'_> {
+    fn join(&self, name: &str) -> PathBuf {
+        self.rel.join(name)
+    }
+}
+
+/// `/dev/` + `DEVNAME` of a `uevent` text, as libudev's device node.
+fn devnode_of(uevent: &str) -> Option<String> {
+    udev::uevent_value(uevent, "DEVNAME").map(|n| format!("/dev/{n}"))
 }
 
 impl LinuxStorage {
@@ -277,14 +313,29 @@ impl LinuxStorage {
         fs::canonicalize(&self.sys).unwrap_or_else(|_| self.sys.clone())
     }
 
-    /// The resolved form of `path`, with its `/sys`-relative spelling.
-    fn resolve(&self, root: &Path, path: &Path) -> io::Result<SysPath> {
-        let real = fs::canonicalize(path)?;
+    /// Opens the device directory `path` (links followed) and gives its resolved
+    /// form, with its `/sys`-relative spelling: what `canonicalize` gives, from the
+    /// open descriptor's `/proc/self/fd` link (three system calls instead of a
+    /// readlink per component), `canonicalize` itself when that is unavailable.
+    /// Something that is not a directory (or a directory we may not list) is
+    /// opened `O_PATH`, never for reading.
+    fn open_resolved(&self, root: &Path, path: &Path) -> io::Result<(SysPath, File)> {
+        let file = match sys::open_dir_at(None, path) {
+            Ok(f) => f,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::EACCES)) => {
+                sys::open_at(None, path, OFlag::O_PATH)?
+            }
+            Err(e) => return Err(e),
+        };
+        let real = match sys::fd_path(&file) {
+            Some(real) => real,
+            None => fs::canonicalize(path)?,
+        };
         let virt = match real.strip_prefix(root) {
             Ok(rest) => Path::new("/sys").join(rest).to_string_lossy().into_owned(),
             Err(_) => real.to_string_lossy().into_owned(),
         };
-        Ok(SysPath { real, virt })
+        Ok((SysPath { real, virt }, file))
     }
 
     /// The on-disk path of a `/sys`-relative prefix of a resolved path.
@@ -296,15 +347,15 @@ impl LinuxStorage {
     }
 
     /// libudev's device node: `/dev/` + `DEVNAME` of the device's `uevent`.
-    fn devnode(&self, dir: &Path) -> Option<String> {
-        udev::uevent_value(&dir.join("uevent"), "DEVNAME").map(|n| format!("/dev/{n}"))
+    fn devnode(&self, at: At<'_>) -> Option<String> {
+        devnode_of(&read_text(Some(at.fd), &at.join("uevent"))?)
     }
 
     /// Fills the walk from `devpath` (`/sys/dev/block/M:m` or a `slaves/` entry), as
     /// qemu-ga's build_guest_fsinfo_for_device.
     fn walk_device(&self, root: &Path, devpath: &Path, walk: &mut Walk) -> Result<(), OpsError> {
-        let sp = match self.resolve(root, devpath) {
-            Ok(sp) => sp,
+        let (sp, dir) = match self.open_resolved(root, devpath) {
+            Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // The device may be missing in a container: name it after the path.
                 if walk.name.is_none() {
@@ -321,11 +372,17 @@ impl LinuxStorage {
                 ))
             }
         };
-        self.walk_resolved(root, &sp, walk)
+        self.walk_resolved(root, &sp, &dir, walk)
     }
 
-    /// [`Self::walk_device`] once `devpath` is resolved.
-    fn walk_resolved(&self, root: &Path, sp: &SysPath, walk: &mut Walk) -> Result<(), OpsError> {
+    /// [`Self::walk_device`] once `devpath` is resolved and open as `dir`.
+    fn walk_resolved(
+        &self,
+        root: &Path,
+        sp: &SysPath,
+        dir: &File,
+        walk: &mut Walk,
+    ) -> Result<(), OpsError> {
         if walk.name.is_none() {
             walk.name = sp
                 .real
@@ -340,74 +397,107 @@ impl LinuxStorage {
                 )));
             }
             walk.depth += 1;
-            let r = self.walk_slaves(root, sp, walk);
+            let r = self.walk_slaves(root, sp, dir, walk);
             walk.depth -= 1;
             r
         } else {
-            self.real_device(root, sp, walk)
+            let at = At {
+                fd: dir.as_fd(),
+                rel: Path::new(""),
+            };
+            let uevent = read_text(Some(at.fd), "uevent");
+            let devname = uevent
+                .as_deref()
+                .and_then(|u| udev::uevent_value(u, "DEVNAME"));
+            let db = udev::Db::for_device(&self.udev_data, at.fd, at.rel, uevent.as_deref());
+            if let Some(disk) = self.device_disk(root, sp, at, devname, &db)? {
+                walk.disks.push(disk);
+            }
+            Ok(())
         }
     }
 
-    fn walk_slaves(&self, root: &Path, sp: &SysPath, walk: &mut Walk) -> Result<(), OpsError> {
-        let dir = sp.real.join("slaves");
-        let ctx = || format!("readdir(\"{}\")", dir.display());
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
+    fn walk_slaves(
+        &self,
+        root: &Path,
+        sp: &SysPath,
+        dir: &File,
+        walk: &mut Walk,
+    ) -> Result<(), OpsError> {
+        let path = sp.real.join("slaves");
+        let slaves = match sys::open_dir_at(Some(dir.as_fd()), "slaves") {
+            Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(OpsError::os(format!("opendir(\"{}\")", dir.display()), e)),
+            Err(e) => return Err(OpsError::os(format!("opendir(\"{}\")", path.display()), e)),
         };
-        for entry in entries {
-            let entry = entry.map_err(|e| OpsError::os(ctx(), e))?;
-            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
-                self.walk_device(root, &entry.path(), walk)?;
+        // Small: this runs once per level of a stack.
+        let mut dents = Dents::with_capacity(4096);
+        while let Some(entry) = dents
+            .next(slaves.as_fd())
+            .map_err(|e| OpsError::os(format!("readdir(\"{}\")", path.display()), e))?
+        {
+            if entry.file_type(slaves.as_fd()) == Some(libc::DT_LNK) {
+                let link = path.join(std::ffi::OsStr::from_bytes(entry.bytes()));
+                self.walk_device(root, &link, walk)?;
             }
         }
         Ok(())
     }
 
-    fn real_device(&self, root: &Path, sp: &SysPath, walk: &mut Walk) -> Result<(), OpsError> {
-        // `uevent` read once for both the node and the serial's by-id lookup.
-        let devname = udev::uevent_value(&sp.real.join("uevent"), "DEVNAME");
+    /// The disk entry of a device that is not virtual (at `at`, resolved as `sp`),
+    /// whose `uevent` names it `devname`: `None` when qemu-ga finds nothing about
+    /// it.
+    fn device_disk(
+        &self,
+        root: &Path,
+        sp: &SysPath,
+        at: At<'_>,
+        devname: Option<String>,
+        db: &udev::Db,
+    ) -> Result<Option<DiskAddress>, OpsError> {
         let mut disk = DiskAddress {
             dev: devname.as_ref().map(|n| format!("/dev/{n}")),
-            serial: self.serial(&sp.real, devname.as_deref()),
+            serial: self.serial(at, db, devname.as_deref()),
             ..DiskAddress::unknown()
         };
         let has_hwinf = address::fill(self, root, sp, &mut disk)?;
-        if has_hwinf || disk.dev.is_some() || disk.serial.is_some() {
-            walk.disks.push(disk);
-        }
-        Ok(())
+        Ok((has_hwinf || disk.dev.is_some() || disk.serial.is_some()).then_some(disk))
     }
 
-    /// The serial of the device at `dir`, whose `uevent` names it `devname`.
-    fn serial(&self, dir: &Path, devname: Option<&str>) -> Option<String> {
-        let udev = udev::Db::for_device(&self.udev_data, dir);
-        if let Some(s) = udev.get("ID_SERIAL") {
+    /// The serial of the device at `at`, whose `uevent` names it `devname` and
+    /// whose udev database entry is `db`.
+    fn serial(&self, at: At<'_>, db: &udev::Db, devname: Option<&str>) -> Option<String> {
+        if let Some(s) = db.get("ID_SERIAL") {
             return Some(s);
         }
         let devname = devname?;
-        let part = read_attr(&dir.join("partition"));
-        let by_id = self.dev.join("disk/by-id");
-        if let Some(s) = udev::serial_from_by_id(&by_id, devname, part.as_deref()) {
-            return Some(s);
+        let by_id = sys::open_dir_at(None, &self.dev.join("disk/by-id")).ok();
+        // The partition number matters only to the two lookups below.
+        if by_id.is_none() && !self.sysfs_serial {
+            return None;
+        }
+        let part = read_attr(Some(at.fd), &at.join("partition"));
+        if let Some(by_id) = by_id {
+            if let Some(s) = udev::serial_from_by_id(&by_id, devname, part.as_deref()) {
+                return Some(s);
+            }
         }
         if !self.sysfs_serial {
             return None;
         }
         // A partition has no serial attribute of its own: take its disk's.
         let disk = if part.is_some() {
-            dir.join("..")
+            at.join("..")
         } else {
-            dir.to_owned()
+            at.rel.to_owned()
         };
-        read_attr(&disk.join("serial")).or_else(|| read_attr(&disk.join("device/serial")))
+        read_attr(Some(at.fd), &disk.join("serial"))
+            .or_else(|| read_attr(Some(at.fd), &disk.join("device/serial")))
     }
 
-    fn alias(&self, dir: &Path) -> Option<String> {
-        udev::Db::for_device(&self.udev_data, dir)
-            .get("DM_NAME")
-            .or_else(|| read_attr(&dir.join("dm/name")))
+    fn alias(&self, at: At<'_>, db: &udev::Db) -> Option<String> {
+        db.get("DM_NAME")
+            .or_else(|| read_attr(Some(at.fd), &at.join("dm/name")))
     }
 
     /// The major:minor of a btrfs mount's source device (its major is 0 in
@@ -424,7 +514,7 @@ impl LinuxStorage {
             return Some((libc::major(rdev), libc::minor(rdev)));
         }
         let name = fs::canonicalize(&node).ok()?.file_name()?.to_owned();
-        let dev = read_attr(&self.sys.join("class/block").join(name).join("dev"))?;
+        let dev = read_attr(None, &self.sys.join("class/block").join(name).join("dev"))?;
         let (maj, min) = dev.split_once(':')?;
         Some((maj.parse().ok()?, min.parse().ok()?))
     }
@@ -453,20 +543,18 @@ impl LinuxStorage {
         })
     }
 
-    /// The address guest-get-disks reports for a (resolved) disk directory.
-    fn disk_address(&self, root: &Path, dir: &SysPath) -> Option<DiskAddress> {
-        let mut walk = Walk::default();
-        self.walk_resolved(root, dir, &mut walk).ok()?;
-        // qemu-ga takes the head of its prepended list: the last one found.
-        walk.disks.pop()
-    }
-
-    fn dependencies(&self, dir: &Path) -> Option<Vec<String>> {
-        let entries = fs::read_dir(dir.join("slaves")).ok()?;
-        let mut deps: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| self.devnode(&e.path()))
-            .collect();
+    fn dependencies(&self, at: At<'_>) -> Option<Vec<String>> {
+        let slaves = sys::open_dir_at(Some(at.fd), &at.join("slaves")).ok()?;
+        let mut dents = Dents::new();
+        let mut deps = Vec::new();
+        // A listing error ends the listing, as it ends std's `read_dir`.
+        while let Ok(Some(entry)) = dents.next(slaves.as_fd()) {
+            let at = At {
+                fd: slaves.as_fd(),
+                rel: Path::new(std::ffi::OsStr::from_bytes(entry.bytes())),
+            };
+            deps.extend(self.devnode(at));
+        }
         deps.reverse();
         Some(deps)
     }
@@ -478,24 +566,23 @@ impl LinuxStorage {
             .map(|log| NvmeSmart::parse(&log))
     }
 
-    /// Partitions of `disk_dir`: subdirectories named `<disk><digit>...` or
-    /// `<disk>p<digit>...`, in readdir order.
+    /// Partitions of the disk directory open as `disk_dir`: subdirectories named
+    /// `<disk><digit>...` or `<disk>p<digit>...`, in readdir order.
     fn partitions(
         &self,
         disk_name: &str,
-        disk_dir: &Path,
+        disk_dir: &File,
         disk_dev: &str,
         out: &mut Vec<DiskInfo>,
     ) {
-        let Ok(entries) = fs::read_dir(disk_dir) else {
-            return;
-        };
-        for entry in entries.filter_map(|e| e.ok()) {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        let dir = disk_dir.as_fd();
+        let mut dents = Dents::new();
+        // A listing error ends the listing, as it ends std's `read_dir`.
+        while let Ok(Some(entry)) = dents.next(dir) {
+            if entry.file_type(dir) != Some(libc::DT_DIR) {
                 continue;
             }
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
+            let name = String::from_utf8_lossy(entry.bytes());
             let Some(rest) = name.strip_prefix(disk_name) else {
                 continue;
             };
@@ -506,7 +593,11 @@ impl LinuxStorage {
             if !rest.starts_with(|c: char| c.is_ascii_digit()) {
                 continue;
             }
-            let Some(dev) = self.devnode(&entry.path()) else {
+            let at = At {
+                fd: dir,
+                rel: Path::new(std::ffi::OsStr::from_bytes(entry.bytes())),
+            };
+            let Some(dev) = self.devnode(at) else {
                 continue;
             };
             out.push(DiskInfo {
@@ -542,26 +633,50 @@ impl Storage for LinuxStorage {
     fn disks(&self) -> Result<Vec<DiskInfo>, OpsError> {
         let root = self.sys_root();
         let block = self.sys.join("block");
-        let entries = fs::read_dir(&block).map_err(|e| {
+        let block_dir = sys::open_dir_at(None, &block).map_err(|e| {
             OpsError::os(format!("Can't open directory \"{}\"", block.display()), e)
         })?;
+        let mut dents = Dents::new();
         let mut out = Vec::new();
-        for entry in entries.filter_map(|e| e.ok()) {
-            if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
+        // A listing error ends the listing, as it ends std's `read_dir`.
+        while let Ok(Some(entry)) = dents.next(block_dir.as_fd()) {
+            if entry.file_type(block_dir.as_fd()) != Some(libc::DT_LNK) {
                 continue;
             }
-            let dir = entry.path();
-            match fs::read_to_string(dir.join("size")) {
-                Ok(size) if size != "0\n" => {}
+            let name = std::ffi::OsStr::from_bytes(entry.bytes());
+            // The disk's files, through its link in /sys/block.
+            let linked = At {
+                fd: block_dir.as_fd(),
+                rel: Path::new(name),
+            };
+            match read_text(Some(linked.fd), &linked.join("size")) {
+                Some(size) if size != "0\n" => {}
                 _ => continue,
             }
-            let Some(dev) = self.devnode(&dir) else {
+            let Some(uevent) = read_text(Some(linked.fd), &linked.join("uevent")) else {
                 continue;
             };
-            // Resolved once, for this test and the address walk.
-            let address = match self.resolve(&root, &dir) {
-                Ok(sp) if !sp.virt.contains("/devices/virtual/block/") => {
-                    self.disk_address(&root, &sp)
+            let Some(devname) = udev::uevent_value(&uevent, "DEVNAME") else {
+                continue;
+            };
+            let dev = format!("/dev/{devname}");
+            let opened = self.open_resolved(&root, &block.join(name));
+            // Its files once its directory is open (the same files).
+            let at = match &opened {
+                Ok((_, dir)) => At {
+                    fd: dir.as_fd(),
+                    rel: Path::new(""),
+                },
+                Err(_) => linked,
+            };
+            let db = udev::Db::for_device(&self.udev_data, at.fd, at.rel, Some(&uevent));
+            let address = match &opened {
+                Ok((sp, _)) if !sp.virt.contains("/devices/virtual/block/") => {
+                    // qemu-ga takes the head of its prepended list: the only one
+                    // found for a disk that is not virtual.
+                    self.device_disk(&root, sp, at, Some(devname), &db)
+                        .ok()
+                        .flatten()
                 }
                 _ => None,
             };
@@ -572,13 +687,21 @@ impl Storage for LinuxStorage {
             out.push(DiskInfo {
                 name: dev.clone(),
                 partition: false,
-                dependencies: self.dependencies(&dir),
+                dependencies: self.dependencies(at),
                 address,
-                alias: self.alias(&dir),
+                alias: self.alias(at, &db),
                 smart,
             });
-            let name = entry.file_name();
-            self.partitions(&name.to_string_lossy(), &dir, &dev, &mut out);
+            let listed = match &opened {
+                Ok(_) => None,
+                Err(_) => sys::open_dir_at(Some(linked.fd), linked.rel).ok(),
+            };
+            let disk_dir = match (&opened, &listed) {
+                (Ok((_, dir)), _) => dir,
+                (Err(_), Some(dir)) => dir,
+                (Err(_), None) => continue,
+            };
+            self.partitions(&name.to_string_lossy(), disk_dir, &dev, &mut out);
         }
         out.reverse();
         Ok(out)

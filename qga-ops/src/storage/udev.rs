@@ -1,11 +1,14 @@
 //! The bits of udev's view qemu-ga gets through libudev, read from plain files.
 
-use std::fs;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
-/// `KEY=value` from a sysfs `uevent` file.
-pub(super) fn uevent_value(path: &Path, key: &str) -> Option<String> {
-    let text = fs::read_to_string(path).ok()?;
+use super::read_text;
+use crate::sys::Dents;
+
+/// `KEY=value` from the text of a sysfs `uevent` file.
+pub(super) fn uevent_value(text: &str, key: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .filter(|v| !v.is_empty())
@@ -16,10 +19,25 @@ pub(super) fn uevent_value(path: &Path, key: &str) -> Option<String> {
 pub(super) struct Db(Option<String>);
 
 impl Db {
-    /// The entry of the block device whose sysfs directory is `dir` (empty when
-    /// there is none: no udev, or udev has not seen the device).
-    pub(super) fn for_device(data: &Path, dir: &Path) -> Db {
-        let entry = fs::read_to_string(dir.join("dev")).ok().and_then(|dev| {
+    /// The entry of the block device whose sysfs directory is `rel` under the
+    /// open directory `dir` and whose `uevent` reads `uevent` (empty when there
+    /// is none: no udev, or udev has not seen the device). The device number is
+    /// the `MAJOR=`/`MINOR=` of `uevent`, where libudev takes it from (the `dev`
+    /// attribute prints the same number), so no file is read for it; the `dev`
+    /// attribute only when `uevent` lacks them.
+    pub(super) fn for_device(
+        data: &Path,
+        dir: BorrowedFd<'_>,
+        rel: &Path,
+        uevent: Option<&str>,
+    ) -> Db {
+        let from_uevent = uevent.and_then(|u| {
+            let maj = uevent_value(u, "MAJOR")?;
+            let min = uevent_value(u, "MINOR")?;
+            Some(format!("{maj}:{min}"))
+        });
+        let dev = from_uevent.or_else(|| read_text(Some(dir), &rel.join("dev")));
+        let entry = dev.and_then(|dev| {
             let dev = dev.trim_end();
             let (maj, min) = dev.split_once(':')?;
             // Digits only, so the file name cannot leave the database directory.
@@ -27,7 +45,7 @@ impl Db {
             if !digits(maj) || !digits(min) {
                 return None;
             }
-            fs::read_to_string(data.join(format!("b{maj}:{min}"))).ok()
+            read_text(None, &data.join(format!("b{maj}:{min}")))
         });
         Db(entry)
     }
@@ -50,23 +68,26 @@ const BY_ID_BUSES: [&str; 10] = [
     "virtio", "nvme", "ata", "usb", "ieee1394", "mmc", "memstick", "xen", "cciss", "scsi",
 ];
 
-/// The serial in the name of a `/dev/disk/by-id/<bus>-<serial>` link pointing at
+/// The serial in the name of a `/dev/disk/by-id/<bus>-<serial>` link (in the open
+/// directory `by_id`) pointing at
 /// `devname`. World-wide names (`wwn-`, `nvme-eui.`, `nvme-nvme.`) are skipped;
 /// among several candidates, the best-ranked bus, then the shortest name, wins.
 /// For partition number `part`, the link is `<bus>-<serial>-part<N>` (udev gives
 /// partitions their disk's `ID_SERIAL`).
-pub(super) fn serial_from_by_id(by_id: &Path, devname: &str, part: Option<&str>) -> Option<String> {
+pub(super) fn serial_from_by_id(by_id: &File, devname: &str, part: Option<&str>) -> Option<String> {
     let suffix = part.map(|n| format!("-part{n}"));
-    let entries = fs::read_dir(by_id).ok()?;
+    let dir = by_id;
+    let mut dents = Dents::new();
     let mut best: Option<(usize, String)> = None;
-    for entry in entries.filter_map(|e| e.ok()) {
-        let Ok(target) = fs::read_link(entry.path()) else {
+    // A listing error ends the listing, as it ends std's `read_dir`.
+    while let Ok(Some(entry)) = dents.next(dir.as_fd()) {
+        let Ok(target) = nix::fcntl::readlinkat(dir.as_fd(), entry.name) else {
             continue;
         };
-        if target.file_name().is_none_or(|n| n != devname) {
+        if Path::new(&target).file_name().is_none_or(|n| n != devname) {
             continue;
         }
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let name = String::from_utf8_lossy(entry.bytes()).into_owned();
         let name = match &suffix {
             Some(sfx) => match name.strip_suffix(sfx.as_str()) {
                 Some(n) => n.to_owned(),
