@@ -220,6 +220,14 @@ const NO_HOST_PAUSE: Duration = Duration::from_millis(100);
 /// How long a listener is left alone after running out of descriptors at accept.
 const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 
+/// After a connection released its large buffers: the dispatcher's file-data
+/// buffer goes too (a write's payload up to 1 MiB is decoded whole into it), and
+/// the allocator hands what it holds free back to the kernel.
+fn release_memory(dispatcher: &mut Dispatcher) {
+    dispatcher.release_buffers();
+    return_free_memory();
+}
+
 /// Hands memory the allocator holds free back to the kernel. glibc's malloc keeps
 /// freed blocks below its (adaptive, up to 32 MiB) mmap threshold in its heap, so a
 /// few large requests would otherwise leave the agent tens of MiB above idle for
@@ -345,9 +353,11 @@ impl<C: Conn> Connection<C> {
         self.peak > IDLE_CAPACITY && self.input.len() + self.unsent() < IDLE_CAPACITY
     }
 
-    /// Ends a port's pause, and releases large buffers after a second of quiet
-    /// (kept while requests keep coming: no page faults per reply).
-    fn on_timer(&mut self, now: Instant) {
+    /// Ends a port's pause, and releases large buffers after a quiet spell (kept
+    /// while requests keep coming: no page faults per reply). Returns whether it
+    /// released them: the caller then releases the dispatcher's and hands the
+    /// memory back ([`release_memory`]).
+    fn on_timer(&mut self, now: Instant) -> bool {
         if self.paused_until.is_some_and(|t| now >= t) {
             self.paused_until = None;
         }
@@ -356,8 +366,9 @@ impl<C: Conn> Connection<C> {
             self.out = BytesMut::from(&self.out[self.sent..]);
             self.sent = 0;
             self.peak = self.input.len().max(self.out.len());
-            return_free_memory();
+            return true;
         }
+        false
     }
 
     /// Handles what poll reported: writes pending replies, frames and dispatches
@@ -681,9 +692,13 @@ fn event_loop(
         let now = Instant::now();
         auto_thaw_if_due(dispatcher, log);
         let mut deadline = dispatcher.auto_thaw_deadline();
+        let mut released = false;
         for c in &mut conns {
-            c.on_timer(now);
+            released |= c.on_timer(now);
             deadline = earliest(deadline, c.next_timer());
+        }
+        if released {
+            release_memory(dispatcher);
         }
         if let Some(l) = &mut listener {
             if l.retry_at.is_some_and(|t| now >= t) {
@@ -1135,11 +1150,11 @@ mod tests {
         assert!(!conn.io.written.is_empty());
         assert!(conn.peak >= 3 << 20);
         let due = conn.next_timer().expect("no release timer");
-        conn.on_timer(due - Duration::from_millis(10));
+        assert!(!conn.on_timer(due - Duration::from_millis(10)));
         assert!(conn.peak >= 3 << 20, "released early");
         // The split-off message left the input sharing its 3 MiB allocation, which
         // it would reuse: released, it holds what it needs and no more.
-        conn.on_timer(due);
+        assert!(conn.on_timer(due), "the caller was not told to release");
         assert!(conn.input.capacity() <= IDLE_CAPACITY);
         assert!(conn.out.capacity() <= IDLE_CAPACITY);
         assert!(conn.peak <= IDLE_CAPACITY);

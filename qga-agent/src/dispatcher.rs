@@ -50,8 +50,9 @@ pub struct Context {
     pub(crate) auto_thaw_retry: Option<Instant>,
     /// The registered commands, for guest-info and the enabled checks.
     pub(crate) table: Arc<Table>,
-    /// One piece (192 KiB) of file data for guest-file-read and -write, kept across
-    /// requests: what a read reads before encoding it, what a write decodes into.
+    /// File data for guest-file-read and -write, kept across requests: one piece
+    /// (192 KiB) that a read reads before encoding it, or a write's whole payload
+    /// (up to 1 MiB) decoded; freed by [`Dispatcher::release_buffers`].
     pub(crate) file_buf: Vec<u8>,
 }
 
@@ -180,6 +181,18 @@ impl Dispatcher {
     /// Number of open file handles.
     pub fn open_handles(&self) -> usize {
         self.ctx.handles.len()
+    }
+
+    /// Frees the buffer kept across guest-file-read and -write requests (up to
+    /// 1 MiB after a write): the channel loop calls this once a connection has been
+    /// quiet, so memory returns to idle; the next transfer allocates it again.
+    pub fn release_buffers(&mut self) {
+        self.ctx.file_buf = Vec::new();
+    }
+
+    /// Bytes held by the buffer [`release_buffers`](Self::release_buffers) frees.
+    pub fn buffered_bytes(&self) -> usize {
+        self.ctx.file_buf.capacity()
     }
 
     /// When the auto-thaw timeout fires, if one is configured and we are frozen.

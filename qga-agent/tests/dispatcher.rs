@@ -762,3 +762,34 @@ fn set_time_passes_the_time_or_none_to_the_clock() {
         "Invalid time"
     );
 }
+
+#[test]
+fn the_file_data_buffer_is_freed_on_release_and_comes_back() {
+    let mut a = Agent::new();
+    let h = a.ok("guest-file-open", json!({"path": "/big", "mode": "w+"}));
+    // A 1 MiB payload is decoded whole into the kept buffer.
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+    let w = a.ok(
+        "guest-file-write",
+        json!({"handle": h, "buf-b64": b64(&data)}),
+    );
+    assert_eq!(w["count"], 1 << 20);
+    assert!(a.d.buffered_bytes() >= 1 << 20, "{}", a.d.buffered_bytes());
+    a.d.release_buffers();
+    assert_eq!(a.d.buffered_bytes(), 0);
+    // Transfers go on as before: the buffer is allocated again.
+    let w = a.ok(
+        "guest-file-write",
+        json!({"handle": h, "buf-b64": b64(&data[..5000])}),
+    );
+    assert_eq!(w["count"], 5000);
+    a.ok(
+        "guest-file-seek",
+        json!({"handle": h, "offset": 0, "whence": "set"}),
+    );
+    let r = a.ok("guest-file-read", json!({"handle": h, "count": 3 << 20}));
+    assert_eq!(r["count"], (1 << 20) + 5000);
+    let mut expected = data.clone();
+    expected.extend_from_slice(&data[..5000]);
+    assert_eq!(r["buf-b64"], b64(&expected));
+}
