@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use nix::fcntl::OFlag;
 
@@ -120,11 +121,14 @@ pub struct LinuxHardware {
     pub sys_memory: PathBuf,
 }
 
+/// Where the kernel lists memory blocks.
+const SYS_MEMORY: &str = "/sys/devices/system/memory";
+
 impl Default for LinuxHardware {
     fn default() -> Self {
         LinuxHardware {
             sys_cpu: "/sys/devices/system/cpu".into(),
-            sys_memory: "/sys/devices/system/memory".into(),
+            sys_memory: SYS_MEMORY.into(),
         }
     }
 }
@@ -642,6 +646,27 @@ impl Hardware for LinuxHardware {
     }
 
     fn memory_block_size(&self) -> Result<u64, OpsError> {
+        // The kernel fixes its memory block size at boot (the architecture probes
+        // it once) and sysfs prints that constant, so on the real sysfs the first
+        // value read is kept for the life of the process. Any other root (a
+        // fixture tree, a test's directory) is read every time.
+        static REAL: OnceLock<u64> = OnceLock::new();
+        let real = self.sys_memory == Path::new(SYS_MEMORY);
+        if real {
+            if let Some(&size) = REAL.get() {
+                return Ok(size);
+            }
+        }
+        let size = self.read_memory_block_size()?;
+        if real {
+            let _ = REAL.set(size);
+        }
+        Ok(size)
+    }
+}
+
+impl LinuxHardware {
+    fn read_memory_block_size(&self) -> Result<u64, OpsError> {
         // Usual case, one open: the file by its whole path. When that fails, the
         // directory and then the file, as 7.2, for its error texts.
         let mut path = self.sys_memory.clone().into_os_string();
