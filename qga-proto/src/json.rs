@@ -424,7 +424,10 @@ pub(crate) fn strict_issue(text: &str) -> Option<(usize, Issue)> {
         Array,
         /// An object whose keys so far are `keys[start..]`, with `pending` set
         /// between a key and the end of its value.
-        Object { start: usize, pending: bool },
+        Object {
+            start: usize,
+            pending: bool,
+        },
     }
     /// The keys of every open object, innermost last: one buffer for all levels,
     /// so an object costs no allocation of its own.
