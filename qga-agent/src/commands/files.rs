@@ -160,9 +160,11 @@ fn read_encoded(
     Ok((total, eof))
 }
 
-/// guest-file-write: the payload is checked first (bad base64 writes nothing), then
-/// decoded piece by piece into a small buffer kept across requests, each piece
-/// written as it comes: the request buffer is the only full-size copy of the data.
+/// guest-file-write (the full path; the dispatcher's fast path ends in
+/// [`Context::file_write_parsed`]): the payload is checked first (bad base64 writes
+/// nothing), then decoded piece by piece into a buffer kept across requests, each
+/// piece written as it comes: past 1 MiB, the request buffer is the only full-size
+/// copy of the data.
 fn write_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
     let id = req.id.clone();
     let result = match GuestFileWrite::borrowed_arguments(req.arguments) {
@@ -214,7 +216,8 @@ fn write_argument_error(ctx: &Context, req: &Request<'_>, e: ArgumentError) -> Q
 fn write(ctx: &mut Context, c: &GuestFileWriteArgs<'_>) -> Result<GuestFileWriteResult, QgaError> {
     let mut scratch = std::mem::take(&mut ctx.file_buf);
     let result = write_pieces(ctx, c, &mut scratch);
-    // A piece's worth (192 KiB) stays for the next request.
+    // Kept for the next request (a piece, or a fast-path payload of up to 1 MiB),
+    // until the channel loop releases it on a quiet connection.
     ctx.file_buf = scratch;
     result
 }
