@@ -16,6 +16,11 @@ use crate::scenarios::{self, bad, close, open, Inputs, Samples};
 pub const WRITE_BYTES: usize = 32 << 20;
 /// Count of each of the three large reads.
 pub const READ_COUNT: usize = 16 << 20;
+/// Size and number of the chunked writes (our agent decodes payloads of up to
+/// 1 MiB whole into a buffer it keeps until the connection is quiet).
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// How many chunked writes (20 MiB in all).
+pub const CHUNKS: usize = 20;
 /// Length of the junk string in the large malformed request.
 pub const GARBAGE_BYTES: usize = 48 << 20;
 /// How long after a step's last reply its RSS is read.
@@ -24,6 +29,7 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// The steps, in the order they run on the one agent: (key, description).
 pub const STEPS: &[(&str, &str)] = &[
     ("write", "one 32 MiB guest-file-write"),
+    ("chunks", "twenty 1 MiB guest-file-writes"),
     ("read", "three 16 MiB guest-file-reads"),
     (
         "garbage",
@@ -43,7 +49,7 @@ fn mib(pid: u32, key: &str) -> io::Result<f64> {
 /// `memory.write_peak` (`VmHWM` after the write, as a multiple of the request's size),
 /// and `memory.after.STEP` (`VmRSS` one second after the step, as a multiple of idle).
 pub fn run(conn: &mut Conn, inputs: &Inputs, pid: u32) -> io::Result<Samples> {
-    if inputs.data.len() < WRITE_BYTES {
+    if inputs.data.len() < WRITE_BYTES.max(CHUNK_BYTES * CHUNKS) {
         return Err(io::Error::other(
             "the read source is smaller than the write",
         ));
@@ -62,18 +68,7 @@ pub fn run(conn: &mut Conn, inputs: &Inputs, pid: u32) -> io::Result<Samples> {
         .tempfile_in(&inputs.work_dir)?
         .into_temp_path();
     let handle = open(conn, &target, "w")?;
-    let mut request = Vec::with_capacity(WRITE_BYTES / 3 * 4 + 128);
-    let _ = write!(
-        request,
-        "{{\"execute\":\"guest-file-write\",\"arguments\":{{\"handle\":{handle},\"buf-b64\":\""
-    );
-    let at = request.len();
-    request.resize(at + WRITE_BYTES.div_ceil(3) * 4, 0);
-    let n = STANDARD
-        .encode_slice(&inputs.data[..WRITE_BYTES], &mut request[at..])
-        .map_err(io::Error::other)?;
-    request.truncate(at + n);
-    request.extend_from_slice(b"\"}}\n");
+    let request = write_request(handle, &inputs.data[..WRITE_BYTES])?;
     conn.get_mut().write_all(&request)?;
     let reply = conn.next_reply()?;
     if member_u64(return_value(reply).map_err(bad)?, b"count") != Some(WRITE_BYTES as u64) {
@@ -90,6 +85,21 @@ pub fn run(conn: &mut Conn, inputs: &Inputs, pid: u32) -> io::Result<Samples> {
         return Err(io::Error::other("the large write's file differs"));
     }
     settle(&mut out, "write")?;
+
+    // Twenty 1 MiB writes in turn, as a file copy sends them.
+    let handle = open(conn, &target, "w")?;
+    for piece in inputs.data[..CHUNK_BYTES * CHUNKS].chunks(CHUNK_BYTES) {
+        conn.get_mut().write_all(&write_request(handle, piece)?)?;
+        let reply = conn.next_reply()?;
+        if member_u64(return_value(reply).map_err(bad)?, b"count") != Some(piece.len() as u64) {
+            return Err(io::Error::other("a 1 MiB write was short"));
+        }
+    }
+    close(conn, handle)?;
+    if std::fs::read(&target)? != inputs.data[..CHUNK_BYTES * CHUNKS] {
+        return Err(io::Error::other("the chunked writes' file differs"));
+    }
+    settle(&mut out, "chunks")?;
 
     // Three large reads, each from the start of the source.
     for _ in 0..3 {
@@ -129,4 +139,21 @@ pub fn run(conn: &mut Conn, inputs: &Inputs, pid: u32) -> io::Result<Samples> {
     scenarios::pipelined(conn, scenarios::PIPELINED)?;
     settle(&mut out, "pipelined")?;
     Ok(out)
+}
+
+/// A guest-file-write of `data` to `handle`, base64 encoded.
+fn write_request(handle: u64, data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut request = Vec::with_capacity(data.len() / 3 * 4 + 128);
+    let _ = write!(
+        request,
+        "{{\"execute\":\"guest-file-write\",\"arguments\":{{\"handle\":{handle},\"buf-b64\":\""
+    );
+    let at = request.len();
+    request.resize(at + data.len().div_ceil(3) * 4, 0);
+    let n = STANDARD
+        .encode_slice(data, &mut request[at..])
+        .map_err(io::Error::other)?;
+    request.truncate(at + n);
+    request.extend_from_slice(b"\"}}\n");
+    Ok(request)
 }
