@@ -68,7 +68,7 @@ pub fn run(conn: &mut Conn, inputs: &Inputs, pid: u32) -> io::Result<Samples> {
         .tempfile_in(&inputs.work_dir)?
         .into_temp_path();
     let handle = open(conn, &target, "w")?;
-    let request = write_request(handle, &inputs.data[..WRITE_BYTES])?;
+    let request = write_request(handle, &inputs.data[..WRITE_BYTES]);
     conn.get_mut().write_all(&request)?;
     let reply = conn.next_reply()?;
     if member_u64(return_value(reply).map_err(bad)?, b"count") != Some(WRITE_BYTES as u64) {
@@ -89,7 +89,7 @@ pub fn run(conn: &mut Conn, inputs: &Inputs, pid: u32) -> io::Result<Samples> {
     // Twenty 1 MiB writes in turn, as a file copy sends them.
     let handle = open(conn, &target, "w")?;
     for piece in inputs.data[..CHUNK_BYTES * CHUNKS].chunks(CHUNK_BYTES) {
-        conn.get_mut().write_all(&write_request(handle, piece)?)?;
+        conn.get_mut().write_all(&write_request(handle, piece))?;
         let reply = conn.next_reply()?;
         if member_u64(return_value(reply).map_err(bad)?, b"count") != Some(piece.len() as u64) {
             return Err(io::Error::other("a 1 MiB write was short"));
@@ -142,18 +142,8 @@ pub fn run(conn: &mut Conn, inputs: &Inputs, pid: u32) -> io::Result<Samples> {
 }
 
 /// A guest-file-write of `data` to `handle`, base64 encoded.
-fn write_request(handle: u64, data: &[u8]) -> io::Result<Vec<u8>> {
+fn write_request(handle: u64, data: &[u8]) -> Vec<u8> {
     let mut request = Vec::with_capacity(data.len() / 3 * 4 + 128);
-    let _ = write!(
-        request,
-        "{{\"execute\":\"guest-file-write\",\"arguments\":{{\"handle\":{handle},\"buf-b64\":\""
-    );
-    let at = request.len();
-    request.resize(at + data.len().div_ceil(3) * 4, 0);
-    let n = STANDARD
-        .encode_slice(data, &mut request[at..])
-        .map_err(io::Error::other)?;
-    request.truncate(at + n);
-    request.extend_from_slice(b"\"}}\n");
-    Ok(request)
+    scenarios::append_write_request(&mut request, handle, data);
+    request
 }

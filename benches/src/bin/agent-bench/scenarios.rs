@@ -539,17 +539,7 @@ fn file_write(
     let mut bounds = Vec::new();
     for piece in inputs.data[..total].chunks(chunk) {
         let start = requests.len();
-        let _ = write!(
-            requests,
-            "{{\"execute\":\"guest-file-write\",\"arguments\":{{\"handle\":{handle},\"buf-b64\":\""
-        );
-        let at = requests.len();
-        requests.resize(at + piece.len().div_ceil(3) * 4, 0);
-        let n = STANDARD
-            .encode_slice(piece, &mut requests[at..])
-            .unwrap_or(0);
-        requests.truncate(at + n);
-        requests.extend_from_slice(b"\"}}\n");
+        append_write_request(&mut requests, handle, piece);
         bounds.push((start, requests.len(), piece.len()));
     }
     let meter = CpuMeter::start(pid);
@@ -576,6 +566,21 @@ fn file_write(
         )));
     }
     Ok((total as f64 / dt.as_secs_f64() / 1e6, cpu))
+}
+
+/// Appends a guest-file-write of `data` to `handle`, base64 encoded, to `out`. (A
+/// failed encoding, which the exact sizing rules out, would send an empty payload,
+/// which the reply's count then shows.)
+pub fn append_write_request(out: &mut Vec<u8>, handle: u64, data: &[u8]) {
+    let _ = write!(
+        out,
+        "{{\"execute\":\"guest-file-write\",\"arguments\":{{\"handle\":{handle},\"buf-b64\":\""
+    );
+    let at = out.len();
+    out.resize(at + data.len().div_ceil(3) * 4, 0);
+    let n = STANDARD.encode_slice(data, &mut out[at..]).unwrap_or(0);
+    out.truncate(at + n);
+    out.extend_from_slice(b"\"}}\n");
 }
 
 #[cfg(test)]
