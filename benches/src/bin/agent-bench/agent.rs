@@ -88,6 +88,9 @@ pub enum Program {
     Agent(PathBuf),
     /// This bench binary as a trivial echo server (the socket floor).
     Echo(PathBuf),
+    /// This bench binary as the stub (`stub.rs`), file reads replayed in pieces of
+    /// the given count.
+    Stub(PathBuf, usize),
 }
 
 /// A started agent. Dropping it stops exactly this process (by pid) and removes its
@@ -143,6 +146,11 @@ impl Agent {
                 c.arg("--echo-server").arg(&sock);
                 c
             }
+            Program::Stub(path, chunk) => {
+                let mut c = Command::new(path);
+                c.arg("--stub-server").arg(&sock).arg(chunk.to_string());
+                c
+            }
         };
         // No system config file may change what is measured.
         cmd.env("QGA_CONF", dir.path().join("none.conf"))
@@ -192,7 +200,7 @@ impl Agent {
         let reply = conn
             .next_reply()
             .map_err(|e| io::Error::other(format!("{e}; log: {}", agent.log_tail())))?;
-        if let Program::Agent(_) = program {
+        if let Program::Agent(_) | Program::Stub(..) = program {
             return_value(reply).map_err(io::Error::other)?;
         }
         let startup = t0.elapsed();

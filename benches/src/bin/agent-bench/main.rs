@@ -5,6 +5,7 @@ mod agent;
 mod memory;
 mod modern;
 mod scenarios;
+mod stub;
 mod via_client;
 
 use std::collections::BTreeMap;
@@ -244,6 +245,14 @@ fn main() {
         }
         return;
     }
+    if args.len() == 4 && args[1] == "--stub-server" {
+        let chunk = args[3].parse().unwrap_or(0);
+        if let Err(e) = stub::serve(Path::new(&args[2]), chunk) {
+            eprintln!("stub server: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let o = match parse_args() {
         Ok(o) => o,
         Err(e) => {
@@ -394,7 +403,8 @@ fn bench(o: &Options) -> Result<(), String> {
     if let Some(p) = &o.reference {
         sides.push((Side::Reference, Program::Agent(p.clone())));
     }
-    let echo = Program::Echo(std::env::current_exe().map_err(|e| e.to_string())?);
+    let bench_exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let echo = Program::Echo(bench_exe.clone());
 
     println!("# agent-bench");
     println!();
@@ -522,6 +532,25 @@ fn bench(o: &Options) -> Result<(), String> {
                     }
                 }
             }
+            // The stub right after the agents, under the same load: the ceiling.
+            if let Some(stub) = stub_for(scenario, &bench_exe) {
+                harvest(&mut pending, &mut results, false);
+                let out = run_one(scenario, &stub, work.path(), o.cpus, &inputs);
+                agent::unpin_current_thread();
+                match out {
+                    // A stub kept for an RSS reading is stopped here: not measured.
+                    Ok((out, _)) => {
+                        for (k, v) in out {
+                            record(&mut results, format!("bound.{k}"), Side::Ours, v);
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("{} / stub run {run}: {e}", scenario.describe());
+                        eprintln!("  error: {msg}");
+                        errors.push(msg);
+                    }
+                }
+            }
         }
     }
     harvest(&mut pending, &mut results, true);
@@ -563,6 +592,17 @@ fn bench(o: &Options) -> Result<(), String> {
     }
     drop(work);
     Ok(())
+}
+
+/// The stub for the scenarios whose target it bounds (see `stub.rs`).
+fn stub_for(scenario: Scenario, exe: &Path) -> Option<Program> {
+    match scenario {
+        Scenario::Ping(Pin::Same) | Scenario::Sync(Pin::Same) | Scenario::Exec => {
+            Some(Program::Stub(exe.to_path_buf(), 0))
+        }
+        Scenario::ReadSame(chunk) => Some(Program::Stub(exe.to_path_buf(), chunk)),
+        _ => None,
+    }
 }
 
 fn floor_run(
@@ -1063,6 +1103,7 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
             );
         }
     }
+    print_bounds(results);
     if scenarios.is_empty() {
         return;
     }
@@ -1084,6 +1125,120 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
             fmt(a, 1),
             fmt(b, 1),
             fmt(ratio, 2)
+        );
+    }
+}
+
+/// The rows the stub bounds: key, label, target ratio, and whether the rate is MB/s
+/// (else calls or cycles per second).
+const BOUNDED: &[(&str, &str, f64, bool)] = &[
+    (
+        "ping.same.rate",
+        "guest-ping round trips/s, same CPU",
+        4.0,
+        false,
+    ),
+    (
+        "sync.same.rate",
+        "guest-sync-delimited round trips/s, same CPU",
+        3.0,
+        false,
+    ),
+    (
+        "read.same.4K.mbs",
+        "guest-file-read MB/s, count 4 KiB, same CPU",
+        5.0,
+        true,
+    ),
+    (
+        "read.same.1M.mbs",
+        "guest-file-read MB/s, count 1 MiB, same CPU",
+        20.0,
+        true,
+    ),
+    (
+        "read.same.16M.mbs",
+        "guest-file-read MB/s, count 16 MiB, same CPU",
+        20.0,
+        true,
+    ),
+    (
+        "exec.rate",
+        "guest-exec /bin/true cycles/s",
+        EXEC_TARGET,
+        false,
+    ),
+];
+
+/// Time per call (us) or per byte (ns) of a rate (per second, or MB/s).
+fn per_unit(rate: f64, mbs: bool) -> f64 {
+    if mbs {
+        1e3 / rate
+    } else {
+        1e6 / rate
+    }
+}
+
+/// What bounds the ratio targets of round trips, small and large reads and
+/// guest-exec: the stub (`stub.rs`) run right after the agents in every run. Its
+/// rate over qemu-ga's is the ceiling, the ratio an agent that cost nothing would
+/// reach; the budget is the time an agent may add to the stub's per call or byte
+/// and still meet the target.
+fn print_bounds(results: &Results) {
+    let get = |k: &str, side| summary(results, k, side);
+    let rows: Vec<_> = BOUNDED
+        .iter()
+        .filter(|(k, ..)| results.contains_key(&format!("bound.{k}")))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "Bounds: the stub (this bench answering the same requests with replies prepared before the clock starts; \
+         file replies replayed from memory; guest-exec waits for its child, so one status poll) run right after the \
+         agents in every run. ceiling = stub / qemu-ga, the ratio an agent that cost nothing would reach. \
+         budget = time per call (us) or per byte (ns) an agent may add to the stub's and still meet the target; \
+         ours adds = what ours adds:"
+    );
+    println!();
+    println!("| scenario | ours | qemu-ga | stub | ratio | ceiling | target | budget | ours adds | unit |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for &&(key, label, target, mbs) in &rows {
+        let ours = get(key, Side::Ours);
+        let theirs = get(key, Side::Reference);
+        let stub = get(&format!("bound.{key}"), Side::Ours);
+        let ratio = ours.zip(theirs).map(|(a, b)| a / b);
+        let ceiling = stub.zip(theirs).map(|(a, b)| a / b);
+        let t_stub = stub.map(|r| per_unit(r, mbs));
+        let budget = theirs
+            .map(|r| per_unit(r * target, mbs))
+            .zip(t_stub)
+            .map(|(t, s)| t - s);
+        let adds = ours
+            .map(|r| per_unit(r, mbs))
+            .zip(t_stub)
+            .map(|(t, s)| t - s);
+        let digits = if mbs { 3 } else { 1 };
+        println!(
+            "| {label} | {} | {} | {} | {} | {} | >= {target} | {} | {} | {} |",
+            fmt(ours, 0),
+            fmt(theirs, 0),
+            fmt(stub, 0),
+            fmt(ratio, 2),
+            fmt(ceiling, 2),
+            fmt(budget, digits),
+            fmt(adds, digits),
+            if mbs { "ns/byte" } else { "us/call" },
+        );
+    }
+    let stub_p50 = get("bound.ping.same.p50", Side::Ours);
+    let ping = get("ping.same.p50", Side::Ours);
+    if let (Some(f), Some(p)) = (stub_p50, ping) {
+        println!();
+        println!(
+            "Our guest-ping p50 on one CPU against the stub's in the same runs: {:.2}x (target <= {PING_FLOOR_TARGET}).",
+            p / f
         );
     }
 }
