@@ -1065,6 +1065,60 @@ mod tests {
         assert_eq!(v, want.as_bytes());
     }
 
+    /// Data that ends where an inaccessible page begins: a read past its end faults.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn encoding_reads_nothing_past_the_data() {
+        use std::ffi::c_void;
+        unsafe extern "C" {
+            fn mmap(
+                addr: *mut c_void,
+                len: usize,
+                prot: i32,
+                flags: i32,
+                fd: i32,
+                off: i64,
+            ) -> *mut c_void;
+            fn mprotect(addr: *mut c_void, len: usize, prot: i32) -> i32;
+            fn munmap(addr: *mut c_void, len: usize) -> i32;
+        }
+        const PAGE: usize = 4096;
+        const PROT_NONE: i32 = 0;
+        const PROT_READ_WRITE: i32 = 1 | 2;
+        const MAP_PRIVATE_ANONYMOUS: i32 = 0x02 | 0x20;
+        // SAFETY: a fresh private anonymous mapping, no address asked for.
+        let base = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                2 * PAGE,
+                PROT_READ_WRITE,
+                MAP_PRIVATE_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base as isize, -1, "mmap failed");
+        // SAFETY: the second page of the mapping just made.
+        let guard = unsafe { mprotect(base.cast::<u8>().add(PAGE).cast(), PAGE, PROT_NONE) };
+        assert_eq!(guard, 0, "mprotect failed");
+        // SAFETY: the first page is ours, readable and writable, and (zeroed by the
+        // kernel) initialised.
+        let page = unsafe { std::slice::from_raw_parts_mut(base.cast::<u8>(), PAGE) };
+        page.copy_from_slice(&noise(PAGE, 7));
+        for len in [0, 1, 47, 48, 49, 95, 96, 97, 144, 1000, PAGE - 1, PAGE] {
+            let data = &page[PAGE - len..];
+            if avx512::available() {
+                let mut out = vec![0u8; len / 48 * 64];
+                // SAFETY: the CPU has the features; `out` holds `len / 48 * 64` bytes.
+                let done = unsafe { avx512::encode(data, out.as_mut_ptr()) };
+                assert_eq!(done, len / 48 * 48);
+            }
+            check_encoders(data);
+        }
+        // SAFETY: the mapping made above, no longer borrowed.
+        assert_eq!(unsafe { munmap(base, 2 * PAGE) }, 0);
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(64))]
         #[test]
