@@ -27,8 +27,12 @@ const ENGINE: GeneralPurpose = GeneralPurpose::new(
 ///   `\n`; anything else is [`ArgumentError::InvalidBase64`]) and as lenient about
 ///   the end: an incomplete final group is dropped (`aGVsbG8` decodes to `hel`).
 /// * Encoding goes through `collect_str` in fixed-size chunks, so serialising a large
-///   payload builds no full-size intermediate `String`. [`Base64::encode_into`] writes
-///   straight into an output buffer for callers that assemble replies by hand.
+///   payload builds no full-size intermediate `String`. [`Base64::encode_into`],
+///   [`encode_to_slice`](Base64::encode_to_slice) and
+///   [`encode_to_uninit`](Base64::encode_to_uninit) write straight into an output
+///   buffer for callers that assemble replies by hand, with AVX-512 VBMI where the
+///   CPU has it (detected at run time) and base64-simd otherwise: the same text
+///   either way.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Base64(pub Vec<u8>);
 
@@ -93,8 +97,9 @@ fn encoded_len(n: usize) -> usize {
     n.div_ceil(3) * 4
 }
 
-/// Data from which [`encode_exact`] encodes with AVX-512 VBMI: below it, the
-/// blocks are too few to pay for the detour.
+/// Data from which [`encode_exact`] encodes with AVX-512 VBMI: one block. Even one
+/// block and no tail takes half base64-simd's time (10 against 19 ns on a Sapphire
+/// Rapids Xeon).
 #[cfg(target_arch = "x86_64")]
 const AVX512_ENCODE_MIN: usize = 48;
 
