@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::QgaError;
 
@@ -46,7 +47,7 @@ pub(crate) enum TopLevel<'a> {
 }
 
 /// An object's members in input order, each value still raw JSON text.
-pub(crate) struct Members<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
+pub(crate) struct Members<'a>(pub(crate) SmallVec<[(Cow<'a, str>, &'a RawValue); 4]>);
 
 impl<'a> Members<'a> {
     /// Parses `text`, which must be one JSON object, into its raw members.
@@ -87,7 +88,9 @@ impl<'de> Visitor<'de> for MembersVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut members: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+        // Requests have a few members (the envelope three, most commands' arguments
+        // fewer than five): held inline, no allocation.
+        let mut members: SmallVec<[(Cow<'de, str>, &'de RawValue); 4]> = SmallVec::new();
         while let Some(BorrowedStr(key)) = map.next_key::<BorrowedStr<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
             if members.iter().any(|(k, _)| *k == key) {
@@ -432,9 +435,9 @@ pub(crate) fn strict_issue(text: &str) -> Option<(usize, Issue)> {
     /// The keys of every open object, innermost last: one buffer for all levels,
     /// so an object costs no allocation of its own.
     struct Keys<'a> {
-        done: Vec<Cow<'a, str>>,
+        done: SmallVec<[Cow<'a, str>; 8]>,
         /// The key whose value is being read, per open object (innermost last).
-        pending: Vec<Cow<'a, str>>,
+        pending: SmallVec<[Cow<'a, str>; 4]>,
     }
     /// A value just ended: in an object, its key is now checked and recorded.
     fn value_done<'a>(
@@ -455,10 +458,12 @@ pub(crate) fn strict_issue(text: &str) -> Option<(usize, Issue)> {
         None
     }
     let bytes = text.as_bytes();
-    let mut levels: Vec<Level> = Vec::with_capacity(8);
+    // Inline room for what requests hold (a few levels, a few keys): a scan
+    // allocates nothing unless the text is unusually deep or wide.
+    let mut levels: SmallVec<[Level; 8]> = SmallVec::new();
     let mut keys = Keys {
-        done: Vec::with_capacity(8),
-        pending: Vec::with_capacity(4),
+        done: SmallVec::new(),
+        pending: SmallVec::new(),
     };
     let mut expect_key = false;
     let mut i = 0;
