@@ -243,6 +243,15 @@ pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
     parse_status_kib(&status, key)
 }
 
+/// A plain number from `/proc/PID/status` (`voluntary_ctxt_switches`).
+pub fn proc_status_count(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        rest.trim().parse().ok()
+    })
+}
+
 fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let rest = line.strip_prefix(key)?.strip_prefix(':')?;

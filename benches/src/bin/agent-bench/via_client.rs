@@ -140,7 +140,8 @@ fn sys_share(before: (u64, u64), after: (u64, u64)) -> f64 {
 /// verification's memcmp or the source's memcpy included), `.client_sys` (the
 /// kernel's share of that, from the thread's tick counters: socket copies and
 /// their allocations), `.raw_mbs` (the paired raw-socket run) and `.share` (copy /
-/// paired raw).
+/// paired raw) and `.agent_waits` (the agent's voluntary context switches per MiB
+/// copied: how often it slept waiting for the client).
 pub fn copies(
     program: &Program,
     base: &Path,
@@ -193,6 +194,9 @@ pub fn copies(
                     // One connection at a time: the raw one goes, qga-client connects.
                     drop(conn);
                 }
+                // How often the agent slept waiting for the client during the copy.
+                let waits = || agent::proc_status_count(pid, "voluntary_ctxt_switches");
+                let waits0 = waits();
                 let copied = if put {
                     let target = inputs.work_dir.join("copy-target.bin");
                     let r = copy_put(&sock, &raw.data, &target, COPY_CHUNK);
@@ -201,17 +205,24 @@ pub fn copies(
                 } else {
                     copy_get(&sock, &raw.data, &source, COPY_CHUNK)
                 }?;
+                let mib = raw.data.len() as f64 / f64::from(1u32 << 20);
+                let agent_waits = waits()
+                    .zip(waits0)
+                    .map(|(a, b)| a.saturating_sub(b) as f64 / mib);
                 if !raw_first {
                     let stream = UnixStream::connect(&sock)?;
                     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
                     raw_mbs = raw_rate(scenario, ReplyReader::new(stream), &raw, pid)?;
                 }
                 drop(agent);
-                Ok((copied, raw_mbs))
+                Ok((copied, raw_mbs, agent_waits))
             });
             agent::unpin_current_thread();
             match out {
-                Ok(((mbs, ns, sys), raw_mbs)) => {
+                Ok(((mbs, ns, sys), raw_mbs, agent_waits)) => {
+                    if let Some(w) = agent_waits {
+                        crate::record(results, format!("{key}.agent_waits"), Side::Ours, w);
+                    }
                     crate::record(results, format!("{key}.mbs"), Side::Ours, mbs);
                     crate::record(results, format!("{key}.client_ns"), Side::Ours, ns);
                     crate::record(results, format!("{key}.client_sys"), Side::Ours, sys);
@@ -388,14 +399,15 @@ pub fn print_copies(results: &Results) {
         COPY_RATE_TARGET * 100.0
     );
     println!();
-    println!("| copy | MB/s | paired raw MB/s | % of paired raw | raw row MB/s | % of raw row | client CPU ns/byte | met? |");
-    println!("|---|---:|---:|---:|---:|---:|---:|:---:|");
+    println!("| copy | MB/s | paired raw MB/s | % of paired raw | raw row MB/s | % of raw row | client CPU ns/byte | agent sleeps per MiB | met? |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|:---:|");
     for (dir, raw, what) in rows {
         let get = |m: &str| crate::summary(results, &format!("copy.{dir}.{label}.{m}"), Side::Ours);
         let mbs = get("mbs");
         let paired = get("raw_mbs");
         let share = get("share");
         let ns = get("client_ns");
+        let waits = get("agent_waits");
         let row = crate::summary(results, &format!("{raw}.{label}.mbs"), Side::Ours);
         let row_share = mbs.zip(row).filter(|(_, r)| *r > 0.0).map(|(m, r)| m / r);
         let met = match (share, ns) {
@@ -404,13 +416,14 @@ pub fn print_copies(results: &Results) {
         };
         let pct = |x: Option<f64>| crate::fmt(x.map(|s| s * 100.0), 0);
         println!(
-            "| {what} | {} | {} | {} | {} | {} | {} | {met} |",
+            "| {what} | {} | {} | {} | {} | {} | {} | {} | {met} |",
             crate::fmt(mbs, 0),
             crate::fmt(paired, 0),
             pct(share),
             crate::fmt(row, 0),
             pct(row_share),
             crate::fmt(ns, 2),
+            crate::fmt(waits, 1),
         );
     }
 }
