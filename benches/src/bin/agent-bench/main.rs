@@ -427,7 +427,7 @@ fn bench(o: &Options) -> Result<(), String> {
         o.cpus.agent, o.cpus.client, o.cpus.agent
     );
     println!(
-        "- runs per scenario and agent (alternating ours/qemu-ga, a fresh agent each): {} (file scenarios), {} (others); {} round trips per run; mode: {}",
+        "- runs per scenario and agent (ours, qemu-ga and the stub in an order that rotates run to run, a fresh process each): {} (file scenarios), {} (others); {} round trips per run; mode: {}",
         o.runs,
         o.cheap_runs,
         sizes.round_trips,
