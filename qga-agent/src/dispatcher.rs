@@ -15,7 +15,7 @@ use qga_ops::{GuestFile, Ops};
 use qga_proto::{Command, CommandSpec, Empty, GuestFileWrite, QgaError, Request, Response};
 use serde::Serialize;
 
-use crate::registry::{Registry, Table};
+use crate::registry::{Entry, Registry, Table};
 use crate::state::StateDir;
 
 /// Largest `count` guest-file-read accepts (48 MiB, as qemu-ga: its base64 must fit
@@ -87,8 +87,18 @@ impl Context {
     /// platform), not in the allow list, or not allowed while frozen. The texts are
     /// qemu-ga 7.2's (the allow-list reason is 8.0's).
     pub fn disabled(&self, spec: &CommandSpec) -> Option<QgaError> {
+        self.disabled_as(spec, self.table.unsupported(spec.name))
+    }
+
+    /// [`disabled`](Self::disabled) for a command whose table entry is at hand (the
+    /// dispatcher's case: one lookup per request, not two).
+    pub(crate) fn disabled_entry(&self, entry: &Entry) -> Option<QgaError> {
+        self.disabled_as(&entry.spec, entry.unsupported)
+    }
+
+    fn disabled_as(&self, spec: &CommandSpec, unsupported: bool) -> Option<QgaError> {
         let name = spec.name;
-        if self.config.blocked.contains(name) || self.table.unsupported(name) {
+        if unsupported || self.config.blocked.contains(name) {
             return Some(QgaError::disabled_command(name, None));
         }
         if let Some(allowed) = &self.config.allowed {
@@ -253,7 +263,7 @@ impl Dispatcher {
         let Some(entry) = table.get(name) else {
             return reply::<Empty>(out, Err(QgaError::unknown_command(name)), req.id, false);
         };
-        if let Some(err) = self.ctx.disabled(&entry.spec) {
+        if let Some(err) = self.ctx.disabled_entry(entry) {
             return reply::<Empty>(out, Err(err), req.id, false);
         }
         entry.run(&mut self.ctx, &req, out);
@@ -285,7 +295,7 @@ impl Dispatcher {
         let Some((id, args)) = parsed else {
             return false;
         };
-        match self.ctx.disabled(&entry.spec) {
+        match self.ctx.disabled_entry(entry) {
             Some(err) => {
                 if let Some(buf) = args.buf_b64.into_scratch() {
                     self.ctx.file_buf = buf;

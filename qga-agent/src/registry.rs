@@ -21,7 +21,7 @@ pub(crate) struct Entry {
     pub(crate) spec: CommandSpec,
     /// Registered but refused on this platform (qemu-ga 7.2 does this for
     /// guest-get-devices on Linux): listed disabled, answers "has been disabled".
-    unsupported: bool,
+    pub(crate) unsupported: bool,
     run: RawHandler,
     /// guest-file-write's stock handler, which the dispatcher may bypass for a
     /// request [`qga_proto::Request::parse_file_write`] reads (a replaced handler

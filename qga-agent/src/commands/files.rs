@@ -109,7 +109,11 @@ fn read_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
     };
     out.extend_from_slice(b"\",\"count\":");
     push_decimal(out, total as u64);
-    out.extend_from_slice(if eof { b",\"eof\":true}" } else { b",\"eof\":false}" });
+    out.extend_from_slice(if eof {
+        b",\"eof\":true}"
+    } else {
+        b",\"eof\":false}"
+    });
     if let Some(id) = &id {
         out.extend_from_slice(b",\"id\":");
         if serde_json::to_writer(bytes::BufMut::writer(&mut *out), id).is_err() {
