@@ -1,4 +1,8 @@
 //! Guest files: open with fopen-style modes, read, write, seek, flush, close.
+//!
+//! [`LinuxFiles`] writes unbuffered and reads a regular file 64 KiB ahead for reads
+//! under 64 KiB (one read(2) per 64 KiB of small sequential reads, as stdio), with the
+//! results of unbuffered reads; FIFOs, sockets and devices are never read ahead.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -117,7 +121,9 @@ impl OpenMode {
     }
 }
 
-/// Files on the local machine.
+/// Files on the local machine. Writes are unbuffered; reads under 64 KiB of a regular
+/// file go through a 64 KiB read-ahead buffer (as stdio's), with the results of
+/// unbuffered reads. FIFOs, sockets and devices are never read ahead.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LinuxFiles;
 
