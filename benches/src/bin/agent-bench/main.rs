@@ -1030,8 +1030,10 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
         .filter(|r| results.contains_key(r.key))
         .collect();
     if !rows.is_empty() {
-        println!("| scenario | ours | qemu-ga | ratio | target | met? |");
-        println!("|---|---:|---:|---:|---:|:---:|");
+        println!(
+            "| scenario | ours | qemu-ga | ratio | target | met? | client CPU %, ours / qemu-ga |"
+        );
+        println!("|---|---:|---:|---:|---:|:---:|---:|");
     }
     for r in rows {
         let a = if have_ours {
@@ -1061,8 +1063,20 @@ fn print_tables(results: &Results, scenarios: &[Scenario], have_ours: bool, have
                 a.map_or("?".into(), |a| yes(a <= t)),
             ),
         };
+        // The client thread's share of the wall time on a rate row: how much of the
+        // run the client itself took (on one CPU, time the agent could not have).
+        let client = r
+            .key
+            .rsplit_once('.')
+            .filter(|(_, m)| matches!(*m, "rate" | "mbs"))
+            .map(|(prefix, _)| format!("{prefix}.client_cpu"));
+        let share = |side| client.as_deref().and_then(|k| summary(results, k, side));
+        let client = match (share(Side::Ours), share(Side::Reference)) {
+            (None, None) => String::new(),
+            (x, y) => format!("{} / {}", fmt(x, 0), fmt(y, 0)),
+        };
         println!(
-            "| {} | {} | {} | {} | {target} | {met} |",
+            "| {} | {} | {} | {} | {target} | {met} | {client} |",
             r.label,
             fmt(a, r.digits),
             fmt(b, r.digits),
