@@ -249,6 +249,68 @@ mod tests {
         assert_eq!(r.ends.len(), 3);
     }
 
+    /// The server end to end over a real socket: requests split across writes and
+    /// several in one write are all answered, in order.
+    #[test]
+    fn the_server_answers_what_the_scenarios_send() {
+        use qga_benches::reply::{member_u64, return_value, strip_sentinel, ReplyReader};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("stub.sock");
+        let file = dir.path().join("data");
+        let data: Vec<u8> = (0..9000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&file, &data).unwrap();
+        let path = sock.clone();
+        // Serves until the test process ends.
+        std::thread::spawn(move || serve(&path, 4096));
+        let stream = loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut conn = ReplyReader::new(stream);
+        // A sync split in two writes, then a ping and the open in one.
+        conn.get_mut()
+            .write_all(b"{\"execute\":\"guest-sync-delimited\",\"argu")
+            .unwrap();
+        conn.get_mut().flush().unwrap();
+        conn.get_mut().write_all(b"ments\":{\"id\":77}}\n").unwrap();
+        let (sentinel, body) = strip_sentinel(conn.next_reply().unwrap());
+        assert!(sentinel);
+        assert_eq!(return_value(body).unwrap(), b"77");
+        let open = format!(
+            "{{\"execute\":\"guest-ping\"}}\n{{\"execute\":\"guest-file-open\",\"arguments\":{{\"path\":\"{}\"}}}}\n",
+            file.display()
+        );
+        conn.get_mut().write_all(open.as_bytes()).unwrap();
+        assert_eq!(return_value(conn.next_reply().unwrap()).unwrap(), b"{}");
+        assert_eq!(return_value(conn.next_reply().unwrap()).unwrap(), b"1000");
+        let mut got = Vec::new();
+        loop {
+            conn.get_mut()
+                .write_all(b"{\"execute\":\"guest-file-read\",\"arguments\":{\"handle\":1000,\"count\":4096}}\n")
+                .unwrap();
+            let f = FileRead::parse(conn.next_reply().unwrap()).unwrap();
+            got.extend_from_slice(&STANDARD.decode(f.b64).unwrap());
+            if f.eof {
+                break;
+            }
+        }
+        assert_eq!(got, data);
+        conn.get_mut()
+            .write_all(b"{\"execute\":\"guest-exec\",\"arguments\":{\"path\":\"/bin/true\"}}\n")
+            .unwrap();
+        let pid = member_u64(return_value(conn.next_reply().unwrap()).unwrap(), b"pid").unwrap();
+        let status =
+            format!("{{\"execute\":\"guest-exec-status\",\"arguments\":{{\"pid\":{pid}}}}}\n");
+        conn.get_mut().write_all(status.as_bytes()).unwrap();
+        let ret = return_value(conn.next_reply().unwrap()).unwrap();
+        assert_eq!(member_u64(ret, b"exitcode"), Some(0));
+    }
+
     #[test]
     fn members_are_found_in_compact_requests() {
         let sync = b"{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":4711}}";
