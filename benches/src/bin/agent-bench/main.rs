@@ -1197,7 +1197,7 @@ fn per_unit(rate: f64, mbs: bool) -> f64 {
 }
 
 /// What bounds the ratio targets of round trips, small and large reads and
-/// guest-exec: the stub (`stub.rs`) run right after the agents in every run. Its
+/// guest-exec: the stub (`stub.rs`) run in turn with the agents in every run. Its
 /// rate over qemu-ga's is the ceiling, the ratio an agent that cost nothing would
 /// reach; the budget is the time an agent may add to the stub's per call or byte
 /// and still meet the target.
@@ -1213,8 +1213,8 @@ fn print_bounds(results: &Results) {
     println!();
     println!(
         "Bounds: the stub (this bench answering the same requests with replies prepared before the clock starts; \
-         file replies replayed from memory; guest-exec waits for its child, so one status poll) run right after the \
-         agents in every run. ceiling = stub / qemu-ga, the ratio an agent that cost nothing would reach. \
+         file replies replayed from memory; guest-exec waits for its child, so one status poll) run in turn with the \
+         agents in every run (the order rotating). ceiling = stub / qemu-ga, the ratio an agent that cost nothing would reach. \
          budget = time per call (us) or per byte (ns) an agent may add to the stub's and still meet the target; \
          ours adds = what ours adds:"
     );
