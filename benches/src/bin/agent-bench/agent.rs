@@ -246,17 +246,22 @@ pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
 /// A plain number from `/proc/PID/status` (`voluntary_ctxt_switches`).
 pub fn proc_status_count(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
-        rest.trim().parse().ok()
-    })
+    status_field(&status, key)?.parse().ok()
 }
 
 fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
-        rest.trim().strip_suffix("kB")?.trim().parse().ok()
-    })
+    status_field(status, key)?
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The value of `key:` in a `/proc/PID/status` text, trimmed.
+fn status_field<'s>(status: &'s str, key: &str) -> Option<&'s str> {
+    status
+        .lines()
+        .find_map(|line| Some(line.strip_prefix(key)?.strip_prefix(':')?.trim()))
 }
 
 /// The socket floor: echoes every byte back, one connection at a time. Runs until
