@@ -124,6 +124,7 @@ fn main() {
         block_rpcs: vec!["guest-file-open".to_owned()],
         allow_rpcs: Vec::new(),
         fsfreeze_timeout: None,
+        busy_poll_us: qga_agent::DEFAULT_BUSY_POLL_US,
     };
     let log = Log::new(None, config.verbose);
     if let Err(e) = serve(&config, registry, &log) {

@@ -78,7 +78,15 @@ pub struct Cli {
     /// Thaw by ourselves after SECONDS frozen (off by default; not in qemu-ga).
     #[arg(long = "fsfreeze-timeout", value_name = "SECONDS")]
     pub fsfreeze_timeout: Option<u64>,
+    /// Poll up to MICROSECONDS for the next request before sleeping, while requests
+    /// come in quick succession (default 200; 0: never; not in qemu-ga).
+    #[arg(long = "busy-poll", value_name = "MICROSECONDS")]
+    pub busy_poll: Option<u64>,
 }
+
+/// How long the agent polls for the next request before sleeping, by default
+/// (`--busy-poll`): KVM's and Linux's `haltpoll` default for the same trade.
+pub const DEFAULT_BUSY_POLL_US: u64 = 200;
 
 /// How the agent reaches the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +154,9 @@ pub struct Config {
     pub allow_rpcs: Vec<String>,
     /// Auto-thaw timeout in seconds.
     pub fsfreeze_timeout: Option<u64>,
+    /// How long the channel loop may poll for the next request before it sleeps,
+    /// in microseconds (0: never). See the README's "Busy polling".
+    pub busy_poll_us: u64,
 }
 
 /// A parsed key file: `[group]` then `key=value` lines.
@@ -280,6 +291,13 @@ impl Config {
             })?),
             (None, None) => None,
         };
+        let busy_poll_us = match (cli.busy_poll, kf.get("busy-poll")) {
+            (Some(us), _) => us,
+            (None, Some(v)) => v.parse().map_err(|_| {
+                AgentError::Config(format!("invalid busy-poll '{v}' in {}", path.display()))
+            })?,
+            (None, None) => DEFAULT_BUSY_POLL_US,
+        };
         Ok(Config {
             daemonize: cli.daemonize || kf.bool("daemon", &path)?.unwrap_or(false),
             method,
@@ -304,6 +322,7 @@ impl Config {
             block_rpcs: block,
             allow_rpcs: allow,
             fsfreeze_timeout,
+            busy_poll_us,
         })
     }
 
@@ -327,6 +346,10 @@ impl Config {
         s += &format!("allow-rpcs={}\n", self.allow_rpcs.join(","));
         if let Some(t) = self.fsfreeze_timeout {
             s += &format!("fsfreeze-timeout={t}\n");
+        }
+        // Only when changed, so the dump stays qemu-ga's by default.
+        if self.busy_poll_us != DEFAULT_BUSY_POLL_US {
+            s += &format!("busy-poll={}\n", self.busy_poll_us);
         }
         s
     }

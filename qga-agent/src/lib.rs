@@ -60,7 +60,8 @@ use std::io::Write;
 use clap::Parser;
 
 pub use config::{
-    Cli, Config, Method, DEFAULT_FSFREEZE_HOOK, DEFAULT_ISA_PATH, DEFAULT_VIRTIO_PATH,
+    Cli, Config, Method, DEFAULT_BUSY_POLL_US, DEFAULT_FSFREEZE_HOOK, DEFAULT_ISA_PATH,
+    DEFAULT_VIRTIO_PATH,
 };
 pub use dispatcher::{Context, Dispatcher, DispatcherConfig, MAX_READ_COUNT};
 pub use log::Log;

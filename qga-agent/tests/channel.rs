@@ -230,6 +230,7 @@ fn fake_agent_child() {
         block_rpcs: Vec::new(),
         allow_rpcs: Vec::new(),
         fsfreeze_timeout: None,
+        busy_poll_us: qga_agent::DEFAULT_BUSY_POLL_US,
     };
     let result = channel::run(&config, &mut dispatcher, &Log::new(None, true));
     let report = serde_json::json!({
@@ -500,6 +501,52 @@ fn a_client_that_does_not_read_its_replies_costs_bounded_memory_and_no_cpu() {
         idle / 1024,
         baseline / 1024
     );
+}
+
+#[test]
+fn after_a_burst_of_requests_the_agent_sleeps_instead_of_polling() {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    // The agent on one CPU and this test on another, so that the agent's CPU goes
+    // idle between requests (on one CPU it would hand it to the client instead),
+    // and nothing of ours wakes up there to make a polling agent give way.
+    let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    if cpus.len() < 2 {
+        eprintln!("skipped: needs two CPUs to run on, has {}", cpus.len());
+        return;
+    }
+    let only = |cpu: usize| {
+        let mut set = CpuSet::new();
+        set.set(cpu).unwrap();
+        set
+    };
+    sched_setaffinity(Pid::from_raw(0), &only(cpus[1])).unwrap();
+    let agent = Agent::start();
+    sched_setaffinity(Pid::from_raw(agent.pid() as i32), &only(cpus[0])).unwrap();
+    let mut s = agent.connect();
+    // Requests 50 us apart (waited out on this CPU): each sleep of the agent
+    // between them is one that polling shortens, so it polls.
+    for i in 0..4000 {
+        let r = call(&mut s, &format!(r#"{{"execute":"guest-ping","id":{i}}}"#));
+        assert_eq!(r, serde_json::json!({"return": {}, "id": i}));
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_micros(50) {
+            std::hint::spin_loop();
+        }
+    }
+    // The burst is over: polling must stop within its window, and the connection
+    // stays open.
+    std::thread::sleep(Duration::from_millis(200));
+    let cpu_before = cpu_ticks(agent.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_spent = cpu_ticks(agent.pid()) - cpu_before;
+    // A loop that kept polling would use ~200 ticks.
+    assert!(cpu_spent <= 10, "{cpu_spent} ticks of CPU while idle");
+    let r = call(&mut s, r#"{"execute":"guest-ping","id":"last"}"#);
+    assert_eq!(r, serde_json::json!({"return": {}, "id": "last"}));
 }
 
 #[test]

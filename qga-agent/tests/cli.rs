@@ -110,6 +110,30 @@ fn command_line_wins_over_file_and_lists_concatenate() {
     assert_eq!(c.path, "/dev/ttyS0");
 }
 
+#[test]
+fn busy_poll_defaults_to_200_us_and_is_set_by_file_or_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("qga.conf");
+    std::fs::write(&conf, "[general]\nbusy-poll=50\n").unwrap();
+    let c = Config::from_cli(&Cli::try_parse_from_args(&["x"]), None).unwrap();
+    assert_eq!(c.busy_poll_us, qga_agent::DEFAULT_BUSY_POLL_US);
+    assert_eq!(qga_agent::DEFAULT_BUSY_POLL_US, 200);
+    let from_file = Cli::try_parse_from_args(&["x", "-c", conf.to_str().unwrap()]);
+    assert_eq!(Config::from_cli(&from_file, None).unwrap().busy_poll_us, 50);
+    let both = Cli::try_parse_from_args(&["x", "-c", conf.to_str().unwrap(), "--busy-poll", "0"]);
+    assert_eq!(Config::from_cli(&both, None).unwrap().busy_poll_us, 0);
+    // The default is left out of -D (qemu-ga's dump); a change round-trips.
+    let out = agent(&["-D"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("busy-poll"));
+    let out = agent(&["-c", conf.to_str().unwrap(), "-D"]);
+    let dumped = String::from_utf8(out.stdout).unwrap();
+    assert!(dumped.contains("busy-poll=50\n"), "{dumped}");
+    std::fs::write(&conf, "[general]\nbusy-poll=soon\n").unwrap();
+    let out = agent(&["-c", conf.to_str().unwrap(), "-D"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid busy-poll 'soon'"));
+}
+
 trait ParseArgs {
     fn try_parse_from_args(args: &[&str]) -> Cli;
 }
