@@ -660,8 +660,8 @@ fn poll_flags(e: EpollFlags) -> PollFlags {
     p
 }
 
-/// Waits the loop spends polling instead of sleeping, to spare a host the cost of
-/// waking an idle CPU when its next request is already on the way.
+/// When the loop polls instead of sleeping, to spare a host the cost of waking an
+/// idle CPU when its next request is already on the way.
 ///
 /// Where waking a sleeping CPU is expensive (a virtual CPU that halted: on the
 /// Firecracker guests the benches run on, a round trip between two CPUs took ~90 us
@@ -670,8 +670,8 @@ fn poll_flags(e: EpollFlags) -> PollFlags {
 /// `haltpoll` and KVM's halt polling keep a CPU busy for a while before halting it.
 /// It only polls when it pays, and gives way when another task needs the CPU:
 ///
-/// * only waits for the next request poll (every reply sent): a wait for a host to
-///   read replies sleeps, since on one CPU the host is the task that needs it;
+/// * only a wait for the next request polls (every reply sent): a wait for a host
+///   to read replies sleeps, since on one CPU the host is the task that needs it;
 /// * polling starts only after a sleep that ended between [`SLEPT_CHEAPLY`] and `max`
 ///   after it began: a request soon enough that polling would have caught it, late
 ///   enough that sleeping cost a real wake-up. A host that sends one request a second
