@@ -347,10 +347,7 @@ impl Config {
         if let Some(t) = self.fsfreeze_timeout {
             s += &format!("fsfreeze-timeout={t}\n");
         }
-        // Only when changed, so the dump stays qemu-ga's by default.
-        if self.busy_poll_us != DEFAULT_BUSY_POLL_US {
-            s += &format!("busy-poll={}\n", self.busy_poll_us);
-        }
+        s += &format!("busy-poll={}\n", self.busy_poll_us);
         s
     }
 

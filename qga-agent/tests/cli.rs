@@ -122,9 +122,9 @@ fn busy_poll_defaults_to_200_us_and_is_set_by_file_or_command_line() {
     assert_eq!(Config::from_cli(&from_file, None).unwrap().busy_poll_us, 50);
     let both = Cli::try_parse_from_args(&["x", "-c", conf.to_str().unwrap(), "--busy-poll", "0"]);
     assert_eq!(Config::from_cli(&both, None).unwrap().busy_poll_us, 0);
-    // The default is left out of -D (qemu-ga's dump); a change round-trips.
+    // -D shows it, and a change round-trips.
     let out = agent(&["-D"]);
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("busy-poll"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\nbusy-poll=200\n"));
     let out = agent(&["-c", conf.to_str().unwrap(), "-D"]);
     let dumped = String::from_utf8(out.stdout).unwrap();
     assert!(dumped.contains("busy-poll=50\n"), "{dumped}");
