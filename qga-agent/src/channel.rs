@@ -691,8 +691,12 @@ struct BusyPoll {
 
 /// A sleep shorter than this cost no real wake-up (or the peer shares the CPU).
 const SLEPT_CHEAPLY: Duration = Duration::from_micros(20);
-/// A `sched_yield` that took this long ran another task on this CPU.
-const YIELD_SWITCHED: Duration = Duration::from_micros(5);
+/// A `sched_yield` that took this long ran another task on this CPU: one that
+/// returns at once took ~0.3 us on the benches' machine, a switch to a host that
+/// answers a reply and back 2 us or more. (At 5 us, a host on the agent's own CPU
+/// answered within the yield often enough to keep polling on, a handoff through
+/// `sched_yield` that cost each round trip ~6 % against sleeping in `epoll_wait`.)
+const YIELD_SWITCHED: Duration = Duration::from_nanos(1500);
 
 impl BusyPoll {
     fn new(max: Duration) -> Self {
