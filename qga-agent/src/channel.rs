@@ -675,8 +675,8 @@ fn poll_flags(e: EpollFlags) -> PollFlags {
 /// * polling starts only after a sleep that ended between [`SLEPT_CHEAPLY`] and `max`
 ///   after it began: a request soon enough that polling would have caught it, late
 ///   enough that sleeping cost a real wake-up. A host that sends one request a second
-///   never sees the agent poll; nor does one on the agent's own CPU, whose requests
-///   come within microseconds of the agent going to sleep;
+///   never sees the agent poll; one on the agent's own CPU, whose requests come
+///   within microseconds of the agent going to sleep, hardly ever does;
 /// * it stops, until the next such sleep, when a poll runs its whole window without
 ///   a request (the burst is over: at most `max` of CPU spent per burst), or when
 ///   yielding the CPU between polls let another task run ([`YIELD_SWITCHED`]): the
@@ -704,6 +704,11 @@ impl BusyPoll {
             max,
             window: Duration::ZERO,
         }
+    }
+
+    /// Whether it may ever poll (`--busy-poll` not 0).
+    fn enabled(&self) -> bool {
+        !self.max.is_zero()
     }
 
     /// Polls `watch` without sleeping until something is ready (the number of
@@ -815,9 +820,10 @@ fn event_loop(
         let waited = if polled > 0 {
             Ok(polled)
         } else {
-            let began = Instant::now();
+            // Timed only where it decides whether to poll next time.
+            let began = (for_requests && busy.enabled()).then(Instant::now);
             let waited = watch.epoll.wait(&mut events, timeout_until(deadline));
-            if let (Ok(n), true) = (waited, for_requests) {
+            if let (Ok(n), Some(began)) = (waited, began) {
                 busy.slept(began.elapsed(), n);
             }
             waited
