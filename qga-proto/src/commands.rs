@@ -46,7 +46,7 @@ pub trait Command: Serialize + for<'de> Deserialize<'de> + Send + Sync + 'static
 pub(crate) fn members(args: Option<&RawValue>) -> Result<Members<'_>, ArgumentError> {
     match args {
         Some(raw) => Members::parse_object(raw.get()).map_err(ArgumentError::Json),
-        None => Ok(Members(smallvec::SmallVec::new())),
+        None => Ok(Members(crate::json::MemberList::new())),
     }
 }
 

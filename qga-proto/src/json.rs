@@ -46,8 +46,12 @@ pub(crate) enum TopLevel<'a> {
     NotObject,
 }
 
-/// An object's members in input order, each value still raw JSON text.
-pub(crate) struct Members<'a>(pub(crate) SmallVec<[(Cow<'a, str>, &'a RawValue); 4]>);
+/// An object's members in input order, each value still raw JSON text. Requests
+/// have a few (the envelope three, most commands' arguments fewer than five): held
+/// inline, no allocation.
+pub(crate) struct Members<'a>(pub(crate) MemberList<'a>);
+
+pub(crate) type MemberList<'a> = SmallVec<[(Cow<'a, str>, &'a RawValue); 4]>;
 
 impl<'a> Members<'a> {
     /// Parses `text`, which must be one JSON object, into its raw members.
@@ -88,9 +92,7 @@ impl<'de> Visitor<'de> for MembersVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // Requests have a few members (the envelope three, most commands' arguments
-        // fewer than five): held inline, no allocation.
-        let mut members: SmallVec<[(Cow<'de, str>, &'de RawValue); 4]> = SmallVec::new();
+        let mut members = MemberList::new();
         while let Some(BorrowedStr(key)) = map.next_key::<BorrowedStr<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
             if members.iter().any(|(k, _)| *k == key) {

@@ -108,7 +108,8 @@ fn read_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
         }
     };
     out.extend_from_slice(b"\",\"count\":");
-    push_decimal(out, total as u64);
+    // By hand rather than through `fmt` (callgrind: ~400 instructions a reply).
+    out.extend_from_slice(itoa::Buffer::new().format(total).as_bytes());
     out.extend_from_slice(if eof {
         b",\"eof\":true}"
     } else {
@@ -127,23 +128,6 @@ fn read_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
         }
     }
     out.extend_from_slice(b"}\n");
-}
-
-/// Appends `n` in decimal: every read reply carries its count, and `fmt`'s
-/// machinery costs several times these few digits (callgrind: ~400 instructions a
-/// reply).
-fn push_decimal(out: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// Reads up to `count` bytes of `file` piece by piece through `scratch` and appends
@@ -339,15 +323,6 @@ mod tests {
             got.len()
         );
         (text.into_bytes(), end)
-    }
-
-    #[test]
-    fn decimals_are_written_as_fmt_writes_them() {
-        for n in [0, 1, 9, 10, 99, 100, 4096, 48 << 20, u64::MAX / 7, u64::MAX] {
-            let mut out = BytesMut::new();
-            push_decimal(&mut out, n);
-            assert_eq!(&out[..], n.to_string().as_bytes());
-        }
     }
 
     #[test]
