@@ -85,9 +85,23 @@ pub struct Session {
 
 impl Session {
     pub fn start(program: &str) -> Session {
+        Session::start_wrapped(&[], program)
+    }
+
+    /// `start` of `program` run by a wrapper that execs it (its first element is the
+    /// program run, e.g. `unshare --mount`), so the child's pid is the agent's.
+    pub fn start_wrapped(wrapper: &[&str], program: &str) -> Session {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("sock");
-        let child = Command::new(program)
+        let mut command = match wrapper {
+            [] => Command::new(program),
+            [first, rest @ ..] => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+        };
+        let child = command
             .args(["-m", "unix-listen", "-p"])
             .arg(&sock)
             .arg("-t")
@@ -118,6 +132,11 @@ impl Session {
     /// Our agent (the test's build of it).
     pub fn ours() -> Session {
         Session::start(env!("CARGO_BIN_EXE_qga-agent"))
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends one request and reads one reply line.
