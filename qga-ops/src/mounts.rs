@@ -153,7 +153,7 @@ impl MountTable {
         // The file is opened before it is read, and its change mark starts at
         // opening: a change while it is read is reported by the next poll.
         let mut file = std::fs::File::open(path).map_err(err)?;
-        let mounts = parse_mountinfo(&read_proc_text(&mut file).map_err(err)?);
+        let mounts = parse_mountinfo(&crate::sys::read_text(&mut file).map_err(err)?);
         self.file_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *kept = on_procfs(&file).then(|| Kept {
@@ -182,34 +182,6 @@ fn changed(file: &std::fs::File) -> bool {
 fn on_procfs(file: &std::fs::File) -> bool {
     nix::sys::statfs::fstatfs(file)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
-}
-
-/// A whole `/proc` text file. `fs::read_to_string` sizes its buffer by `stat`, which
-/// says 0 for these, then reads 32, 32, 64, 128... bytes (8 reads for a 1.5 KB
-/// mountinfo); this reads in 16 KiB steps, with no `stat`.
-fn read_proc_text(file: &mut std::fs::File) -> std::io::Result<String> {
-    use std::io::Read;
-    const STEP: usize = 16 * 1024;
-    let mut buf = vec![0u8; STEP];
-    let mut len = 0;
-    loop {
-        if buf.len() - len < STEP / 2 {
-            buf.resize(buf.len() + STEP, 0);
-        }
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(len);
-    String::from_utf8(buf).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "stream did not contain valid UTF-8",
-        )
-    })
 }
 
 #[cfg(test)]
@@ -312,11 +284,15 @@ garbage line
             let path = dir.path().join(format!("f{len}"));
             std::fs::write(&path, &text).unwrap();
             let mut file = std::fs::File::open(&path).unwrap();
-            assert_eq!(read_proc_text(&mut file).unwrap(), text, "length {len}");
+            assert_eq!(
+                crate::sys::read_text(&mut file).unwrap(),
+                text,
+                "length {len}"
+            );
         }
         let bad = dir.path().join("bad");
         std::fs::write(&bad, b"ok\xff").unwrap();
-        let e = read_proc_text(&mut std::fs::File::open(&bad).unwrap()).unwrap_err();
+        let e = crate::sys::read_text(&mut std::fs::File::open(&bad).unwrap()).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
         let e = read_mountinfo(&dir.path().join("missing")).unwrap_err();
         assert!(e.to_string().starts_with("failed to open mtab file"), "{e}");

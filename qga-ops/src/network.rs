@@ -438,7 +438,7 @@ impl LinuxNetwork {
                 list[idx].addresses.push(p);
             }
         }
-        let stats = std::fs::read_to_string(&self.proc_net_dev)
+        let stats = crate::sys::read_proc_text(&self.proc_net_dev)
             .map(|t| parse_proc_net_dev(&t))
             .unwrap_or_default();
         for i in &mut list {

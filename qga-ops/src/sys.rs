@@ -202,6 +202,41 @@ pub(crate) fn open_dir_at<P: ?Sized + nix::NixPath>(
     )
 }
 
+/// A whole `/proc` text file (`stat`, `mountinfo`, `net/dev`): [`read_text`] of it.
+pub(crate) fn read_proc_text(path: &Path) -> io::Result<String> {
+    read_text(&mut File::open(path)?)
+}
+
+/// The rest of a file as text, in 16 KiB steps. `fs::read_to_string` sizes its
+/// buffer by `statx`, which says 0 for procfs files, then reads 32, 32, 64, 128...
+/// bytes: 8 reads for a 1.5 KB `/proc/stat` or mountinfo, where this makes one
+/// read and the one that sees the end. Not valid UTF-8: `InvalidData`, as
+/// `read_to_string`.
+pub(crate) fn read_text(file: &mut File) -> io::Result<String> {
+    use std::io::Read;
+    const STEP: usize = 16 * 1024;
+    let mut buf = vec![0u8; STEP];
+    let mut len = 0;
+    loop {
+        if buf.len() - len < STEP / 2 {
+            buf.resize(buf.len() + STEP, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
 /// One `pread(fd, buf, 0)`: how many bytes were read. A sysfs attribute gives its
 /// whole value to the first read (the value is at most a page), so small
 /// attributes need neither `read_to_string`'s `statx` nor its read to EOF.

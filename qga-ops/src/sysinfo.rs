@@ -129,7 +129,7 @@ impl Default for LinuxSystemInfo {
 impl LinuxSystemInfo {
     fn read_proc(&self, name: &str) -> Result<String, OpsError> {
         let path = self.proc_dir.join(name);
-        std::fs::read_to_string(&path)
+        crate::sys::read_proc_text(&path)
             .map_err(|e| OpsError::os(format!("open(\"{}\")", path.display()), e))
     }
 
@@ -217,7 +217,7 @@ impl SystemInfo for LinuxSystemInfo {
 
     fn load(&self) -> Result<LoadAverage, OpsError> {
         let path = self.proc_dir.join("loadavg");
-        let text = std::fs::read_to_string(&path)
+        let text = crate::sys::read_proc_text(&path)
             .map_err(|e| OpsError::os("cannot query load average", e))?;
         parse_loadavg(&text).ok_or_else(|| {
             OpsError::failed(format!(

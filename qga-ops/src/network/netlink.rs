@@ -508,7 +508,7 @@ pub fn interfaces_from_rtnetlink_dumps(
             Some(s) => Some(s),
             None => proc_stats
                 .get_or_insert_with(|| {
-                    std::fs::read_to_string(proc_net_dev)
+                    crate::sys::read_proc_text(proc_net_dev)
                         .map(|t| parse_proc_net_dev(&t))
                         .unwrap_or_default()
                 })
