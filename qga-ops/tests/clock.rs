@@ -1,7 +1,8 @@
 //! guest-set-time's Linux implementation with the clock setter and hwclock
 //! injected: the machine's clock is never touched.
 
-use std::os::unix::fs::PermissionsExt;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -34,15 +35,13 @@ fn calls(slot: u32) -> Vec<(i64, i64)> {
 fn hwclock(dir: &Path, status: i32) -> (PathBuf, PathBuf) {
     let log = dir.join("hwclock.log");
     let prog = dir.join("hwclock");
-    std::fs::write(
+    common::write_script(
         &prog,
-        format!(
+        &format!(
             "#!/bin/sh\necho \"$@\" >> '{}'\nexit {status}\n",
             log.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     (prog, log)
 }
 
@@ -123,8 +122,7 @@ fn failures_carry_the_reference_texts() {
         "hwclock failed to set hardware clock to system time"
     );
     let killed = dir.path().join("killed");
-    std::fs::write(&killed, "#!/bin/sh\nkill -9 $$\n").unwrap();
-    std::fs::set_permissions(&killed, std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::write_script(&killed, "#!/bin/sh\nkill -9 $$\n");
     let killed = LinuxClock {
         hwclock: killed,
         set_realtime: record,

@@ -3,6 +3,8 @@
 //! never ends, reaping (no zombies), descriptors and process group of the child,
 //! and the finished-table bound.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use qga_ops::{
@@ -188,11 +190,9 @@ fn spawn_failures_have_the_reference_text() {
 
 #[test]
 fn a_script_without_an_interpreter_line_runs_with_bin_sh() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("no-shebang");
-    std::fs::write(&script, "echo \"$0|$1|$2\"; exit 7\n").unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::write_script(&script, "echo \"$0|$1|$2\"; exit 7\n");
     let p = LinuxProcesses::default();
     let path = script.to_str().unwrap();
     let s = run(&p, &req(path, &["a b", "c"], CaptureMode::Separated));
@@ -200,7 +200,7 @@ fn a_script_without_an_interpreter_line_runs_with_bin_sh() {
     assert_eq!(s.ended, Some(Termination::Exited(7)));
     assert_eq!(out(&s), format!("{path}|a b|c\n").as_bytes());
     // A file that is not executable is still refused, not handed to the shell.
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let e = p
         .spawn(&req(path, &[], CaptureMode::Separated))
         .unwrap_err()

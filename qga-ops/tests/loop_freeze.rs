@@ -3,7 +3,8 @@
 //! list). Skips, saying why, when it cannot run (not root, no loop devices, no
 //! mkfs.ext4); with QGA_REQUIRE_ROOT_TESTS=1 (CI) a skip is a failure.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
@@ -100,18 +101,13 @@ fn setup() -> Option<LoopMount> {
 fn write_hook(dir: &Path, exit: i32) -> PathBuf {
     let log = dir.join("hook.log");
     let hook = dir.join("hook.sh");
-    let mut f = std::fs::File::create(&hook).unwrap();
-    writeln!(
-        f,
-        "#!/bin/sh\necho \"$1\" >> '{}'\nexit {exit}",
-        log.display()
-    )
-    .unwrap();
-    drop(f);
-    Command::new("chmod")
-        .args(["755", hook.to_str().unwrap()])
-        .status()
-        .unwrap();
+    common::write_script(
+        &hook,
+        &format!(
+            "#!/bin/sh\necho \"$1\" >> '{}'\nexit {exit}\n",
+            log.display()
+        ),
+    );
     hook
 }
 

@@ -2,7 +2,8 @@
 //! power the machine off), sysfs capability checks on fake files, and the real
 //! network listing.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use qga_ops::{LinuxNetwork, LinuxPower, Network, Power, PowerConfig, ShutdownMode, SuspendMode};
@@ -11,20 +12,15 @@ use qga_ops::{LinuxNetwork, LinuxPower, Network, Power, PowerConfig, ShutdownMod
 fn script(dir: &Path, name: &str, exit: i32) -> PathBuf {
     let path = dir.join(name);
     let log = dir.join("calls.log");
-    let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(
-        f,
-        "#!/bin/sh\nprintf '%s' '{name}' >> '{}'\nfor a in \"$@\"; do printf ' [%s]' \"$a\" >> '{}'; done\necho >> '{}'\nexit {exit}",
-        log.display(),
-        log.display(),
-        log.display()
-    )
-    .unwrap();
-    drop(f);
-    std::process::Command::new("chmod")
-        .args(["755", path.to_str().unwrap()])
-        .status()
-        .unwrap();
+    common::write_script(
+        &path,
+        &format!(
+            "#!/bin/sh\nprintf '%s' '{name}' >> '{}'\nfor a in \"$@\"; do printf ' [%s]' \"$a\" >> '{}'; done\necho >> '{}'\nexit {exit}\n",
+            log.display(),
+            log.display(),
+            log.display()
+        ),
+    );
     path
 }
 

@@ -7,6 +7,8 @@
 //!
 //! Ownership needs root: without it every test prints a SKIPPED line.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -537,14 +539,12 @@ impl Chpasswd {
     fn new(code: i32) -> Chpasswd {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("chpasswd");
-        fs::write(
+        common::write_script(
             &script,
-            format!(
+            &format!(
                 "#!/bin/sh\nd=$(dirname \"$0\")\nprintf '%s\\n' \"$@\" > \"$d/argv\"\ncat > \"$d/stdin\"\nexit {code}\n"
             ),
-        )
-        .unwrap();
-        chmod(&script, 0o755);
+        );
         Chpasswd { dir }
     }
 
@@ -640,8 +640,7 @@ fn password_errors() {
 fn chpasswd_that_ignores_its_input_does_not_hang() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("chpasswd");
-    fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
-    chmod(&script, 0o755);
+    common::write_script(&script, "#!/bin/sh\nexit 0\n");
     let users = LinuxUsers {
         chpasswd: Some(script),
         ..Default::default()
