@@ -9,7 +9,9 @@
 //! release. Commands run synchronously, one at a time, through the one dispatcher,
 //! so threads or a runtime would only add size and start-up time. The agent only
 //! ever blocks in `epoll_wait`, so a stop request ends any wait, and a client that is slow
-//! to send or does not read holds nobody else.
+//! to send or does not read holds nobody else. A large guest-file-read's reply is
+//! streamed: the dispatcher produces it a piece at a time as the connection takes
+//! what went before (`Dispatcher::handle_frame_streamed`).
 //!
 //! Memory is bounded whatever the hosts do: each connection holds at most one
 //! partial request (the framer's 64 MiB limit) plus one [`READ_CHUNK`] of input, and
@@ -30,6 +32,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use qga_framing::Decoder;
 
+use crate::commands::files::ReadTail;
 use crate::config::{Config, Method};
 use crate::dispatcher::Dispatcher;
 use crate::log::Log;
@@ -286,6 +289,8 @@ struct Connection<C> {
     paused_until: Option<Instant>,
     /// When bytes last moved, for releasing large buffers once idle.
     last_active: Instant,
+    /// A streamed reply still being produced (see `dispatch`).
+    tail: Option<ReadTail>,
     /// The most `input` and `out` held since they were last released: what they
     /// keep allocated (`capacity()` cannot tell: a framed message split off the
     /// input leaves the allocation shared, and it is reused once the message goes).
@@ -309,6 +314,7 @@ impl<C: Conn> Connection<C> {
             eof: false,
             paused_until: None,
             last_active: Instant::now(),
+            tail: None,
             peak: 0,
             token: 0,
             registered: PollFlags::empty(),
@@ -423,7 +429,7 @@ impl<C: Conn> Connection<C> {
                 }
             }
         }
-        if self.eof && self.unsent() == 0 {
+        if self.eof && self.unsent() == 0 && self.tail.is_none() {
             // Every complete request is answered: the framer held no more.
             return Status::Closed;
         }
@@ -446,8 +452,14 @@ impl<C: Conn> Connection<C> {
 
     /// Frames and dispatches buffered requests until the framer needs more bytes or
     /// the unsent replies reach the budget.
+    ///
+    /// A large guest-file-read's reply is streamed: its next piece is produced only
+    /// once everything before it has been written, so the output holds one piece's
+    /// text (256 KiB) rather than the whole reply, still in the CPU's cache when the
+    /// kernel copies it. Requests after it wait for its end.
     fn dispatch(&mut self, dispatcher: &mut Dispatcher) {
-        if !self.under_budget() || (self.input.is_empty() && !self.decoder.is_mid_message()) {
+        let no_input = self.input.is_empty() && !self.decoder.is_mid_message();
+        if !self.under_budget() || (no_input && self.tail.is_none()) {
             return;
         }
         // Written replies leave before new ones are appended, so the buffer holds
@@ -457,9 +469,22 @@ impl<C: Conn> Connection<C> {
             self.out.truncate(self.out.len() - self.sent);
             self.sent = 0;
         }
-        while self.under_budget() {
+        loop {
+            let unsent = self.unsent();
+            if let Some(tail) = &mut self.tail {
+                if unsent > 0 {
+                    break;
+                }
+                if dispatcher.continue_reply(tail, &mut self.out) {
+                    self.tail = None;
+                }
+                continue;
+            }
+            if !self.under_budget() {
+                break;
+            }
             match self.decoder.decode(&mut self.input) {
-                Some(frame) => dispatcher.handle_frame(frame, &mut self.out),
+                Some(frame) => self.tail = dispatcher.handle_frame_streamed(frame, &mut self.out),
                 None => break,
             }
         }
@@ -1242,6 +1267,126 @@ mod tests {
             Status::Closed
         );
         assert_eq!(conn.io.written, PONG.repeat(3));
+    }
+
+    /// A file of `len` bytes in the fakes, open in `d`; its handle and bytes.
+    fn open_fake_file(fakes: &FakeOps, d: &mut Dispatcher, len: usize) -> (i64, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+        fakes.files.insert("/big", data.clone());
+        let mut out = BytesMut::new();
+        d.handle_message(
+            br#"{"execute":"guest-file-open","arguments":{"path":"/big"}}"#,
+            &mut out,
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        (reply["return"].as_i64().expect("open failed"), data)
+    }
+
+    fn read_request(handle: i64, count: usize, id: u32) -> Vec<u8> {
+        format!(
+            r#"{{"execute":"guest-file-read","arguments":{{"handle":{handle},"count":{count}}},"id":{id}}}"#
+        )
+        .into_bytes()
+    }
+
+    /// The reply lines written so far, parsed.
+    fn replies(written: &[u8]) -> Vec<serde_json::Value> {
+        written
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    fn decoded(reply: &serde_json::Value) -> Vec<u8> {
+        use base64::Engine;
+        let text = reply["return"]["buf-b64"].as_str().unwrap();
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_large_read_streams_its_reply_a_piece_at_a_time_and_requests_after_it_wait() {
+        let fakes = FakeOps::new();
+        let mut d = dispatcher(&fakes);
+        let len = 3 * 1024 * 1024 + 5;
+        let (handle, data) = open_fake_file(&fakes, &mut d, len);
+        // The same read through the whole-reply path, for comparison.
+        let mut whole = BytesMut::new();
+        d.handle_message(&read_request(handle, len + 10, 7), &mut whole);
+        d.handle_message(
+            &format!(r#"{{"execute":"guest-file-seek","arguments":{{"handle":{handle},"offset":0,"whence":"set"}}}}"#)
+                .into_bytes(),
+            &mut BytesMut::new(),
+        );
+        let mut input = read_request(handle, len + 10, 7);
+        input.extend_from_slice(PING);
+        let mut conn = Connection::new(Script::new(&[&input]), Kind::Stream);
+        // The peer takes nothing at first: only the first piece is produced.
+        conn.io.full = true;
+        assert_eq!(drive(&mut conn, &mut d, 100), "asleep");
+        assert!(conn.tail.is_some(), "the read did not stream");
+        assert!(
+            conn.unsent() < 300 * 1024,
+            "{} bytes produced",
+            conn.unsent()
+        );
+        // Then it reads as it comes: every byte arrives, the ping's reply after.
+        conn.io.full = false;
+        assert_eq!(drive(&mut conn, &mut d, 1000), "asleep");
+        assert!(conn.tail.is_none());
+        assert!(conn.peak < 600 * 1024, "output grew to {} bytes", conn.peak);
+        let got = replies(&conn.io.written);
+        assert_eq!(got.len(), 2);
+        assert_eq!(&conn.io.written[..whole.len()], &whole[..]);
+        assert_eq!(decoded(&got[0]), data);
+        assert_eq!(got[0]["return"]["eof"], true);
+        assert_eq!(got[1], serde_json::json!({"return": {}}));
+    }
+
+    #[test]
+    fn a_streamed_read_ends_as_a_short_read_when_its_handle_goes_or_a_read_fails() {
+        for how in ["closed", "failed"] {
+            let fakes = FakeOps::new();
+            let mut d = dispatcher(&fakes);
+            let (handle, data) = open_fake_file(&fakes, &mut d, 2 * 1024 * 1024);
+            let mut conn = Connection::new(
+                Script::new(&[&read_request(handle, 1024 * 1024, 9)]),
+                Kind::Stream,
+            );
+            conn.io.full = true;
+            assert_eq!(drive(&mut conn, &mut d, 100), "asleep");
+            assert!(conn.tail.is_some(), "the read did not stream");
+            // Meanwhile, on another connection (the one dispatcher serves both).
+            let mut out = BytesMut::new();
+            if how == "closed" {
+                d.handle_message(
+                    &format!(
+                        r#"{{"execute":"guest-file-close","arguments":{{"handle":{handle}}}}}"#
+                    )
+                    .into_bytes(),
+                    &mut out,
+                );
+                assert_eq!(&out[..], b"{\"return\":{}}\n");
+            } else {
+                fakes
+                    .files
+                    .fail_io
+                    .set(qga_ops::OpsError::failed("failed to read file"));
+            }
+            conn.io.full = false;
+            assert_eq!(drive(&mut conn, &mut d, 1000), "asleep", "{how}");
+            let got = replies(&conn.io.written);
+            assert_eq!(got.len(), 1, "{how}");
+            // The first piece went out before: the reply ends with it.
+            let bytes = decoded(&got[0]);
+            assert_eq!(bytes.len(), crate::commands::files::READ_PIECE, "{how}");
+            assert_eq!(bytes, data[..bytes.len()], "{how}");
+            assert_eq!(got[0]["return"]["count"], bytes.len(), "{how}");
+            assert_eq!(got[0]["return"]["eof"], false, "{how}");
+            assert_eq!(got[0]["id"], 9, "{how}");
+        }
     }
 
     #[test]

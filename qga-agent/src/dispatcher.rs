@@ -15,6 +15,7 @@ use qga_ops::{GuestFile, Ops};
 use qga_proto::{Command, CommandSpec, Empty, GuestFileWrite, QgaError, Request, Response};
 use serde::Serialize;
 
+use crate::commands::files::ReadTail;
 use crate::registry::{Entry, Registry, Table};
 use crate::state::StateDir;
 
@@ -54,6 +55,11 @@ pub struct Context {
     /// (192 KiB) that a read reads before encoding it, or a write's whole payload
     /// (up to 1 MiB) decoded; freed by [`Dispatcher::release_buffers`].
     pub(crate) file_buf: Vec<u8>,
+    /// Set by [`Dispatcher::handle_frame_streamed`] while it runs: a large
+    /// guest-file-read may leave the rest of its reply in `read_tail`.
+    pub(crate) streaming: bool,
+    /// The unfinished reply a streamed guest-file-read left (taken at once).
+    pub(crate) read_tail: Option<ReadTail>,
 }
 
 impl std::fmt::Debug for Context {
@@ -174,6 +180,8 @@ impl Dispatcher {
                 auto_thaw_retry: None,
                 table: Arc::new(registry.into_table()),
                 file_buf: Vec::new(),
+                streaming: false,
+                read_tail: None,
             },
         })
     }
@@ -241,6 +249,28 @@ impl Dispatcher {
             Frame::Stray(token) => reply::<Empty>(out, Err(QgaError::stray(&token)), None, false),
             _ => {}
         }
+    }
+
+    /// [`handle_frame`](Self::handle_frame) for the channel loop: a guest-file-read
+    /// of more than a few hundred KiB appends only the start of its reply and returns
+    /// the rest, which [`continue_reply`](Self::continue_reply) appends piece by piece
+    /// as the connection takes what went before. Nothing else may be appended to
+    /// that connection's output until the reply is complete.
+    pub(crate) fn handle_frame_streamed(
+        &mut self,
+        frame: Frame,
+        out: &mut BytesMut,
+    ) -> Option<ReadTail> {
+        self.ctx.streaming = true;
+        self.handle_frame(frame, out);
+        self.ctx.streaming = false;
+        self.ctx.read_tail.take()
+    }
+
+    /// Appends the next piece of a reply [`handle_frame_streamed`](Self::handle_frame_streamed)
+    /// left unfinished, or its end; returns whether it is complete.
+    pub(crate) fn continue_reply(&mut self, tail: &mut ReadTail, out: &mut BytesMut) -> bool {
+        self.ctx.continue_read(tail, out)
     }
 
     /// Handles one message, appending its reply (if any) to `out`.

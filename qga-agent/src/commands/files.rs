@@ -1,5 +1,6 @@
 //! guest-file-*: the handle table and the two hot paths. guest-file-read bypasses
-//! the typed path and encodes file data straight into the reply buffer;
+//! the typed path and encodes file data straight into the reply buffer, a piece at a
+//! time as the connection takes it when the read is large and the channel streams;
 //! guest-file-write looks the handle up before it reports bad base64, as qemu-ga.
 
 use std::path::Path;
@@ -76,7 +77,12 @@ fn close(ctx: &mut Context, c: GuestFileClose) -> Result<Empty, QgaError> {
 /// Bytes of file data per piece of guest-file-read: a multiple of 3 (so the pieces'
 /// base64 concatenates) small enough that the piece and its text stay in the CPU's
 /// cache between the read, the encoding and the next piece.
-const READ_PIECE: usize = 192 * 1024;
+pub(crate) const READ_PIECE: usize = 192 * 1024;
+
+/// Reads of more than this are streamed when the caller allows it
+/// ([`Context::streaming`]): the reply is produced a piece at a time as the
+/// connection takes it.
+const STREAM_ABOVE: usize = 2 * READ_PIECE;
 
 /// guest-file-read, written straight into `out`: the file is read a piece at a time
 /// into the context's scratch buffer (kept across requests), and each piece is
@@ -84,6 +90,12 @@ const READ_PIECE: usize = 192 * 1024;
 /// escaping pass over the payload. The reply grows with what was read (never by
 /// more than one piece's text or twice what it holds), not with the count: a
 /// 48 MiB count on a 10-byte file reserves a few bytes.
+///
+/// When the channel allows it and the count is over [`STREAM_ABOVE`], only the
+/// first piece is read here and the rest of the reply is left to
+/// [`Context::continue_read`], which the channel calls as the host takes what went
+/// before: the reply's text never sits whole in memory, and each piece's text is
+/// still in the CPU's cache when it is written out.
 fn read_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
     let id = req.id.clone();
     let cmd = match GuestFileRead::from_arguments(req.arguments) {
@@ -97,16 +109,80 @@ fn read_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
     if !(0..=MAX_READ_COUNT).contains(&count) {
         return reply::<Empty>(out, Err(invalid_count(count)), id, false);
     }
+    let count = count as usize;
+    // Encoded before any data is read: a reply that cannot end loses nothing.
+    let id_text = match id.as_ref().map(serde_json::to_vec).transpose() {
+        Ok(t) => t,
+        Err(_) => {
+            let err = QgaError::generic("failed to encode reply");
+            return reply::<Empty>(out, Err(err), None, false);
+        }
+    };
     let start = out.len();
     out.extend_from_slice(b"{\"return\":{\"buf-b64\":\"");
-    let result = read_encoded(file.as_mut(), count as usize, &mut ctx.file_buf, out);
-    let (total, eof) = match result {
+    let first = if ctx.streaming && count > STREAM_ABOVE {
+        READ_PIECE
+    } else {
+        count
+    };
+    let (total, eof) = match read_encoded(file.as_mut(), first, false, &mut ctx.file_buf, out) {
         Ok(r) => r,
         Err(e) => {
             out.truncate(start);
             return reply::<Empty>(out, Err(ops_err(e)), id, false);
         }
     };
+    if total == first && first < count && !eof {
+        ctx.read_tail = Some(ReadTail {
+            handle: cmd.handle,
+            left: count - total,
+            total,
+            id: id_text,
+        });
+        return;
+    }
+    end_read_reply(out, total, eof, id_text.as_deref());
+}
+
+/// The rest of a streamed guest-file-read reply (see [`read_reply`]): where the
+/// file stands and what the reply still needs.
+#[derive(Debug)]
+pub(crate) struct ReadTail {
+    handle: i64,
+    /// Bytes still to read.
+    left: usize,
+    /// Bytes read, and sent as text, so far.
+    total: usize,
+    /// The request's id as JSON text.
+    id: Option<Vec<u8>>,
+}
+
+impl Context {
+    /// Appends the next piece of a streamed guest-file-read reply to `out`, or its
+    /// end; returns whether the reply is complete. Once text has gone out the reply
+    /// can only end as a read: an error after the first piece, or the handle closed
+    /// meanwhile by another connection, ends it with the bytes read so far (eof
+    /// false), as `read(2)` returns what it got before an error and reports the
+    /// error on the next call. qemu-ga reports the error and drops the data.
+    pub(crate) fn continue_read(&mut self, tail: &mut ReadTail, out: &mut BytesMut) -> bool {
+        let want = tail.left.min(READ_PIECE);
+        let read = match self.handles.get_mut(&tail.handle) {
+            Some(file) => read_encoded(file.as_mut(), want, true, &mut self.file_buf, out).ok(),
+            None => None,
+        };
+        let (n, eof) = read.unwrap_or((0, false));
+        tail.total += n;
+        tail.left -= n;
+        if read.is_some() && n == want && tail.left > 0 && !eof {
+            return false;
+        }
+        end_read_reply(out, tail.total, eof, tail.id.as_deref());
+        true
+    }
+}
+
+/// Ends a guest-file-read reply whose text is in `out`.
+fn end_read_reply(out: &mut BytesMut, total: usize, eof: bool, id: Option<&[u8]>) {
     out.extend_from_slice(b"\",\"count\":");
     // By hand rather than through `fmt` (callgrind: ~400 instructions a reply).
     out.extend_from_slice(itoa::Buffer::new().format(total).as_bytes());
@@ -115,27 +191,21 @@ fn read_reply(ctx: &mut Context, req: &Request<'_>, out: &mut BytesMut) {
     } else {
         b",\"eof\":false}"
     });
-    if let Some(id) = &id {
+    if let Some(id) = id {
         out.extend_from_slice(b",\"id\":");
-        if serde_json::to_writer(bytes::BufMut::writer(&mut *out), id).is_err() {
-            out.truncate(start);
-            return reply::<Empty>(
-                out,
-                Err(QgaError::generic("failed to encode reply")),
-                None,
-                false,
-            );
-        }
+        out.extend_from_slice(id);
     }
     out.extend_from_slice(b"}\n");
 }
 
 /// Reads up to `count` bytes of `file` piece by piece through `scratch` and appends
 /// their base64 to `out`; returns the bytes read and the end-of-file flag, as one
-/// read of `count` bytes would report them.
+/// read of `count` bytes would report them. `continuing`: this request already got
+/// data (see [`GuestFile::read_into`]).
 fn read_encoded(
     file: &mut dyn GuestFile,
     count: usize,
+    continuing: bool,
     scratch: &mut Vec<u8>,
     out: &mut BytesMut,
 ) -> Result<(usize, bool), qga_ops::OpsError> {
@@ -146,7 +216,7 @@ fn read_encoded(
         if scratch.len() < want {
             scratch.resize(want, 0);
         }
-        let (n, e) = file.read_into(&mut scratch[..want], total > 0)?;
+        let (n, e) = file.read_into(&mut scratch[..want], continuing || total > 0)?;
         eof = e;
         // Room for this piece's text, plus the reply's tail; `reserve` at least
         // doubles when it must grow, so growing piece by piece stays linear.

@@ -7,7 +7,7 @@
 //! `-b help` show, and a test compares it with `qga_proto::COMMANDS`.
 
 mod control;
-mod files;
+pub(crate) mod files;
 mod freeze;
 mod hardware;
 mod network;
