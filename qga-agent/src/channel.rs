@@ -330,13 +330,21 @@ impl<C: Conn> Connection<C> {
         self.unsent() < REPLY_BUDGET
     }
 
+    /// Whether more request bytes may be read: not past end of input, and only once
+    /// every complete request read so far is answered or under way (what bounds the
+    /// input to one partial request and one read). While a streamed reply is being
+    /// produced, requests after it wait in the input, so nothing more is read.
+    fn may_read(&self) -> bool {
+        !self.eof && self.under_budget() && self.tail.is_none()
+    }
+
     /// What to poll for; empty while paused (the loop leaves it out then).
     fn interest(&self) -> PollFlags {
         let mut flags = PollFlags::empty();
         if self.paused_until.is_some() {
             return flags;
         }
-        if !self.eof && self.under_budget() {
+        if self.may_read() {
             flags |= PollFlags::POLLIN;
         }
         if self.unsent() > 0 {
@@ -401,7 +409,7 @@ impl<C: Conn> Connection<C> {
         if let Err(e) = self.pump(dispatcher) {
             return self.gone(&e, log);
         }
-        if !self.eof && self.under_budget() && (ready.contains(PollFlags::POLLIN) || hung_up) {
+        if self.may_read() && (ready.contains(PollFlags::POLLIN) || hung_up) {
             // Readable, or hung up: read tells which (0 = no peer).
             match self.io.read_append(&mut self.input, READ_CHUNK) {
                 Ok(0) => {
@@ -1320,13 +1328,16 @@ mod tests {
                 .into_bytes(),
             &mut BytesMut::new(),
         );
-        let mut input = read_request(handle, len + 10, 7);
-        input.extend_from_slice(PING);
-        let mut conn = Connection::new(Script::new(&[&input]), Kind::Stream);
+        let input = read_request(handle, len + 10, 7);
+        let mut conn = Connection::new(Script::new(&[&input, PING]), Kind::Stream);
         // The peer takes nothing at first: only the first piece is produced.
         conn.io.full = true;
         assert_eq!(drive(&mut conn, &mut d, 100), "asleep");
         assert!(conn.tail.is_some(), "the read did not stream");
+        // And the ping the peer sent after the read is not read while the reply
+        // streams: requests queue in the kernel, not in the agent's input.
+        assert_eq!(conn.io.input.len(), 1, "read on during the stream");
+        assert!(!conn.interest().contains(PollFlags::POLLIN));
         assert!(
             conn.unsent() < 300 * 1024,
             "{} bytes produced",
