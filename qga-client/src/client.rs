@@ -568,12 +568,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     }
 
     /// guest-file-read.
+    ///
+    /// A reply in the plain form both agents send is checked and decoded straight
+    /// from the message with SIMD, as [`copy_from_guest`](Self::copy_from_guest)
+    /// reads (no JSON value and no string in between); any other reply, and a count
+    /// that is absent or outside 0..=[`MAX_CHUNK`], takes the ordinary path, with the
+    /// same result.
     pub async fn file_read(
         &mut self,
         handle: i64,
         count: Option<i64>,
     ) -> Result<GuestFileReadResult, ClientError> {
-        self.execute(&GuestFileRead { handle, count }).await
+        match count.and_then(|c| usize::try_from(c).ok()) {
+            Some(n) if n <= MAX_CHUNK => self.read_once(handle, n).await,
+            _ => self.execute(&GuestFileRead { handle, count }).await,
+        }
     }
 
     /// guest-file-write.

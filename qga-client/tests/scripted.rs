@@ -1582,3 +1582,59 @@ async fn a_failing_source_stops_copy_to_guest_with_a_local_error() {
         ]
     );
 }
+
+#[tokio::test]
+async fn file_read_gives_the_same_answer_whatever_form_the_reply_takes() {
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let mut b64 = Vec::new();
+    qga_proto::Base64::encode_into(&data, &mut b64);
+    let b64 = String::from_utf8(b64).unwrap();
+    assert!(b64.contains('/'), "the text must have a slash to escape");
+    let len = data.len();
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let mut reads = 0;
+    let peer = agent(theirs, 4096, move |req| {
+        if req["execute"] != "guest-file-read" {
+            return proper(req);
+        }
+        assert_eq!(req["arguments"]["count"], len);
+        reads += 1;
+        let id = &req["id"];
+        let reply = match reads {
+            // Plain, as both agents send it (the fast path).
+            1 => {
+                format!(r#"{{"return":{{"buf-b64":"{b64}","count":{len},"eof":false}},"id":{id}}}"#)
+            }
+            // Members in another order, with whitespace: still plain.
+            2 => format!(
+                r#" {{ "id" : {id} , "return" : {{ "eof" : true , "count" : {len} , "buf-b64" : "{b64}" }} }} "#
+            ),
+            // An escaped slash in the text: JSON all the same (the ordinary path).
+            3 => format!(
+                r#"{{"return":{{"buf-b64":"{}","count":{len},"eof":false}},"id":{id}}}"#,
+                b64.replace('/', "\\/")
+            ),
+            _ => format!(
+                r#"{{"error":{{"class":"GenericError","desc":"handle '1000' has not been found"}},"id":{id}}}"#
+            ),
+        };
+        format!("{reply}\n").into_bytes()
+    });
+    let mut client = Client::new(ours);
+    for eof in [false, true, false] {
+        let r = client.file_read(1000, Some(len as i64)).await.unwrap();
+        assert_eq!((r.count, r.eof), (len as i64, eof));
+        assert!(r.buf_b64.0 == data, "bytes differ");
+    }
+    let err = client.file_read(1000, Some(len as i64)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("handle '1000' has not been found"),
+        "{err}"
+    );
+    // In step after all of them.
+    client.ping().await.unwrap();
+    drop(client);
+    let seen = names(&peer.await.unwrap());
+    assert_eq!(seen.iter().filter(|n| *n == "guest-file-read").count(), 4);
+    assert_eq!(seen.last().map(String::as_str), Some("guest-ping"));
+}
