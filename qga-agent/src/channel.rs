@@ -528,7 +528,7 @@ impl<C: Conn> Connection<C> {
         match self.kind {
             Kind::Stream => {
                 self.eof = true;
-                (self.unsent() == 0).then_some(Status::Closed)
+                (self.unsent() == 0 && self.tail.is_none()).then_some(Status::Closed)
             }
             Kind::Port => {
                 self.no_host(log);
@@ -560,6 +560,8 @@ impl<C: Conn> Connection<C> {
         self.decoder.reset();
         self.input = BytesMut::new();
         self.out = BytesMut::new();
+        // The rest of a streamed reply was the old host's too.
+        self.tail = None;
         self.sent = 0;
         self.blocked = false;
         self.peak = 0;
@@ -1398,6 +1400,34 @@ mod tests {
             assert_eq!(got[0]["return"]["eof"], false, "{how}");
             assert_eq!(got[0]["id"], 9, "{how}");
         }
+    }
+
+    #[test]
+    fn a_port_whose_host_leaves_mid_stream_gives_the_next_host_only_its_own_replies() {
+        let fakes = FakeOps::new();
+        let mut d = dispatcher(&fakes);
+        let (handle, _) = open_fake_file(&fakes, &mut d, 2 * 1024 * 1024);
+        let mut port = Connection::new(
+            Script::new(&[&read_request(handle, 1024 * 1024, 5)]),
+            Kind::Port,
+        );
+        port.io.full = true;
+        assert_eq!(drive(&mut port, &mut d, 100), "asleep");
+        assert!(port.tail.is_some(), "the read did not stream");
+        // The host goes away with the reply under way.
+        port.io.hung_up = true;
+        assert_eq!(drive(&mut port, &mut d, 100), "paused");
+        assert!(
+            port.tail.is_none(),
+            "the old host's reply is still being produced"
+        );
+        // The next host gets a clean stream: its ping's reply and nothing else.
+        port.on_timer(Instant::now() + NO_HOST_PAUSE);
+        port.io.hung_up = false;
+        port.io.full = false;
+        port.io.input.push_back(PING.to_vec());
+        assert_eq!(drive(&mut port, &mut d, 100), "asleep");
+        assert_eq!(port.io.written, PONG);
     }
 
     #[test]
