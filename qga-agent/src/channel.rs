@@ -1358,19 +1358,24 @@ mod tests {
         assert_eq!(got[1], serde_json::json!({"return": {}}));
     }
 
+    /// A connection whose peer asked for 1 MiB of `handle` and takes nothing yet:
+    /// the read streams, its first piece produced and waiting.
+    fn streaming_read(d: &mut Dispatcher, kind: Kind, handle: i64, id: u32) -> Connection<Script> {
+        let request = read_request(handle, 1024 * 1024, id);
+        let mut conn = Connection::new(Script::new(&[&request]), kind);
+        conn.io.full = true;
+        assert_eq!(drive(&mut conn, d, 100), "asleep");
+        assert!(conn.tail.is_some(), "the read did not stream");
+        conn
+    }
+
     #[test]
     fn a_streamed_read_ends_as_a_short_read_when_its_handle_goes_or_a_read_fails() {
         for how in ["closed", "failed"] {
             let fakes = FakeOps::new();
             let mut d = dispatcher(&fakes);
             let (handle, data) = open_fake_file(&fakes, &mut d, 2 * 1024 * 1024);
-            let mut conn = Connection::new(
-                Script::new(&[&read_request(handle, 1024 * 1024, 9)]),
-                Kind::Stream,
-            );
-            conn.io.full = true;
-            assert_eq!(drive(&mut conn, &mut d, 100), "asleep");
-            assert!(conn.tail.is_some(), "the read did not stream");
+            let mut conn = streaming_read(&mut d, Kind::Stream, handle, 9);
             // Meanwhile, on another connection (the one dispatcher serves both).
             let mut out = BytesMut::new();
             if how == "closed" {
@@ -1407,13 +1412,7 @@ mod tests {
         let fakes = FakeOps::new();
         let mut d = dispatcher(&fakes);
         let (handle, _) = open_fake_file(&fakes, &mut d, 2 * 1024 * 1024);
-        let mut port = Connection::new(
-            Script::new(&[&read_request(handle, 1024 * 1024, 5)]),
-            Kind::Port,
-        );
-        port.io.full = true;
-        assert_eq!(drive(&mut port, &mut d, 100), "asleep");
-        assert!(port.tail.is_some(), "the read did not stream");
+        let mut port = streaming_read(&mut d, Kind::Port, handle, 5);
         // The host goes away with the reply under way.
         port.io.hung_up = true;
         assert_eq!(drive(&mut port, &mut d, 100), "paused");
