@@ -1173,11 +1173,18 @@ mod tests {
         assert!(port.interest().is_empty(), "a paused port is polled");
         // The pause ends; the host is back with a new request and gets a clean
         // parser and only its own reply.
+        next_host_pings(&mut port, &mut d);
+    }
+
+    /// A paused port's pause ends and a new host, reading and writing as it should,
+    /// sends a ping: it must get that ping's reply and nothing else.
+    fn next_host_pings(port: &mut Connection<Script>, d: &mut Dispatcher) {
         port.on_timer(Instant::now() + NO_HOST_PAUSE);
         port.io.hung_up = false;
         port.io.hang_up_on_write = false;
+        port.io.full = false;
         port.io.input.push_back(PING.to_vec());
-        assert_eq!(drive(&mut port, &mut d, 100), "asleep");
+        assert_eq!(drive(port, d, 100), "asleep");
         assert_eq!(port.io.written, PONG);
     }
 
@@ -1421,12 +1428,7 @@ mod tests {
             "the old host's reply is still being produced"
         );
         // The next host gets a clean stream: its ping's reply and nothing else.
-        port.on_timer(Instant::now() + NO_HOST_PAUSE);
-        port.io.hung_up = false;
-        port.io.full = false;
-        port.io.input.push_back(PING.to_vec());
-        assert_eq!(drive(&mut port, &mut d, 100), "asleep");
-        assert_eq!(port.io.written, PONG);
+        next_host_pings(&mut port, &mut d);
     }
 
     #[test]
